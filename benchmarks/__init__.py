@@ -1,0 +1,1 @@
+"""mimkit.benchmarks: tasks, protocols, published results, reports and speed measurements."""

@@ -1,0 +1,210 @@
+"""Maskers pick which tokens an encoder sees; schedules change the mask ratio during training.
+
+Every masker hides exactly `round(ratio * N)` tokens per sample, so the visible tokens stack into
+one (B, K) index tensor and an encoder can process visible tokens only.
+"""
+from __future__ import annotations
+
+import abc
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from .errors import ConfigError
+
+
+@dataclass
+class Mask:
+    """A batch of masks. `mask` is 1 where a token is hidden, in the original token order."""
+
+    ids_keep: torch.Tensor      # (B, K) indices of visible tokens, ascending
+    ids_restore: torch.Tensor   # (B, N) position of each original token in [visible..., masked...]
+    mask: torch.Tensor          # (B, N) float, 1 = masked
+
+    @property
+    def ids_masked(self) -> torch.Tensor:
+        """(B, N - K) indices of masked tokens, ascending."""
+        order = torch.argsort(self.ids_restore, dim=1)
+        return order[:, self.ids_keep.shape[1]:]
+
+    @classmethod
+    def from_bool(cls, masked: torch.Tensor) -> "Mask":
+        """Build from a (B, N) boolean 'hidden' map with the same number of hidden tokens in every row."""
+        counts = masked.sum(1)
+        if not bool((counts == counts[0]).all()):
+            raise ConfigError("every sample must hide the same number of tokens")
+        # stable sort puts visible tokens (0) first, each group in ascending token order
+        order = torch.argsort(masked.to(torch.int8), dim=1, stable=True)
+        keep = masked.shape[1] - int(counts[0])
+        return cls(ids_keep=order[:, :keep], ids_restore=torch.argsort(order, dim=1), mask=masked.float())
+
+
+# --------------------------------------------------------------------------- schedules
+class RatioSchedule:
+    """Mask ratio as a function of the training step."""
+
+    def __init__(self, kind: str = "constant", start: float = 0.75, end: float | None = None,
+                 total_steps: int = 1, milestones: Sequence[int] = (), values: Sequence[float] = ()):
+        if kind not in ("constant", "linear", "cosine", "step"):
+            raise ConfigError(f"mask-ratio schedule must be constant, linear, cosine or step, got {kind!r}")
+        if kind == "step" and len(values) != len(milestones):
+            raise ConfigError("a step schedule needs one value per milestone")
+        self.kind, self.start = kind, float(start)
+        self.end = float(start if end is None else end)
+        self.total_steps = max(1, int(total_steps))
+        self.milestones, self.values = list(milestones), [float(v) for v in values]
+
+    def __call__(self, step: int | None) -> float:
+        if step is None or self.kind == "constant":
+            return self.start
+        t = min(max(step / self.total_steps, 0.0), 1.0)
+        if self.kind == "linear":
+            return self.start + (self.end - self.start) * t
+        if self.kind == "cosine":
+            return self.end + (self.start - self.end) * 0.5 * (1 + math.cos(math.pi * t))
+        ratio = self.start
+        for milestone, value in zip(self.milestones, self.values):
+            if step >= milestone:
+                ratio = value
+        return ratio
+
+
+def _as_schedule(mask_ratio: float | RatioSchedule) -> RatioSchedule:
+    if isinstance(mask_ratio, RatioSchedule):
+        return mask_ratio
+    if not 0.0 <= float(mask_ratio) < 1.0:
+        raise ConfigError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+    return RatioSchedule("constant", float(mask_ratio))
+
+
+class Masker(abc.ABC):
+    """Base: `masker(batch_size, num_tokens, step=..., scores=...) -> Mask`."""
+
+    def __init__(self, mask_ratio: float | RatioSchedule = 0.75):
+        self.schedule = _as_schedule(mask_ratio)
+
+    def num_masked(self, num_tokens: int, step: int | None) -> int:
+        return min(num_tokens - 1, int(round(self.schedule(step) * num_tokens)))
+
+    @abc.abstractmethod
+    def __call__(self, batch_size: int, num_tokens: int, *, step: int | None = None,
+                 scores: torch.Tensor | None = None, device: torch.device | str | None = None,
+                 generator: torch.Generator | None = None) -> Mask:
+        """Masks for a batch; `scores` (B, N), where a masker uses them, rank tokens to keep."""
+
+
+class RandomMasker(Masker):
+    """MAE's per-sample uniform random masking (argsort of noise); `scores` (B, N) bias it: higher = kept."""
+
+    def __call__(self, batch_size, num_tokens, *, step=None, scores=None, device=None, generator=None):
+        device = scores.device if scores is not None else device
+        noise = torch.rand(batch_size, num_tokens, device=device, generator=generator)
+        if scores is not None:  # keep high-score tokens first, noise breaks ties
+            noise = noise - scores.float()
+        keep = num_tokens - self.num_masked(num_tokens, step)
+        ids_shuffle = torch.argsort(noise, dim=1)
+        ids_keep = torch.sort(ids_shuffle[:, :keep], dim=1).values
+        masked = torch.ones(batch_size, num_tokens, dtype=torch.bool, device=device)
+        masked.scatter_(1, ids_keep, False)
+        return Mask.from_bool(masked)
+
+
+def _fix_count(masked: torch.Tensor, target: int, generator: torch.Generator | None) -> torch.Tensor:
+    """Add or remove random tokens so each row hides exactly `target` tokens (keeps the block shape mostly)."""
+    out = masked.clone()
+    for row in out:
+        diff = int(row.sum()) - target
+        if diff == 0:
+            continue
+        candidates = torch.nonzero(row if diff > 0 else ~row).flatten()
+        pick = candidates[torch.randperm(len(candidates), generator=generator, device="cpu")[: abs(diff)].to(row.device)]
+        row[pick] = diff < 0
+    return out
+
+
+class BlockMasker(Masker):
+    """BEiT's block-wise masking: random rectangles (area >= 16 tokens, aspect in [0.3, 1/0.3]) until the ratio is met.
+
+    Needs the token `grid` (h, w). The count is then made exact by a few random tokens.
+    """
+
+    def __init__(self, mask_ratio=0.5, grid: Sequence[int] = (14, 14), min_block: int = 16,
+                 max_block: int | None = None, min_aspect: float = 0.3):
+        super().__init__(mask_ratio)
+        self.grid = tuple(grid)
+        self.min_block, self.max_block = min_block, max_block
+        self.log_aspect = (math.log(min_aspect), math.log(1 / min_aspect))
+
+    def _one(self, target: int, generator) -> torch.Tensor:
+        h, w = self.grid
+        masked = torch.zeros(h, w, dtype=torch.bool)
+        max_block = self.max_block or target
+        for _ in range(100):  # BEiT's bounded retry loop
+            count = int(masked.sum())
+            if count >= target:
+                break
+            r = torch.rand(3, generator=generator)
+            area = self.min_block + float(r[0]) * (max(self.min_block, min(max_block, target - count)) - self.min_block)
+            aspect = math.exp(self.log_aspect[0] + float(r[1]) * (self.log_aspect[1] - self.log_aspect[0]))
+            bh = max(1, min(h, int(round(math.sqrt(area * aspect)))))
+            bw = max(1, min(w, int(round(math.sqrt(area / aspect)))))
+            top = int(torch.randint(0, h - bh + 1, (1,), generator=generator))
+            left = int(torch.randint(0, w - bw + 1, (1,), generator=generator))
+            masked[top:top + bh, left:left + bw] = True
+        return masked.flatten()
+
+    def __call__(self, batch_size, num_tokens, *, step=None, scores=None, device=None, generator=None):
+        if self.grid[0] * self.grid[1] != num_tokens:
+            raise ConfigError(f"BlockMasker grid {self.grid} does not match {num_tokens} tokens")
+        target = self.num_masked(num_tokens, step)
+        masked = torch.stack([self._one(target, generator) for _ in range(batch_size)])
+        return Mask.from_bool(_fix_count(masked, target, generator).to(device))
+
+
+class GridMasker(Masker):
+    """SimMIM's masking: random masking on a coarser grid of `mask_unit` x `mask_unit` tokens, upsampled.
+
+    SimMIM: mask patch 32 px over 4 px... tokens of a 192 px image, ratio 0.6 -> `mask_unit` = 32 / patch.
+    """
+
+    def __init__(self, mask_ratio=0.6, grid: Sequence[int] = (48, 48), mask_unit: int = 8):
+        super().__init__(mask_ratio)
+        self.grid, self.unit = tuple(grid), int(mask_unit)
+        if any(g % self.unit for g in self.grid):
+            raise ConfigError(f"token grid {self.grid} is not divisible by mask unit {self.unit}")
+
+    def __call__(self, batch_size, num_tokens, *, step=None, scores=None, device=None, generator=None):
+        coarse = tuple(g // self.unit for g in self.grid)
+        n_coarse = math.prod(coarse)
+        n_masked = int(round(self.schedule(step) * n_coarse))
+        n_masked = min(max(n_masked, 0), n_coarse - 1)
+        noise = torch.rand(batch_size, n_coarse, generator=generator)
+        coarse_mask = torch.zeros(batch_size, n_coarse, dtype=torch.bool)
+        coarse_mask.scatter_(1, torch.argsort(noise, 1)[:, :n_masked], True)
+        m = coarse_mask.reshape(batch_size, *coarse)
+        for axis in range(len(coarse)):
+            m = m.repeat_interleave(self.unit, dim=axis + 1)
+        return Mask.from_bool(m.reshape(batch_size, -1).to(device))
+
+
+class TubeMasker(Masker):
+    """Tube masking for 3D token grids (d, h, w): one random 2D mask over (h, w) repeated along d."""
+
+    def __init__(self, mask_ratio=0.75, grid: Sequence[int] = (8, 14, 14)):
+        super().__init__(mask_ratio)
+        self.grid = tuple(grid)
+
+    def __call__(self, batch_size, num_tokens, *, step=None, scores=None, device=None, generator=None):
+        d, h, w = self.grid
+        if d * h * w != num_tokens:
+            raise ConfigError(f"TubeMasker grid {self.grid} does not match {num_tokens} tokens")
+        plane = RandomMasker(self.schedule)(batch_size, h * w, step=step, generator=generator)
+        masked = plane.mask.bool().reshape(batch_size, 1, h * w).expand(batch_size, d, h * w)
+        return Mask.from_bool(masked.reshape(batch_size, -1).to(device))
+
+
+MASKERS: dict[str, Callable[..., Masker]] = {
+    "random": RandomMasker, "block": BlockMasker, "grid": GridMasker, "tube": TubeMasker,
+}

@@ -1,0 +1,2 @@
+"""The core methods; importing this package registers them."""
+from . import mae  # noqa: F401

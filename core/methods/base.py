@@ -1,0 +1,35 @@
+"""What every method returns, and the small base class they share."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..errors import DataError
+
+
+@dataclass
+class MIMOutput:
+    """One training step's result: the loss to minimise, its named parts, and what was predicted where."""
+
+    loss: torch.Tensor
+    parts: dict[str, torch.Tensor] = field(default_factory=dict)
+    pred: torch.Tensor | None = None     # (B, N, patch_dim) predictions in token space, when there are any
+    mask: torch.Tensor | None = None     # (B, N) 1 = masked
+
+
+class MIMMethod(nn.Module):
+    """Base of all methods: `self.encoder` is the transferable backbone; `forward(batch) -> MIMOutput`."""
+
+    encoder: nn.Module
+
+    def images(self, batch: dict) -> torch.Tensor:
+        """The batch's images, checked against the encoder's expectations."""
+        if "image" not in batch:
+            raise DataError(f"a batch must hold an 'image' tensor; got keys {sorted(batch)}")
+        return batch["image"]
+
+    def reconstruct(self, batch: dict, out: MIMOutput | None = None) -> torch.Tensor | None:
+        """Images rebuilt from `out.pred`, for pictures; None for methods that predict no pixels."""
+        return None

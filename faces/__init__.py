@@ -1,0 +1,1 @@
+"""mimkit.faces: domain subpackage (see shared/DESIGN.md)."""

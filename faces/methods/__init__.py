@@ -1,0 +1,1 @@
+"""mimkit.faces methods; importing this package registers them."""

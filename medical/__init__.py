@@ -1,0 +1,1 @@
+"""mimkit.medical: domain subpackage (see shared/DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""mimkit.medical methods; importing this package registers them."""

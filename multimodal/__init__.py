@@ -1,0 +1,1 @@
+"""mimkit.multimodal: domain subpackage (see shared/DESIGN.md)."""

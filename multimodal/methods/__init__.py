@@ -1,0 +1,1 @@
+"""mimkit.multimodal methods; importing this package registers them."""

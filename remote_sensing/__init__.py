@@ -1,0 +1,1 @@
+"""mimkit.remote_sensing: domain subpackage (see shared/DESIGN.md)."""

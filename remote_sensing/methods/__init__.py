@@ -1,0 +1,1 @@
+"""mimkit.remote_sensing methods; importing this package registers them."""
