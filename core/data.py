@@ -1,0 +1,384 @@
+"""Generic 2D image data: readers, an image-folder dataset, MAE augmentation, resumable sampling."""
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import albumentations as A
+import cv2
+import numpy as np
+import tifffile
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .errors import ConfigError, DataError
+from .tokens import as_tuple, grid_shape
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy")
+# PIL modes -> channel count after `_PIL_CONVERT` (palette and CMYK become RGB).
+_PIL_CHANNELS = {"1": 1, "L": 1, "I": 1, "I;16": 1, "I;16L": 1, "I;16B": 1, "F": 1, "LA": 2,
+                 "RGB": 3, "P": 3, "CMYK": 3, "YCbCr": 3, "RGBA": 4, "PA": 4}
+_PIL_CONVERT = {"1": "L", "P": "RGB", "CMYK": "RGB", "YCbCr": "RGB", "PA": "RGBA"}
+
+
+def _png_is_16bit_colour(path: Path) -> bool:
+    """PIL decodes 16-bit RGB(A) PNGs to 8 bits; the IHDR header says whether this file is one."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    # IHDR is the first chunk: bit depth at byte 24, colour type (2 RGB, 6 RGBA) at byte 25.
+    return head[12:16] == b"IHDR" and head[24] == 16 and head[25] in (2, 6)
+
+
+def _tiff_channel_last(axes: str, shape: Sequence[int], path: Path) -> bool:
+    if len(shape) == 2:
+        return False
+    if len(shape) != 3:
+        raise DataError(f"{path}: expected a 2D image (H,W), (C,H,W) or (H,W,C), found shape {tuple(shape)} "
+                        f"(axes {axes}); 3D volumes are read by mimkit.medical")
+    return axes.endswith("S")  # tifffile's "S" = samples per pixel, stored channel-last
+
+
+def probe_image(path: str | Path) -> tuple[int, int, int]:
+    """Cheaply read a file's header (no full decode): (channels, height, width); DataError if unreadable."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            array = np.load(path, mmap_mode="r", allow_pickle=False)  # header + size check only
+            if array.dtype.kind not in "biuf" or array.ndim not in (2, 3):
+                raise DataError(f"{path}: expected a numeric (H,W) or (C,H,W) array, "
+                                f"found dtype {array.dtype} and shape {array.shape}")
+            return (1, *array.shape) if array.ndim == 2 else tuple(array.shape)
+        if suffix in (".tif", ".tiff"):
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                shape, axes = series.shape, series.axes
+            if len(shape) == 2:
+                return (1, *shape)
+            return (shape[2], shape[0], shape[1]) if _tiff_channel_last(axes, shape, path) else tuple(shape)
+        with Image.open(path) as img:
+            mode, (width, height) = img.mode, img.size
+            img.verify()  # PNG: chunk checksums; JPEG: marker structure
+        if mode not in _PIL_CHANNELS:
+            raise DataError(f"{path}: unsupported image mode {mode!r}")
+        return _PIL_CHANNELS[mode], height, width
+    except DataError:
+        raise
+    except Exception as error:  # each library has its own exception types for a broken file
+        raise DataError(f"{path}: cannot read image header ({type(error).__name__}: {error})") from error
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Decode an image file to an array (C,H,W) in its stored dtype; DataError if unreadable."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            array = np.load(path, allow_pickle=False)
+            return array[None] if array.ndim == 2 else array
+        if suffix in (".tif", ".tiff"):
+            with tifffile.TiffFile(path) as tif:
+                array, axes = tif.series[0].asarray(), tif.series[0].axes
+            if array.ndim == 2:
+                return array[None]
+            return np.moveaxis(array, -1, 0) if _tiff_channel_last(axes, array.shape, path) else array
+        if suffix == ".png" and _png_is_16bit_colour(path):
+            array = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
+            if array is None:
+                raise ValueError("OpenCV could not decode it")
+            order = [2, 1, 0, 3][: array.shape[2]]  # OpenCV stores BGR(A)
+            return np.moveaxis(array[..., order], -1, 0)
+        with Image.open(path) as img:
+            if img.mode in _PIL_CONVERT:
+                img = img.convert(_PIL_CONVERT[img.mode])
+            array = np.asarray(img)
+        return array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
+    except DataError:
+        raise
+    except Exception as error:
+        raise DataError(f"{path}: cannot decode image ({type(error).__name__}: {error})") from error
+
+
+def to_unit_range(image: np.ndarray) -> np.ndarray:
+    """Integer images divided by their dtype's maximum (uint8 /255, uint16 /65535); floats kept. float32."""
+    if image.dtype.kind in "iu":
+        return image.astype(np.float32) / np.float32(np.iinfo(image.dtype).max)
+    return image.astype(np.float32)
+
+
+def mae_train_transform(img_size: int | Sequence[int]) -> A.Compose:
+    """MAE pretraining augmentation: random resized crop, scale (0.2, 1), bicubic, then horizontal flip."""
+    size = as_tuple(img_size, 2, "img_size")
+    # MAE main_pretrain.py: RandomResizedCrop(scale=(0.2, 1.0), interpolation=bicubic) + RandomHorizontalFlip.
+    return A.Compose([A.RandomResizedCrop(size, scale=(0.2, 1.0), interpolation=cv2.INTER_CUBIC),
+                      A.HorizontalFlip(p=0.5)])
+
+
+def eval_transform(img_size: int | Sequence[int], crop_pct: float = 224 / 256) -> A.Compose:
+    """Evaluation: resize (keeping aspect, bicubic) so the image covers img_size / crop_pct, then center crop."""
+    height, width = as_tuple(img_size, 2, "img_size")
+    if not 0 < crop_pct <= 1:
+        raise ConfigError(f"crop_pct must be in (0, 1], got {crop_pct}")
+    # MAE's fine-tuning evaluation uses crop_pct = 224/256; crop_pct=1 resizes straight to the crop.
+    cover = (round(height / crop_pct), round(width / crop_pct))
+    return A.Compose([A.SmallestMaxSize(max_size_hw=cover, interpolation=cv2.INTER_CUBIC),
+                      A.CenterCrop(height, width)])
+
+
+def center_crop_transform(img_size: int | Sequence[int]) -> A.Compose:
+    """Center crop without resampling (keeps the pixel scale); images must be at least img_size."""
+    return A.Compose([A.CenterCrop(*as_tuple(img_size, 2, "img_size"))])
+
+
+_TRANSFORMS = {"train": mae_train_transform, "eval": eval_transform, "center_crop": center_crop_transform}
+
+
+def _list_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+class ImageFolderDataset(Dataset):
+    """Images from class subfolders (labelled) or a flat folder searched recursively (unlabelled).
+
+    `dataset[i]` (fixed augmentation seed i) or `dataset[(i, sample_seed)]` (from ResumableSampler) returns
+    {"image": float32 (C,H,W), "index": int} plus "label" when labelled. Intensities are scaled to [0, 1]
+    by dtype, then normalised per channel with `mean`/`std` or with statistics of up to 256 images.
+    """
+
+    def __init__(self, root: str | Path, img_size: int | Sequence[int] = 224, patch_size: int | Sequence[int] = 16,
+                 in_chans: int | None = None, transform: str | A.BaseCompose = "train",
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 labelled: bool | None = None, strict: bool = False, stats_images: int = 256):
+        self.root = Path(root)
+        self.img_size = as_tuple(img_size, 2, "img_size")
+        self.patch_size = as_tuple(patch_size, 2, "patch_size")
+        grid_shape(self.img_size, self.patch_size)  # errors with a fix when they do not divide
+        self.strict = strict
+        if isinstance(transform, str):
+            if transform not in _TRANSFORMS:
+                raise ConfigError(f"transform must be one of {sorted(_TRANSFORMS)} or an albumentations "
+                                  f"Compose, got {transform!r}")
+            self.transform_name, transform = transform, _TRANSFORMS[transform](self.img_size)
+        else:
+            self.transform_name = "custom"
+        self.transform = transform
+        self.files, self.targets, self.classes = self._scan(labelled)
+        self.skipped: list[tuple[Path, str]] = []
+        self._check_headers(in_chans)
+        self.mean, self.std = self._stats(mean, std, stats_images)
+
+    def _scan(self, labelled: bool | None) -> tuple[list[Path], list[int], list[str]]:
+        if not self.root.exists():
+            raise DataError(f"data folder {self.root} does not exist")
+        if not self.root.is_dir():
+            raise DataError(f"data path {self.root} is a file; expected a folder of images")
+        top_files = [p for p in self.root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        folders = sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if labelled is None:  # images directly under root mean a flat, unlabelled folder
+            labelled = not top_files and bool(folders)
+        files, targets, classes = [], [], []
+        if labelled:
+            for folder in folders:
+                found = _list_files(folder)
+                if found:
+                    files += found
+                    targets += [len(classes)] * len(found)
+                    classes.append(folder.name)
+        else:
+            files = _list_files(self.root)
+        if not files:
+            raise DataError(f"no image files under {self.root} "
+                            f"({'class subfolders' if labelled else 'searched recursively'}; "
+                            f"accepted suffixes: {' '.join(IMAGE_SUFFIXES)})")
+        return files, targets, classes
+
+    def _skip(self, path: Path, reason: str, warn: bool = True) -> None:
+        if self.strict:
+            raise DataError(f"{reason} (strict=True; pass strict=False to skip unreadable files)")
+        if path not in {p for p, _ in self.skipped}:
+            if warn:
+                logger.warning("skipping unreadable file: %s", reason)
+            self.skipped.append((path, reason))
+
+    def _check_headers(self, in_chans: int | None) -> None:
+        """Open every header once (threads: it is I/O bound) so broken, mis-shaped files show up front."""
+        def probe(path: Path):
+            try:
+                return probe_image(path)
+            except DataError as error:
+                return str(error)
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            results = list(pool.map(probe, self.files))
+        good = [i for i, r in enumerate(results) if not isinstance(r, str)]
+        for i, r in enumerate(results):
+            if isinstance(r, str):
+                self._skip(self.files[i], r, warn=False)
+        if not good:
+            raise DataError(f"none of the {len(self.files)} image files under {self.root} could be read; "
+                            f"first: {self.skipped[0][1]}")
+        if self.skipped:
+            logger.warning("skipped %d of %d files under %s that could not be read (dataset.skipped lists them)",
+                           len(self.skipped), len(self.files), self.root)
+        self.files = [self.files[i] for i in good]
+        self.targets = [self.targets[i] for i in good] if self.targets else []
+        shapes = [results[i] for i in good]
+        self.in_chans = in_chans or Counter(s[0] for s in shapes).most_common(1)[0][0]
+        wrong = [(p, s[0]) for p, s in zip(self.files, shapes) if s[0] != self.in_chans]
+        if wrong:
+            same = len(wrong) == len(self.files) and len({c for _, c in wrong}) == 1
+            hint = f"; pass --in-chans {wrong[0][1]}" if same else ""
+            raise DataError(f"{wrong[0][0]} has {wrong[0][1]} channel(s) but in_chans is {self.in_chans} "
+                            f"({len(wrong)} of {len(self.files)} files differ{hint}; "
+                            f".npy arrays are read as (C,H,W) or (H,W))")
+        need = self.img_size if self.transform_name == "center_crop" else self.patch_size
+        what = "the center crop size" if self.transform_name == "center_crop" else "one patch"
+        small = [(p, s) for p, s in zip(self.files, shapes) if s[1] < need[0] or s[2] < need[1]]
+        if small:
+            path, shape = small[0]
+            raise DataError(f"{path} is {shape[1]}x{shape[2]} pixels, smaller than {what} "
+                            f"({need[0]}x{need[1]}); {len(small)} file(s) are too small")
+
+    def _stats(self, mean, std, stats_images: int) -> tuple[np.ndarray, np.ndarray]:
+        if (mean is None) != (std is None):
+            raise ConfigError("give both mean and std, or neither (then they are computed from the data)")
+        if mean is None:
+            # Evenly spaced files, raw (un-augmented) pixels; float64 sums so large images do not lose precision.
+            picks = np.unique(np.linspace(0, len(self.files) - 1, min(stats_images, len(self.files))).round())
+            total, squares, count = np.zeros(self.in_chans), np.zeros(self.in_chans), 0
+            for i in picks.astype(int):
+                try:
+                    image = self._read(int(i)).astype(np.float64)
+                except DataError as error:
+                    self._skip(self.files[int(i)], str(error))
+                    continue
+                total += image.sum(axis=(1, 2))
+                squares += (image ** 2).sum(axis=(1, 2))
+                count += image.shape[1] * image.shape[2]
+            if not count:
+                raise DataError(f"no image under {self.root} could be decoded to compute mean/std")
+            mean = total / count
+            std = np.sqrt(np.maximum(squares / count - mean ** 2, 0))
+            std[std < 1e-6] = 1.0  # a constant channel: centre it, do not divide by zero
+        mean, std = self._per_channel("mean", mean), self._per_channel("std", std)
+        if (std <= 0).any():
+            raise ConfigError(f"std must be positive, got {std.tolist()}")
+        return mean, std
+
+    def _per_channel(self, name: str, values) -> np.ndarray:
+        values = np.asarray(values, np.float32).reshape(-1)
+        if values.size == 1:
+            values = np.repeat(values, self.in_chans)
+        if values.size != self.in_chans:
+            raise ConfigError(f"{name} has {values.size} values but the images have {self.in_chans} channels")
+        return values
+
+    @property
+    def stats(self) -> tuple[list[float], list[float]]:
+        """Per-channel (mean, std) used for normalisation, on the [0, 1] scale."""
+        return self.mean.tolist(), self.std.tolist()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def _read(self, index: int) -> np.ndarray:
+        path = self.files[index]
+        image = read_image(path)
+        if image.shape[0] != self.in_chans:
+            raise DataError(f"{path}: decoded to {image.shape[0]} channel(s), expected in_chans={self.in_chans}")
+        return to_unit_range(image)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index, seed = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), int(key))
+        for attempt in range(min(len(self.files), 16)):
+            # A file that fails now is replaced by the next one, the same one on every run and worker.
+            current = (index + attempt) % len(self.files)
+            try:
+                image = self._read(current)
+                break
+            except DataError as error:
+                self._skip(self.files[current], str(error))
+        else:
+            raise DataError(f"{self.files[index]} and the files after it under {self.root} could not be read")
+        # One shared generator pair for the whole pipeline, so the transforms draw different numbers.
+        self.transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
+        image = self.transform(image=np.ascontiguousarray(image.transpose(1, 2, 0)))["image"]
+        if image.ndim == 2:
+            image = image[..., None]
+        image = (image - self.mean) / self.std
+        sample = {"image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), np.float32)),
+                  "index": current}
+        if self.classes:
+            sample["label"] = self.targets[current]
+        return sample
+
+
+def sample_seed(seed: int, position: int) -> int:
+    """Augmentation seed for a sampling position, a pure function of (seed, position)."""
+    return int(np.random.SeedSequence([seed, position]).generate_state(1)[0])
+
+
+class ResumableSampler(Sampler):
+    """Deterministic, resumable sampling: global position p -> key (index, sample_seed).
+
+    Epoch p // n shuffles range(n) with a generator seeded by (seed, epoch); index = perm[p % n].
+    Rank r of world_size W takes positions r, r+W, ...; `start` skips the first `start` global positions,
+    so a resumed run continues the uninterrupted sequence exactly. Infinite unless `stop` (global
+    position, exclusive) is given.
+    """
+
+    def __init__(self, num_samples: int, seed: int = 0, start: int = 0, rank: int = 0, world_size: int = 1,
+                 stop: int | None = None):
+        if num_samples <= 0:
+            raise ConfigError(f"num_samples must be positive, got {num_samples}")
+        if seed < 0 or start < 0:
+            raise ConfigError(f"seed and start must be non-negative, got seed={seed}, start={start}")
+        if not 0 <= rank < world_size:
+            raise ConfigError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        self.num_samples, self.seed, self.start = num_samples, seed, start
+        self.rank, self.world_size, self.stop = rank, world_size, stop
+
+    def _first(self) -> int:
+        return self.start + (self.rank - self.start) % self.world_size
+
+    def __len__(self) -> int:
+        if self.stop is None:
+            raise TypeError("ResumableSampler without stop is infinite")
+        return len(range(self._first(), self.stop, self.world_size))
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        position, epoch, perm = self._first(), -1, None
+        while self.stop is None or position < self.stop:
+            if position // self.num_samples != epoch:
+                epoch = position // self.num_samples
+                perm = self.permutation(epoch)
+            yield int(perm[position % self.num_samples]), sample_seed(self.seed, position)
+            position += self.world_size
+
+
+def make_loader(dataset: Dataset, batch_size: int, num_workers: int = 0, sampler: Sampler | None = None,
+                shuffle: bool = False, drop_last: bool = False, seed: int = 0) -> DataLoader:
+    """A DataLoader with worker settings that keep loading off the critical path.
+
+    shuffle=True without a sampler uses a one-epoch ResumableSampler(seed), so the order is reproducible.
+    """
+    if sampler is None and shuffle:
+        sampler = ResumableSampler(len(dataset), seed=seed, stop=len(dataset))
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=drop_last,
+                      num_workers=num_workers, persistent_workers=num_workers > 0,
+                      pin_memory=torch.cuda.is_available())
