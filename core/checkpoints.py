@@ -1,0 +1,342 @@
+"""Weights files: save/load mimkit methods as safetensors; import timm and official-MAE files; export to timm.
+
+Formats are detected from the file's keys, so `pretrained=PATH` accepts any of:
+  "mimkit"        save_method's safetensors (or any state dict with `encoder.` / `decoder.` keys)
+  "official_mae"  facebookresearch/mae checkpoints: {"model": state}, with or without the decoder
+  "timm"          a timm VisionTransformer state dict (cls_token, pos_embed, patch_embed.proj, blocks.N, norm)
+  "lightning"     a Lightning .ckpt: {"state_dict": ...} whose keys carry the LightningModule's prefix
+`torch.load` runs only with `weights_only=True`: a checkpoint is untrusted input.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import pickle
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from timm.layers import resample_abs_pos_embed
+from torch import nn
+
+from .errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
+
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+# Official MAE names -> mimkit MAE names (models_mae.py's MaskedAutoencoderViT attributes).
+_OFFICIAL_DECODER = {
+    "decoder_embed.": "decoder.embed.", "decoder_blocks.": "decoder.blocks.",
+    "decoder_norm.": "decoder.norm.", "decoder_pred.": "decoder.pred.",
+    "decoder_pos_embed": "decoder.pos_embed", "mask_token": "decoder.mask_token",
+}
+# Classification heads of fine-tuned timm / MAE models: not part of the encoder, dropped on import.
+_HEAD_PREFIXES = ("head.", "fc_norm.", "head_drop.")
+# Prefixes a LightningModule may put before the method's own keys.
+_WRAPPER_PREFIXES = ("method.", "model.", "module.", "net.")
+
+
+# ---------------------------------------------------------------------------------------------- reading
+def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
+    """Read any supported weights file: (flat state dict, format name)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist (or is not a file)")
+    if path.suffix == ".safetensors":
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                metadata = f.metadata() or {}
+                state = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as error:  # safetensors raises its own error types for truncated/garbage files
+            raise CheckpointError(f"checkpoint {path} is not a readable safetensors file ({_first_line(error)})") from None
+        if metadata.get("format") == "mimkit":
+            return state, "mimkit"
+        return _classify(state, path)
+    if path.suffix not in TORCH_SUFFIXES:
+        raise CheckpointError(f"checkpoint {path}: unknown file type {path.suffix!r}; "
+                              f"expected .safetensors or one of {', '.join(TORCH_SUFFIXES)}")
+    return _unwrap(_torch_load(path), path)
+
+
+def _torch_load(path: Path):
+    # argparse.Namespace is allowed because official MAE training checkpoints store their `args` in one;
+    # it is a plain attribute holder, so unpickling it runs no code.
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"checkpoint {path} holds objects other than tensors and plain containers, so it is refused: "
+            f"unpickling them could run code (mimkit loads with torch.load(weights_only=True)); "
+            f"torch said: {_first_line(error)}") from None
+    except Exception as error:
+        raise CheckpointError(f"checkpoint {path} cannot be read as a PyTorch file (truncated, or not a "
+                              f"checkpoint?): {_first_line(error)}") from None
+
+
+def _unwrap(obj, path: Path) -> tuple[dict[str, torch.Tensor], str]:
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict of tensors")
+    if isinstance(obj.get("state_dict"), dict):
+        return _strip_wrapper(_tensors(obj["state_dict"]), path), "lightning"
+    if isinstance(obj.get("model"), dict):  # official MAE (and DeiT) nest the weights under "model"
+        state, layout = _classify(_tensors(obj["model"]), path)
+        return state, ("official_mae" if layout in ("timm", "official_mae") else layout)
+    if not _tensors(obj):
+        raise CheckpointError(f"checkpoint {path} holds no tensors; top-level keys found: {list(obj)[:8]}")
+    return _classify(_tensors(obj), path)
+
+
+def _tensors(obj: dict) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
+def _layout(keys) -> str | None:
+    keys = list(keys)
+    if any(k.startswith(("encoder.", "decoder.")) for k in keys):
+        return "mimkit"
+    if any(k.startswith(("decoder_embed.", "decoder_blocks.", "decoder_pred.")) or k == "mask_token" for k in keys):
+        return "official_mae"
+    if "patch_embed.proj.weight" in keys and any(k.startswith("blocks.") for k in keys):
+        return "timm"
+    return None
+
+
+def _classify(state: dict[str, torch.Tensor], path: Path) -> tuple[dict[str, torch.Tensor], str]:
+    if state and all(k.startswith("module.") for k in state):  # saved from DistributedDataParallel
+        state = {k[len("module."):]: v for k, v in state.items()}
+    layout = _layout(state)
+    if layout is None:
+        raise CheckpointError(
+            f"checkpoint {path}: unrecognised layout; expected mimkit (encoder.*), timm (patch_embed.proj.weight, "
+            f"blocks.N.*) or official MAE keys; first keys found: {list(state)[:8]}")
+    return state, layout
+
+
+def _strip_wrapper(state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """Lightning keys are '<attribute>.<method keys>': keep the part under the wrapper attribute."""
+    if _layout(state):
+        return state
+    for prefix in _WRAPPER_PREFIXES:
+        inner = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if _layout(inner):
+            if len(inner) < len(state):
+                log.info("%s: kept %d keys under %r, left out %d others", path, len(inner), prefix, len(state) - len(inner))
+            return inner
+    return _classify(state, path)[0]  # raises the unrecognised-layout error
+
+
+# ---------------------------------------------------------------------------------------------- key mapping
+def _encoder_state(state: dict) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Map any format to encoder keys (== timm's); return (encoder state, dropped keys)."""
+    if _layout(state) == "mimkit":
+        encoder = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+        return encoder, [k for k in state if not k.startswith("encoder.")]
+    dropped = [k for k in state if _is_decoder_or_head(k)]
+    return {k: v for k, v in state.items() if not _is_decoder_or_head(k)}, dropped
+
+
+def _is_decoder_or_head(key: str) -> bool:
+    return key.startswith(_HEAD_PREFIXES) or any(key.startswith(p) for p in _OFFICIAL_DECODER)
+
+
+def _method_state(state: dict) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Map any format to a mimkit method's keys (official MAE names renamed); return (state, dropped keys)."""
+    if _layout(state) == "mimkit":
+        return dict(state), []
+    out, dropped = {}, []
+    for key, value in state.items():
+        new = next((mimkit + key[len(official):] for official, mimkit in _OFFICIAL_DECODER.items()
+                    if key.startswith(official)), None)
+        if new == "decoder.pos_embed" and value.ndim == 3 and not value[:, 0].any():
+            value = value[:, 1:]  # official MAE keeps an all-zero class-token slot; mimkit's decoder has none
+        if new is None and key.startswith(_HEAD_PREFIXES):
+            dropped.append(key)
+            continue
+        out[new or "encoder." + key] = value
+    return out, dropped
+
+
+# ---------------------------------------------------------------------------------------------- fitting
+def _fit_encoder(state: dict[str, torch.Tensor], encoder: nn.Module, path: Path,
+                 adapt_in_chans: Callable[[torch.Tensor, int], torch.Tensor] | None = None
+                 ) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Make the encoder-key state fit `encoder`: resize a 2D pos_embed, adapt in_chans; else shape errors."""
+    expected = encoder.state_dict()
+    fitted, resized = {}, []
+    for key, value in state.items():
+        want = expected.get(key)
+        if want is not None and value.shape != want.shape:
+            if key == "pos_embed":
+                value = _resize_pos_embed(value, encoder, path)
+                resized.append(key)
+            elif key == "patch_embed.proj.weight" and adapt_in_chans is not None and value.shape[1] != want.shape[1] \
+                    and value.shape[:1] + value.shape[2:] == want.shape[:1] + want.shape[2:]:
+                value = adapt_in_chans(value, want.shape[1])
+                resized.append(key)
+            _check_shape(key, value, want, path)
+        fitted[key] = value
+    return fitted, resized
+
+
+def _resize_pos_embed(pos: torch.Tensor, encoder: nn.Module, path: Path) -> torch.Tensor:
+    """Bicubic resampling of the patch positions to the encoder's grid (as timm does); prefix tokens kept."""
+    want = encoder.pos_embed
+    prefix = getattr(encoder, "num_prefix_tokens", 1)
+    grid = tuple(encoder.grid)
+    side = math.isqrt(max(pos.shape[1] - prefix, 0))
+    if len(grid) != 2 or pos.ndim != 3 or pos.shape[-1] != want.shape[-1] or side * side != pos.shape[1] - prefix:
+        _check_shape("pos_embed", pos, want, path)  # cannot be resized: raises with both shapes
+    log.info("%s: resized pos_embed from a %dx%d to a %dx%d token grid", path, side, side, *grid)
+    return resample_abs_pos_embed(pos, new_size=list(grid), old_size=[side, side], num_prefix_tokens=prefix)
+
+
+def _check_shape(key: str, found: torch.Tensor, want: torch.Tensor, path: Path) -> None:
+    if found.shape != want.shape:
+        hint = " (in_chans or patch size differ)" if "patch_embed" in key else ""
+        raise CheckpointError(f"checkpoint {path}: {key} has shape {tuple(found.shape)}, the model expects "
+                              f"{tuple(want.shape)}{hint}")
+
+
+def _load(module: nn.Module, state: dict, path: Path, strict: bool, report: dict) -> dict:
+    expected = module.state_dict()
+    for key, value in state.items():
+        if key in expected:
+            _check_shape(key, value, expected[key], path)
+    report.update(loaded=sorted(k for k in state if k in expected),
+                  missing=sorted(k for k in expected if k not in state),
+                  unexpected=sorted(k for k in state if k not in expected))
+    if strict and (report["missing"] or report["unexpected"]):
+        raise CheckpointError(f"checkpoint {path} ({report['format']}) does not match the model: "
+                              f"missing {report['missing'][:8]}, unexpected {report['unexpected'][:8]}")
+    module.load_state_dict({k: state[k] for k in report["loaded"]}, strict=False)
+    if report.get("dropped"):
+        log.info("%s: left out %d decoder/head keys", path, len(report["dropped"]))
+    return report
+
+
+def load_encoder(encoder: nn.Module, path: str | Path, strict: bool = True,
+                 adapt_in_chans: Callable[[torch.Tensor, int], torch.Tensor] | None = None) -> dict:
+    """Load the encoder part of any supported file into a ViTEncoder; returns a report of what happened.
+
+    `adapt_in_chans(weight, in_chans)`, if given, turns a patch projection with another channel count into
+    one for `in_chans` channels. The report holds format, loaded, missing, unexpected, dropped, resized.
+    """
+    path = Path(path)
+    state, fmt = read_state_dict(path)
+    state, dropped = _encoder_state(state)
+    state, resized = _fit_encoder(state, encoder, path, adapt_in_chans)
+    return _load(encoder, state, path, strict, {"format": fmt, "dropped": dropped, "resized": resized})
+
+
+def load_method_weights(method: nn.Module, path: str | Path, strict: bool = True) -> dict:
+    """Load a whole method (encoder and decoder) from a mimkit, Lightning or official-MAE file; returns a report."""
+    path = Path(path)
+    state, fmt = read_state_dict(path)
+    state, dropped = _method_state(state)
+    encoder_part = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+    encoder_part, resized = _fit_encoder(encoder_part, method.encoder, path)
+    state.update({"encoder." + k: v for k, v in encoder_part.items()})
+    return _load(method, state, path, strict,
+                 {"format": fmt, "dropped": dropped, "resized": ["encoder." + k for k in resized]})
+
+
+# ---------------------------------------------------------------------------------------------- mimkit files
+def save_method(method: nn.Module, path: str | Path, config: dict) -> Path:
+    """Save a method's full state dict as safetensors, with its registry name and constructor config."""
+    path = Path(path)
+    name = getattr(method, "method_name", None)
+    if name is None:
+        raise ConfigError(f"{type(method).__name__} is not a registered method (no method_name); cannot save it")
+    if path.suffix != ".safetensors":
+        raise ConfigError(f"save path {path} must end in .safetensors")
+    for key, value in config.items():
+        try:
+            json.dumps(value)
+        except TypeError:
+            raise ConfigError(f"config value {key}={value!r} ({type(value).__name__}) cannot be stored as JSON; "
+                              f"pass plain numbers, strings and lists") from None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(_unshared(method.state_dict()), str(path),
+              metadata={"format": "mimkit", "method": name, "config": json.dumps(config)})
+    return path
+
+
+def load_method(path: str | Path) -> tuple[nn.Module, dict]:
+    """Rebuild a method saved by `save_method` and load its weights strictly: (method, config)."""
+    from .registry import build_method  # late: the registry imports every methods package
+
+    path = Path(path)
+    state, fmt = read_state_dict(path)
+    metadata = {}
+    if path.suffix == ".safetensors":
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+    if metadata.get("format") != "mimkit" or "method" not in metadata:
+        raise CheckpointError(f"checkpoint {path} ({fmt}) was not written by save_method, so it does not say which "
+                              f"method to build; build the method yourself and use load_method_weights / load_encoder")
+    try:
+        config = json.loads(metadata.get("config", "{}"))
+        method = build_method(metadata["method"], **config)
+    except (ValueError, ConfigError) as error:
+        raise CheckpointError(f"checkpoint {path}: cannot rebuild method {metadata['method']!r}: {error}") from None
+    _load(method, state, path, True, {"format": fmt})
+    return method, config
+
+
+def _unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses tensors sharing memory (tied weights): clone every repeat, make all contiguous."""
+    seen, out = set(), {}
+    for key, value in state.items():
+        value = value.detach()
+        storage = (value.untyped_storage().data_ptr(), value.device)
+        out[key] = value.clone().contiguous() if storage in seen else value.contiguous()
+        seen.add(storage)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- timm export
+def export_timm(source: nn.Module | str | Path, out_path: str | Path) -> Path:
+    """Write an encoder's timm-format state dict (.safetensors, or .pth/.pt/.bin via torch.save)."""
+    out_path = Path(out_path)
+    if isinstance(source, (str, Path)):
+        state, fmt = read_state_dict(source)
+        state = _encoder_state(state)[0]
+    elif isinstance(getattr(source, "encoder", None), nn.Module):
+        state = source.encoder.state_dict()
+    elif isinstance(source, nn.Module):
+        state = source.state_dict()
+    else:
+        raise ConfigError(f"export_timm takes a method, an encoder or a checkpoint path, got {type(source).__name__}")
+    weight = state.get("patch_embed.proj.weight")
+    if weight is None or weight.ndim != 4:
+        raise ConfigError("only a 2D ViT encoder with a plain patch embedding can be exported to timm "
+                          f"(patch_embed.proj.weight: {None if weight is None else tuple(weight.shape)})")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    if out_path.suffix == ".safetensors":
+        save_file(_unshared(state), str(out_path), metadata={"format": "timm"})
+    elif out_path.suffix in (".pth", ".pt", ".bin"):
+        torch.save({k: v.detach().contiguous() for k, v in state.items()}, out_path)
+    else:
+        raise ConfigError(f"export path {out_path} must end in .safetensors, .pth, .pt or .bin")
+    return out_path
+
+
+def timm_kwargs(encoder: nn.Module) -> dict:
+    """Arguments for `timm.create_model('vit_base_patch16_224', **timm_kwargs(encoder))` matching the encoder."""
+    block = encoder.blocks[0]
+    has_cls = getattr(encoder, "cls_token", None) is not None
+    return dict(num_classes=0, img_size=tuple(encoder.img_size), patch_size=tuple(encoder.patch_size),
+                in_chans=encoder.in_chans, embed_dim=encoder.embed_dim, depth=len(encoder.blocks),
+                num_heads=encoder.num_heads, mlp_ratio=block.mlp.fc1.out_features / encoder.embed_dim,
+                qkv_bias=block.attn.qkv.bias is not None, class_token=has_cls,
+                global_pool="token" if has_cls else "avg", fc_norm=False)  # mimkit norms before pooling
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
