@@ -1,14 +1,16 @@
-"""Decoders and prediction heads: the MAE decoder and simple linear / MLP heads."""
+"""Decoders and prediction heads: the MAE decoder, a cross-attention block, simple linear / MLP heads."""
 from __future__ import annotations
 
 from typing import Sequence
 
 import torch
-from timm.models.vision_transformer import Block
+import torch.nn.functional as F
+from timm.layers import DropPath, LayerScale, Mlp
+from timm.models.vision_transformer import Attention, Block
 from torch import nn
 
 from .encoders import LayerNorm, gather_tokens, init_weights
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .tokens import sincos_pos_embed
 
 
@@ -76,3 +78,76 @@ class MLPHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention from query tokens to separate key / value tokens (fused scaled dot-product)."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, context_dim: int | None = None):
+        super().__init__()
+        if dim % num_heads:
+            raise ConfigError(f"cross-attention width {dim} must be divisible by num_heads {num_heads}")
+        context_dim = context_dim or dim
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.k = nn.Linear(context_dim, dim, bias=qkv_bias)
+        self.v = nn.Linear(context_dim, dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """queries (B, Nq, D), keys / values (B, Nk, Dc) -> (B, Nq, D); `attn_mask` as in
+        `scaled_dot_product_attention` (bool: True = may attend; or additive), broadcastable to (B, heads, Nq, Nk)."""
+        batch, num_q, dim = queries.shape
+
+        def heads(x: torch.Tensor) -> torch.Tensor:
+            return x.reshape(batch, x.shape[1], self.num_heads, -1).transpose(1, 2)
+
+        out = F.scaled_dot_product_attention(heads(self.q(queries)), heads(self.k(keys)), heads(self.v(values)),
+                                             attn_mask=attn_mask)
+        return self.proj(out.transpose(1, 2).reshape(batch, num_q, dim))
+
+
+class CrossAttentionBlock(nn.Module):
+    """Pre-norm transformer block for query tokens that read context tokens.
+
+    Optional self-attention among the queries, then cross-attention from the queries to the context, then an
+    MLP; each a residual branch with optional layer scale and drop path. Position embeddings, when given, are
+    added to the queries and to the keys but not to the values (as in CAE's latent regressor). Queries and
+    context are normalised separately (keys and values each get their own LayerNorm).
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 context_dim: int | None = None, self_attention: bool = False, init_values: float | None = None,
+                 drop_path: float = 0.0):
+        super().__init__()
+        context_dim = context_dim or dim
+        self.self_attn = Attention(dim, num_heads, qkv_bias=qkv_bias) if self_attention else None
+        self.norm_self = LayerNorm(dim) if self_attention else None
+        self.ls_self = LayerScale(dim, init_values) if self_attention and init_values else nn.Identity()
+        self.norm_q = LayerNorm(dim)
+        self.norm_k = LayerNorm(context_dim)
+        self.norm_v = LayerNorm(context_dim)
+        self.cross_attn = CrossAttention(dim, num_heads, qkv_bias, context_dim)
+        self.ls_cross = LayerScale(dim, init_values) if init_values else nn.Identity()
+        self.norm_mlp = LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.ls_mlp = LayerScale(dim, init_values) if init_values else nn.Identity()
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.apply(init_weights)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, *, attn_mask: torch.Tensor | None = None,
+                self_attn_mask: torch.Tensor | None = None, query_pos: torch.Tensor | None = None,
+                context_pos: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, Nq, D) queries, context (B, Nk, Dc) -> (B, Nq, D).
+
+        `attn_mask` restricts the cross-attention (B or 1, heads or 1, Nq, Nk); `self_attn_mask` the
+        self-attention (Nq, Nq); bool masks are True where attending is allowed.
+        """
+        if self.self_attn is not None:
+            x = x + self.drop_path(self.ls_self(self.self_attn(self.norm_self(x), attn_mask=self_attn_mask)))
+        queries = x if query_pos is None else x + query_pos
+        keys = context if context_pos is None else context + context_pos
+        attended = self.cross_attn(self.norm_q(queries), self.norm_k(keys), self.norm_v(context), attn_mask)
+        x = x + self.drop_path(self.ls_cross(attended))
+        return x + self.drop_path(self.ls_mlp(self.mlp(self.norm_mlp(x))))

@@ -1,2 +1,3 @@
 """The core methods; importing this package registers them."""
 from . import mae  # noqa: F401
+from . import cae  # noqa: F401
