@@ -5,6 +5,7 @@ The state dict of a 2D `ViTEncoder` has exactly the keys of timm's `VisionTransf
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import partial
 from typing import Sequence
@@ -180,6 +181,92 @@ class ViTEncoder(nn.Module):
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed", "cls_token"}
+
+
+class UnifiedPatchEmbed(nn.Module):
+    """One patch embedding for 2D images and 3D volumes (Uni4Eye's unified patch embedding).
+
+    A Conv2d embeds (B, C, H, W) images and a Conv3d embeds (B, C3, D, H, W) volumes into the same token
+    width, so one ViT encodes both. The 2D convolution is named `proj` like timm's, so a 2D encoder's
+    state dict still loads into timm once the `proj_3d` keys are dropped.
+    """
+
+    def __init__(self, patch_size: int | Sequence[int] = 16, in_chans: int = 3, embed_dim: int = 768,
+                 volume_patch_size: int | Sequence[int] | None = None, volume_chans: int | None = None):
+        super().__init__()
+        self.spatial_dims = 2
+        self.patch_size = as_tuple(patch_size, 2, "patch_size")
+        self.volume_patch_size = as_tuple(patch_size if volume_patch_size is None else volume_patch_size, 3,
+                                          "volume_patch_size")
+        self.in_chans = in_chans
+        self.volume_chans = in_chans if volume_chans is None else volume_chans
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size)
+        self.proj_3d = nn.Conv3d(self.volume_chans, embed_dim, kernel_size=self.volume_patch_size,
+                                 stride=self.volume_patch_size)
+        for conv in (self.proj, self.proj_3d):  # MAE: init the patch projections like linear layers
+            nn.init.xavier_uniform_(conv.weight.data.view(conv.weight.shape[0], -1))
+            nn.init.zeros_(conv.bias)
+
+    def check(self, x: torch.Tensor) -> tuple[int, ...]:
+        """Validate a 2D or 3D batch and return its token grid."""
+        if x.ndim not in (4, 5):
+            raise DataError(f"expected 2D images (B, C, H, W) or 3D volumes (B, C, D, H, W), got a tensor of "
+                            f"shape {tuple(x.shape)}")
+        chans, patch, what = ((self.in_chans, self.patch_size, "2D images") if x.ndim == 4
+                              else (self.volume_chans, self.volume_patch_size, "3D volumes"))
+        if x.shape[1] != chans:
+            raise DataError(f"the model takes {chans} channel(s) for {what} but got {x.shape[1]} "
+                            f"(tensor of shape {tuple(x.shape)})")
+        return grid_shape(x.shape[2:], patch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check(x)
+        proj = self.proj if x.ndim == 4 else self.proj_3d
+        return proj(x).flatten(2).transpose(1, 2)
+
+
+class UnifiedViTEncoder(ViTEncoder):
+    """A ViT whose blocks are shared by 2D images and 3D volumes, with one position embedding per dimensionality.
+
+    Uni4Eye (Cai et al., MICCAI 2022): a `UnifiedPatchEmbed` feeds 2D or 3D tokens to the same blocks.
+    `pos_embed` (2D, timm's key) and `pos_embed_3d` hold the positions of the `img_size` and `volume_size` grids.
+    """
+
+    def __init__(self, img_size: int | Sequence[int] = 224, patch_size: int | Sequence[int] = 16,
+                 in_chans: int = 3, volume_size: int | Sequence[int] = (112, 224, 224),
+                 volume_patch_size: int | Sequence[int] | None = None, volume_chans: int | None = None,
+                 embed_dim: int = 768, pos_embed: str = "sincos", **kwargs):
+        embedder = UnifiedPatchEmbed(patch_size, in_chans, embed_dim, volume_patch_size, volume_chans)
+        super().__init__(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
+                         pos_embed=pos_embed, spatial_dims=2, patch_embed=embedder, **kwargs)
+        self.volume_size = as_tuple(volume_size, 3, "volume_size")
+        self.volume_patch_size = embedder.volume_patch_size
+        self.volume_chans = embedder.volume_chans
+        self.volume_grid = grid_shape(self.volume_size, self.volume_patch_size)
+        self.num_volume_patches = math.prod(self.volume_grid)
+        self.pos_embed_3d = nn.Parameter(sincos_pos_embed(embed_dim, self.volume_grid).unsqueeze(0),
+                                         requires_grad=not self.fixed_pos)
+        if not self.fixed_pos:
+            nn.init.trunc_normal_(self.pos_embed_3d, std=0.02)
+
+    def positions(self, grid: Sequence[int]) -> torch.Tensor:
+        """Patch positions for a 2D grid (`pos_embed`) or a 3D grid (`pos_embed_3d`)."""
+        if len(grid) == 2:
+            return super().positions(grid)
+        if tuple(grid) == self.volume_grid:
+            return self.pos_embed_3d
+        if self.fixed_pos:
+            return sincos_pos_embed(self.embed_dim, grid).unsqueeze(0).to(self.pos_embed_3d)
+        raise DataError(f"the model was built for a {self.volume_grid} volume token grid and has learned "
+                        f"positions; got volumes giving a {tuple(grid)} grid (resize them to {self.volume_size})")
+
+    def grid_of(self, spatial_dims: int) -> tuple[int, ...]:
+        """The token grid the model was built for, for 2D images or 3D volumes."""
+        return self.grid if spatial_dims == 2 else self.volume_grid
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {"pos_embed", "pos_embed_3d", "cls_token"}
 
 
 def gather_tokens(tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

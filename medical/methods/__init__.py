@@ -1,1 +1,2 @@
 """mimkit.medical methods; importing this package registers them."""
+from . import uni4eye  # noqa: F401
