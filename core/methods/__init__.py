@@ -1,3 +1,4 @@
 """The core methods; importing this package registers them."""
 from . import mae  # noqa: F401
 from . import cae  # noqa: F401
+from . import simmim  # noqa: F401
