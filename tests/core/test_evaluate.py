@@ -1,0 +1,184 @@
+"""Evaluation protocols: weighted kNN, linear probe, fine-tuning with layer-wise lr decay, metrics."""
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+from timm.layers import DropPath
+from torch import nn
+
+from mimkit.core.encoders import build_encoder
+from mimkit.core.errors import ConfigError
+from mimkit.core.evaluate import (FineTuneModel, classification_metrics, evaluate, extract_features,
+                                  fit_linear_probe, knn_scores, layer_decay_param_groups)
+
+
+def tiny_encoder(seed=0, **overrides):
+    torch.manual_seed(seed)
+    config = dict(img_size=16, patch_size=4, in_chans=1, embed_dim=32, depth=2, num_heads=2)
+    return build_encoder(**{**config, **overrides})
+
+
+def pattern_set(n, seed, noise=0.05):
+    """Four easy classes: horizontal stripes, vertical stripes, checkerboard, bright left half."""
+    r = torch.arange(16)
+    stripes = ((r // 2) % 2).float()
+    bases = torch.stack([stripes[:, None].expand(16, 16), stripes[None, :].expand(16, 16),
+                         ((r[:, None] // 4 + r[None, :] // 4) % 2).float(), (r[None, :] < 8).float().expand(16, 16)])
+    labels = torch.arange(n) % 4
+    images = bases[labels] + noise * torch.randn(n, 16, 16, generator=torch.Generator().manual_seed(seed))
+    return [{"image": images[i, None], "label": int(labels[i]), "path": f"image{i}.png"} for i in range(n)]
+
+
+def state(module):
+    return {name: value.clone() for name, value in module.state_dict().items()}
+
+
+def test_knn_is_perfect_on_separated_clusters():
+    result = evaluate(tiny_encoder(), "knn", pattern_set(80, 1), pattern_set(80, 2))
+    assert result["accuracy"] == 1.0 and result["balanced_accuracy"] == 1.0
+    assert result["k"] == 20 and result["num_samples"] == 80
+
+
+def test_knn_is_at_chance_on_random_labels():
+    train, test = pattern_set(300, 1, noise=0.1), pattern_set(300, 2, noise=0.1)
+    generator = torch.Generator().manual_seed(3)
+    for item in train + test:
+        item["label"] = int(torch.randint(4, (1,), generator=generator))
+    result = evaluate(tiny_encoder(), "knn", train, test)
+    assert 0.15 < result["accuracy"] < 0.35  # chance is 0.25; 300 test samples give a std of 0.025
+
+
+def test_knn_temperature_weighting_changes_the_vote():
+    # One very close neighbour of class 0 against two distant ones of class 1.
+    train = torch.tensor([[1.0, 0.05], [0.1, 1.0], [0.1, -1.0]])
+    labels = torch.tensor([0, 1, 1])
+    test = torch.tensor([[1.0, 0.0]])
+    weighted = knn_scores(train, labels, test, k=3, temperature=0.07)
+    uniform = knn_scores(train, labels, test, k=3, temperature=None)
+    assert weighted.argmax(1).item() == 0
+    assert uniform.argmax(1).item() == 1
+    assert torch.allclose(uniform, torch.tensor([[1.0, 2.0]]))
+    closest = torch.nn.functional.cosine_similarity(train[:1], test)
+    assert torch.allclose(weighted[:, 0], (closest / 0.07).exp())  # exp(similarity / T)
+
+
+def test_linear_probe_learns_with_a_frozen_encoder():
+    encoder = tiny_encoder().train()
+    before = state(encoder)
+    result = evaluate(encoder, "linear", pattern_set(80, 1), pattern_set(80, 2))
+    assert result["accuracy"] >= 0.95
+    assert encoder.training  # mode restored
+    after = encoder.state_dict()
+    assert all(torch.equal(before[name], after[name]) for name in before)
+
+
+def test_linear_probe_head_separates_a_linearly_separable_feature_set():
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(600, 16, generator=generator)
+    direction = torch.randn(16, generator=generator)
+    projection = features @ direction
+    keep = projection.abs() > 0.5 * direction.norm()  # a margin around the hyperplane; not clustered
+    features, labels = features[keep], (projection[keep] > 0).long()
+    head = fit_linear_probe(features[:200], labels[:200], batch_size=64, device="cpu")
+    with torch.no_grad():
+        predicted = head(features).argmax(1)
+    assert (predicted[:200] == labels[:200]).all()
+    assert (predicted[200:] == labels[200:]).float().mean() >= 0.95
+    assert isinstance(head[0], nn.BatchNorm1d) and not head[0].affine
+
+
+def test_linear_probe_is_deterministic_under_a_seed_and_sklearn_agrees():
+    encoder, train, test = tiny_encoder(), pattern_set(40, 1), pattern_set(40, 2)
+    first = evaluate(encoder, "linear", train, test, epochs=5, seed=7)
+    second = evaluate(encoder, "linear", train, test, epochs=5, seed=7)
+    assert first == second
+    assert evaluate(encoder, "linear", train, test, method="sklearn")["accuracy"] >= 0.95
+
+
+def test_layer_decay_scales_patch_embed_middle_block_and_head():
+    encoder = tiny_encoder(depth=4, pos_embed="learned")
+    model = FineTuneModel(encoder, 3)
+    groups = layer_decay_param_groups(model, lr=1.0, weight_decay=0.05, layer_decay=0.5)
+    optimizer = torch.optim.AdamW(groups)
+    group_of = {id(p): group for group in optimizer.param_groups for p in group["params"]}
+
+    def lr(param):
+        return group_of[id(param)]["lr"]
+
+    # scale = decay ** (depth + 1 - layer): patch embedding layer 0, block i layer i + 1, head layer depth + 1
+    assert lr(model.encoder.patch_embed.proj.weight) == pytest.approx(0.5 ** 5)
+    assert lr(model.encoder.pos_embed) == pytest.approx(0.5 ** 5)
+    assert lr(model.encoder.blocks[1].attn.qkv.weight) == pytest.approx(0.5 ** 3)
+    assert lr(model.head.weight) == pytest.approx(1.0)
+    assert lr(model.fc_norm.weight) == pytest.approx(1.0)
+    # no weight decay on biases, norms, class token and positions
+    assert group_of[id(model.encoder.blocks[1].attn.qkv.weight)]["weight_decay"] == 0.05
+    for param in (model.encoder.blocks[1].attn.qkv.bias, model.encoder.blocks[1].norm1.weight,
+                  model.encoder.cls_token, model.encoder.pos_embed, model.head.bias):
+        assert group_of[id(param)]["weight_decay"] == 0.0
+    assert sum(len(g["params"]) for g in groups) == sum(p.requires_grad for p in model.parameters())
+
+
+def test_drop_path_follows_the_linear_rule_on_a_copy():
+    encoder = tiny_encoder(depth=4)
+    before = state(encoder)
+    model = FineTuneModel(encoder, 3, drop_path=0.3)
+    blocks = model.encoder.blocks
+    assert isinstance(blocks[0].drop_path1, nn.Identity) and isinstance(blocks[0].drop_path2, nn.Identity)
+    for i, expected in [(1, 0.1), (2, 0.2), (3, 0.3)]:
+        for module in (blocks[i].drop_path1, blocks[i].drop_path2):
+            assert isinstance(module, DropPath) and module.drop_prob == pytest.approx(expected)
+    # the original encoder keeps its Identity slots, its final norm and its weights
+    assert all(isinstance(b.drop_path1, nn.Identity) and isinstance(b.drop_path2, nn.Identity) for b in encoder.blocks)
+    assert isinstance(encoder.norm, nn.LayerNorm) and isinstance(model.encoder.norm, nn.Identity)
+    with torch.no_grad():
+        model.encoder.blocks[0].attn.qkv.weight.add_(1.0)
+    assert all(torch.equal(before[name], value) for name, value in encoder.state_dict().items())
+
+
+def test_finetune_raises_accuracy_above_chance_and_leaves_the_encoder_alone():
+    encoder = tiny_encoder()
+    before = state(encoder)
+    train, test = pattern_set(48, 1), pattern_set(48, 2)
+    untrained = evaluate(encoder, "finetune", train, test, epochs=1, lr=0.0, batch_size=16)
+    result = evaluate(encoder, "finetune", train, test, epochs=6, batch_size=16, base_lr=0.1, warmup_epochs=1)
+    assert untrained["accuracy"] <= 0.5
+    assert result["accuracy"] >= 0.75
+    assert result["train_loss"][-1] < result["train_loss"][0]
+    assert all(torch.equal(before[name], value) for name, value in encoder.state_dict().items())
+
+
+def test_macro_auc_matches_sklearn_and_skips_constant_classes():
+    labels = torch.tensor([[1, 0, 0], [0, 0, 1], [1, 0, 1], [0, 0, 0], [1, 0, 1], [0, 0, 1]]).float()
+    scores = torch.tensor([[0.9, 0.1, 0.2], [0.4, 0.5, 0.7], [0.3, 0.2, 0.6],
+                           [0.2, 0.9, 0.8], [0.8, 0.3, 0.1], [0.5, 0.4, 0.9]])
+    metrics = classification_metrics(scores, labels)
+    expected = roc_auc_score(labels[:, [0, 2]].numpy(), scores[:, [0, 2]].numpy(), average="macro")
+    assert metrics["auc_macro"] == pytest.approx(expected)
+    assert metrics["auc_classes_skipped"] == 1 and metrics["auc_classes_used"] == 2
+
+
+def test_multilabel_linear_probe_reports_auc_and_knn_refuses():
+    train, test = pattern_set(40, 1), pattern_set(40, 2)
+    for item in train + test:  # multi-hot: "striped" (classes 0, 1) and "has vertical structure" (1, 3)
+        label = item["label"]
+        item["label"] = torch.tensor([float(label in (0, 1)), float(label in (1, 3))])
+    result = evaluate(tiny_encoder(), "linear", train, test, epochs=30)
+    assert result["auc_macro"] > 0.95 and result["auc_classes_skipped"] == 0
+    with pytest.raises(ConfigError, match="single-label"):
+        evaluate(tiny_encoder(), "knn", train, test)
+
+
+def test_bf16_features_match_fp32():
+    encoder, data = tiny_encoder(), pattern_set(8, 1)
+    full, labels = extract_features(encoder, data, precision="fp32", device="cpu")
+    half, _ = extract_features(encoder, data, precision="bf16", device="cpu")
+    assert half.dtype == torch.float32 and labels.tolist() == [0, 1, 2, 3] * 2
+    assert torch.nn.functional.cosine_similarity(full, half).min() > 0.98
+
+
+def test_unknown_protocol_and_option_raise_config_error():
+    encoder, data = tiny_encoder(), pattern_set(8, 1)
+    with pytest.raises(ConfigError, match="knn, linear, finetune"):
+        evaluate(encoder, "segmentation", data, data)
+    with pytest.raises(ConfigError, match="layer_decay"):
+        evaluate(encoder, "knn", data, data, layer_decay=0.5)
