@@ -205,6 +205,64 @@ class TubeMasker(Masker):
         return Mask.from_bool(masked.reshape(batch_size, -1).to(device))
 
 
+class DisjointMasker(Masker):
+    """DMJD's disjoint masking: `num_views` masks per image, each hiding the same number M of its N tokens.
+
+    Ma et al., "Disjoint Masking with Joint Distillation for Efficient Masked Image Modeling", 2023.
+    The views are drawn one after another; each view hides the M tokens that the views before it hid least
+    often (random among ties). This is our K-view form of the paper's disjoint regulation; for two views it
+    is exactly its reference code (prediction ratio 1): the second view hides as many of the first view's
+    visible tokens as it can and takes the rest from the first view's hidden ones.
+    Consequence, for every image: each token is hidden floor(K*M/N) or ceil(K*M/N) times over the K views, so
+      * K * M <= N: the hidden sets are pairwise disjoint;
+      * K * M >= N: together they cover every token;
+      * K * (N - M) <= N: the visible sets are pairwise disjoint.
+    `mask_unit` > 1 applies this on a coarse grid of `mask_unit`-sided token blocks (DMJD's block mode),
+    with M, N counted in blocks. Returns ONE Mask of K * batch_size rows, view-major: rows
+    [k * batch_size, (k + 1) * batch_size) are view k of images 0..batch_size-1.
+    """
+
+    def __init__(self, mask_ratio: float | RatioSchedule = 0.75, num_views: int = 2,
+                 grid: Sequence[int] | None = None, mask_unit: int = 1):
+        super().__init__(mask_ratio)
+        if int(num_views) < 1:
+            raise ConfigError(f"num_views must be at least 1, got {num_views}")
+        self.num_views, self.unit = int(num_views), int(mask_unit)
+        self.grid = tuple(grid) if grid is not None else None
+        if self.unit < 1:
+            raise ConfigError(f"mask_unit must be at least 1, got {mask_unit}")
+        if self.unit > 1 and self.grid is None:
+            raise ConfigError("DisjointMasker needs the token grid when mask_unit > 1")
+        if self.unit > 1 and any(g % self.unit for g in self.grid):
+            raise ConfigError(f"token grid {self.grid} is not divisible by mask unit {self.unit}")
+
+    def hidden_counts(self, masks: Mask, batch_size: int) -> torch.Tensor:
+        """(batch_size, N) how many of the K views hide each token."""
+        return masks.mask.reshape(self.num_views, batch_size, -1).sum(0)
+
+    def __call__(self, batch_size, num_tokens, *, step=None, scores=None, device=None, generator=None):
+        if self.grid is not None and math.prod(self.grid) != num_tokens:
+            raise ConfigError(f"DisjointMasker grid {self.grid} does not match {num_tokens} tokens")
+        coarse = tuple(g // self.unit for g in self.grid) if self.unit > 1 else (num_tokens,)
+        units = math.prod(coarse)
+        hide = self.num_masked(units, step)
+        counts = torch.zeros(batch_size, units)
+        views = []
+        for _ in range(self.num_views):
+            # noise < 1 only breaks ties: tokens hidden fewer times so far always come first
+            order = torch.argsort(counts + torch.rand(batch_size, units, generator=generator), dim=1)
+            hidden = torch.zeros(batch_size, units, dtype=torch.bool)
+            hidden.scatter_(1, order[:, :hide], True)
+            counts += hidden
+            views.append(hidden)
+        masked = torch.cat(views).reshape(-1, *coarse)
+        if self.unit > 1:
+            for axis in range(len(coarse)):
+                masked = masked.repeat_interleave(self.unit, dim=axis + 1)
+        return Mask.from_bool(masked.reshape(len(views) * batch_size, -1).to(device))
+
+
 MASKERS: dict[str, Callable[..., Masker]] = {
     "random": RandomMasker, "block": BlockMasker, "grid": GridMasker, "tube": TubeMasker,
+    "disjoint": DisjointMasker,
 }

@@ -6,8 +6,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .errors import DataError
-from .tokens import patchify, unpatchify
+from .errors import ConfigError, DataError
+from .tokens import as_tuple, patchify, unpatchify
 
 
 class PixelTarget:
@@ -85,3 +85,77 @@ class GradientTarget:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, *spatial) -> (B, N, patch_pixels * C)."""
         return self.pixels(sobel_gradient(images))
+
+
+class HOGTarget:
+    """Histograms of oriented gradients of each patch: MaskFeat's target, DMJD's default.
+
+    Per channel: central-difference gradients (zero on the border row / column), unsigned orientations in
+    [0, 180) degrees hard-assigned to `orientations` equal bins, gradient magnitude summed per bin over each
+    `cell_size` x `cell_size` cell and divided by the cell's pixel count (as scikit-image's `hog` and DMJD's
+    reference code). Each cell histogram is then normalised over its bins: 'standardize' (zero mean, unit
+    variance: DMJD's reference code), 'l2' (scikit-image's L2 block norm with one-cell blocks) or 'none'.
+    A token's target is its cells' histograms, (cells per patch) x channels x orientations values.
+    """
+
+    NORMALIZATIONS = ("standardize", "l2", "none")
+
+    def __init__(self, patch_size: int | Sequence[int], orientations: int = 9, cell_size: int = 8,
+                 normalize: str = "standardize", eps: float = 1e-5):
+        self.patch_size = as_tuple(patch_size, 2, "patch_size")
+        if normalize not in self.NORMALIZATIONS:
+            raise ConfigError(f"HOG normalize must be one of {', '.join(self.NORMALIZATIONS)}, got {normalize!r}")
+        if orientations < 1 or cell_size < 1:
+            raise ConfigError(f"HOG needs orientations >= 1 and cell_size >= 1, got {orientations} and {cell_size}")
+        if any(p % cell_size for p in self.patch_size):
+            raise ConfigError(f"HOG cell_size {cell_size} must divide the patch size {self.patch_size}")
+        self.orientations, self.cell_size, self.normalize, self.eps = orientations, cell_size, normalize, eps
+
+    def dim(self, in_chans: int) -> int:
+        """Length of one token's target."""
+        cells = (self.patch_size[0] // self.cell_size) * (self.patch_size[1] // self.cell_size)
+        return cells * in_chans * self.orientations
+
+    def cell_histograms(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> unnormalised histograms (B, C, H // cell, W // cell, orientations)."""
+        if images.ndim != 4:
+            raise ConfigError(f"HOG targets are defined for 2D images (B, C, H, W), got shape {tuple(images.shape)}")
+        x = images.double() if images.dtype == torch.float64 else images.float()
+        g_row, g_col = torch.zeros_like(x), torch.zeros_like(x)
+        g_row[:, :, 1:-1] = x[:, :, 2:] - x[:, :, :-2]
+        g_col[:, :, :, 1:-1] = x[:, :, :, 2:] - x[:, :, :, :-2]
+        magnitude = torch.hypot(g_row, g_col)
+        angle = torch.rad2deg(torch.atan2(g_row, g_col)) % 180
+        bins = torch.div(angle, 180.0 / self.orientations, rounding_mode="floor").clamp_(0, self.orientations - 1)
+        batch, chans, height, width = x.shape
+        c = self.cell_size
+        rows, cols = height // c, width // c
+        magnitude = magnitude[:, :, :rows * c, :cols * c]
+        bins = bins[:, :, :rows * c, :cols * c]
+        hist = []
+        for b in range(self.orientations):  # one bin at a time keeps memory at one image-sized tensor
+            in_bin = (magnitude * (bins == b)).reshape(batch, chans, rows, c, cols, c)
+            hist.append(in_bin.sum(dim=(3, 5)) / (c * c))
+        return torch.stack(hist, dim=-1)
+
+    def normalized_cells(self, images: torch.Tensor) -> torch.Tensor:
+        """Cell histograms normalised over their bins, (B, C, H // cell, W // cell, orientations)."""
+        hist = self.cell_histograms(images)
+        if self.normalize == "l2":
+            return hist / torch.sqrt((hist ** 2).sum(-1, keepdim=True) + self.eps ** 2)
+        if self.normalize == "standardize":
+            mean = hist.mean(-1, keepdim=True)
+            var = hist.var(-1, keepdim=True, unbiased=False)
+            return (hist - mean) / torch.sqrt(var + self.eps)
+        return hist
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, N, cells per patch * C * orientations), tokens in patchify order."""
+        cells = self.normalized_cells(images).float()
+        batch, chans, rows, cols, bins = cells.shape
+        per_h, per_w = self.patch_size[0] // self.cell_size, self.patch_size[1] // self.cell_size
+        if rows % per_h or cols % per_w:
+            raise ConfigError(f"image size {tuple(images.shape[2:])} is not divisible by the patch size {self.patch_size}")
+        x = cells.reshape(batch, chans, rows // per_h, per_h, cols // per_w, per_w, bins)
+        x = x.permute(0, 2, 4, 3, 5, 1, 6)  # (B, grid_h, grid_w, cell_h, cell_w, C, bins)
+        return x.reshape(batch, (rows // per_h) * (cols // per_w), per_h * per_w * chans * bins)

@@ -2,3 +2,4 @@
 from . import mae  # noqa: F401
 from . import cae  # noqa: F401
 from . import simmim  # noqa: F401
+from . import dmjd  # noqa: F401

@@ -1,0 +1,76 @@
+"""Thorax MAE (Xiao et al. WACV 2023): MAE with the paper's chest X-ray defaults; its recipes load and build."""
+from importlib import resources
+
+import pytest
+import torch
+import yaml
+
+from mimkit.core import build_method, list_methods
+from mimkit.core.registry import method_arguments
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run far faster on one thread when the CPU is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def recipe(name: str) -> dict:
+    return yaml.safe_load(resources.files("mimkit.medical").joinpath("recipes", name).read_text())
+
+
+def test_default_mask_hides_90_percent_of_tokens():
+    torch.manual_seed(0)
+    model = build_method("thorax_mae")  # the paper's ViT-S/16 at 224 with a 512 x 2 decoder
+    assert model.encoder.embed_dim == 384 and len(model.encoder.blocks) == 12 and len(model.decoder.blocks) == 2
+    out = model({"image": torch.rand(2, 3, 224, 224)})
+    assert out.mask.shape == (2, 196)
+    assert out.mask.sum(1).tolist() == [176.0, 176.0]  # round(0.9 * 196) hidden, 20 visible
+    args = method_arguments("thorax_mae")
+    assert args["mask_ratio"] == 0.9 and args["norm_pix_loss"] is False and args["decoder_depth"] == 2
+
+
+def test_pretrain_recipe_loads_and_builds_the_method():
+    pre = recipe("thorax_mae_pretrain.yaml")
+    assert pre["method"] == "thorax_mae"
+    assert pre["model"]["mask_ratio"] == 0.9 and pre["data"]["crop_scale"] == [0.5, 1.0]
+    assert pre["train"]["base_lr"] == 1.5e-4 and pre["train"]["epochs"] == 800
+    model = build_method(pre["method"], **{**pre["model"], "img_size": 32, "embed_dim": 32, "depth": 1,
+                                           "num_heads": 2, "decoder_embed_dim": 32, "decoder_num_heads": 2})
+    assert model.masker.num_masked(16, None) == 14  # the recipe's 90% on a 4 x 4 token grid
+
+
+def test_finetune_recipe_values_and_names():
+    ft = recipe("thorax_mae_finetune.yaml")
+    train = ft["train"]
+    assert ft["protocol"] == "finetune" and ft["evaluation"]["metric"] == "auc_macro"
+    assert train["layer_decay"] == 0.55 and train["drop_path"] == 0.2 and train["base_lr"] == 2.5e-4
+    assert train["epochs"] == 75 and ft["data"]["randaugment"].startswith("rand-m6")
+    assert ft["data"]["num_classes"] == 14 and ft["data"]["multi_label"] is True
+    # the encoder settings build the same ViT-S the pretraining recipe trains
+    assert {k: ft["model"][k] for k in ("embed_dim", "depth", "num_heads", "patch_size")} == \
+        {k: recipe("thorax_mae_pretrain.yaml")["model"][k] for k in ("embed_dim", "depth", "num_heads", "patch_size")}
+
+
+def test_registered_2d_3d_shapes_and_loss_falls():
+    assert "thorax_mae" in list_methods()
+    tiny = dict(img_size=32, patch_size=8, in_chans=1, embed_dim=32, depth=2, num_heads=2,
+                decoder_embed_dim=32, decoder_num_heads=2)
+    vol_model = build_method("thorax_mae", **{**tiny, "img_size": 16, "spatial_dims": 3})
+    assert vol_model({"image": torch.rand(2, 1, 16, 16, 16)}).pred.shape == (2, 8, 512)
+    torch.manual_seed(0)
+    model = build_method("thorax_mae", **tiny)
+    images = torch.rand(8, 1, 32, 32)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(40):
+        out = model({"image": images})
+        assert out.pred.shape == (8, 16, 64)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        losses.append(out.loss.item())
+    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
