@@ -3,3 +3,4 @@ from . import mae  # noqa: F401
 from . import cae  # noqa: F401
 from . import simmim  # noqa: F401
 from . import dmjd  # noqa: F401
+from . import cropmae  # noqa: F401
