@@ -4,3 +4,4 @@ from . import cae  # noqa: F401
 from . import simmim  # noqa: F401
 from . import dmjd  # noqa: F401
 from . import cropmae  # noqa: F401
+from . import maskalign  # noqa: F401
