@@ -1,4 +1,4 @@
-"""Decoders and prediction heads: the MAE decoder, a cross-attention block, simple linear / MLP heads."""
+"""Decoders and prediction heads: MAE decoder, cross-attention block, hierarchical decoder, linear / MLP heads."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -151,3 +151,52 @@ class CrossAttentionBlock(nn.Module):
         attended = self.cross_attn(self.norm_q(queries), self.norm_k(keys), self.norm_v(context), attn_mask)
         x = x + self.drop_path(self.ls_cross(attended))
         return x + self.drop_path(self.ls_mlp(self.mlp(self.norm_mlp(x))))
+
+
+class HierarchicalDecoder(nn.Module):
+    """An MAE decoder whose later blocks read intermediate encoder layers (Hi-End-MAE's hierarchical decoding).
+
+    The final encoder tokens plus mask tokens, with sin-cos positions, go through `self_depth` self-attention
+    blocks; then cross-attention block i (self-attention, cross-attention, MLP) attends to context i, an
+    encoder hidden state projected to the decoder width by its own linear layer.
+    """
+
+    def __init__(self, grid: Sequence[int], in_dim: int, out_dim: int, num_contexts: int,
+                 decoder_embed_dim: int = 512, self_depth: int = 2, decoder_num_heads: int = 16,
+                 mlp_ratio: float = 4.0, num_prefix_tokens: int = 1, context_dim: int | None = None):
+        super().__init__()
+        self.grid, self.num_prefix_tokens = tuple(grid), num_prefix_tokens
+        self.embed = nn.Linear(in_dim, decoder_embed_dim)
+        self.context_proj = nn.ModuleList([nn.Linear(context_dim or in_dim, decoder_embed_dim)
+                                           for _ in range(num_contexts)])
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
+        self.pos_embed = nn.Parameter(sincos_pos_embed(decoder_embed_dim, self.grid).unsqueeze(0),
+                                      requires_grad=False)
+        self.blocks = nn.ModuleList([
+            Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True, norm_layer=LayerNorm)
+            for _ in range(self_depth)])
+        self.cross_blocks = nn.ModuleList([
+            CrossAttentionBlock(decoder_embed_dim, decoder_num_heads, mlp_ratio, self_attention=True)
+            for _ in range(num_contexts)])
+        self.norm = LayerNorm(decoder_embed_dim)
+        self.pred = nn.Linear(decoder_embed_dim, out_dim)
+        self.apply(init_weights)
+        nn.init.normal_(self.mask_token, std=0.02)
+
+    def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor, contexts: Sequence[torch.Tensor]) -> torch.Tensor:
+        """latent (B, prefix + K, D_enc), contexts: one (B, M, D_ctx) per cross block -> (B, N, out_dim)."""
+        if len(contexts) != len(self.cross_blocks):
+            raise ConfigError(f"the decoder has {len(self.cross_blocks)} cross-attention blocks but got "
+                              f"{len(contexts)} encoder layers to read")
+        x = self.embed(latent)
+        prefix, visible = x[:, :self.num_prefix_tokens], x[:, self.num_prefix_tokens:]
+        x = restore_tokens(visible, ids_restore, self.mask_token)
+        if ids_restore.shape[1] != self.pos_embed.shape[1]:
+            raise DataError(f"the decoder was built for a {self.grid} token grid ({self.pos_embed.shape[1]} tokens), "
+                            f"got {ids_restore.shape[1]} tokens: pretrain at the model's image size")
+        x = torch.cat([prefix, x + self.pos_embed], dim=1)
+        for block in self.blocks:
+            x = block(x)
+        for block, proj, context in zip(self.cross_blocks, self.context_proj, contexts):
+            x = block(x, proj(context))
+        return self.pred(self.norm(x))[:, self.num_prefix_tokens:]
