@@ -5,3 +5,4 @@ from . import simmim  # noqa: F401
 from . import dmjd  # noqa: F401
 from . import cropmae  # noqa: F401
 from . import maskalign  # noqa: F401
+from . import mrmae  # noqa: F401
