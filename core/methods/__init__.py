@@ -6,3 +6,4 @@ from . import dmjd  # noqa: F401
 from . import cropmae  # noqa: F401
 from . import maskalign  # noqa: F401
 from . import mrmae  # noqa: F401
+from . import mixedae  # noqa: F401
