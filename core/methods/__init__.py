@@ -7,3 +7,4 @@ from . import cropmae  # noqa: F401
 from . import maskalign  # noqa: F401
 from . import mrmae  # noqa: F401
 from . import mixedae  # noqa: F401
+from . import maskembed  # noqa: F401
