@@ -1,0 +1,133 @@
+"""The registry of published results: figures from papers (and official repositories), each with its source.
+
+Every seeded number below was checked against the text of its source; the `table` field says where it is.
+Accuracies are percentages, as the papers print them. Domain subpackages add their papers' figures with
+`register_results([...])` in their `bench.py`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from mimkit.core.errors import ConfigError
+
+from .tasks import PROTOCOLS, load_domain_tasks
+
+
+@dataclass(frozen=True)
+class PublishedResult:
+    """One published figure: what was measured, on which model and data, and where it was printed."""
+
+    value: float
+    metric: str          # e.g. "top1" (percent)
+    protocol: str        # one of tasks.PROTOCOLS
+    model: str           # e.g. "ViT-B/16"
+    method: str          # registered method name, e.g. "mae"
+    data: str            # evaluation data set, e.g. "ImageNet-1K"
+    source: str          # paper (authors, title, venue year) or repository file
+    table: str           # where in the source, e.g. "Table 3"
+    img_size: int = 224  # evaluation image size
+    setting: str = ""    # what distinguishes this figure from others for the same model (schedule, target...)
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"published result {self.method}/{self.model}: protocol must be one of "
+                              f"{', '.join(PROTOCOLS)}, got {self.protocol!r}")
+        if not isinstance(self.value, (int, float)) or not math.isfinite(self.value):
+            raise ConfigError(f"published result {self.method}/{self.model}: value must be a finite number, "
+                              f"got {self.value!r}")
+
+    @property
+    def key(self) -> tuple:
+        return (self.method, self.model, self.data, self.protocol, self.metric, self.img_size, self.setting,
+                self.source, self.table)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+_RESULTS: dict[tuple, PublishedResult] = {}
+FILTERS = ("method", "data", "protocol", "metric", "model")
+
+
+def register_result(result: PublishedResult) -> PublishedResult:
+    """Add one published figure; the same figure (same model, data, protocol, setting, source) twice is an error."""
+    if not isinstance(result, PublishedResult):
+        raise ConfigError(f"register_result expects a PublishedResult, got {type(result).__name__}")
+    if result.key in _RESULTS:
+        old = _RESULTS[result.key]
+        raise ConfigError(f"published result registered twice: {result.method} {result.model} {result.protocol} "
+                          f"{result.metric} on {result.data} from {result.source}, {result.table} "
+                          f"({old.value} and {result.value})")
+    _RESULTS[result.key] = result
+    return result
+
+
+def register_results(results: list[PublishedResult]) -> None:
+    """Add several published figures."""
+    for result in results:
+        register_result(result)
+
+
+def published_results(method: str | None = None, data: str | None = None, protocol: str | None = None,
+                      metric: str | None = None, model: str | None = None) -> list[PublishedResult]:
+    """Published figures matching every given field; a value no record has is an error listing the choices."""
+    load_domain_tasks()  # domain bench modules register their papers' figures too
+    wanted = {"method": method, "data": data, "protocol": protocol, "metric": metric, "model": model}
+    records = list(_RESULTS.values())
+    for field, value in wanted.items():
+        if value is None:
+            continue
+        choices = sorted({getattr(r, field) for r in records})
+        if value not in choices:
+            raise ConfigError(f"no published result has {field}={value!r}; known: {', '.join(choices)}")
+    return [r for r in records if all(v is None or getattr(r, f) == v for f, v in wanted.items())]
+
+
+# ---------------------------------------------------------------------------------------------- MAE
+MAE_PAPER = "He et al., Masked Autoencoders Are Scalable Vision Learners, CVPR 2022 (arXiv:2111.06377)"
+MAE_REPO = "facebookresearch/mae, FINETUNE.md (official PyTorch re-implementation)"
+_LONG = "1600-epoch pre-training, normalised-pixel target"   # the released models (Table 3 caption)
+_ABLATION = "800-epoch pre-training, unnormalised pixels, decoder 8 blocks x 512 (Table 1 default)"
+_ABLATION_NORM = "800-epoch pre-training, normalised pixels, decoder 8 blocks x 512 (Table 1d)"
+
+
+def _mae(value: float, protocol: str, model: str, source: str, table: str, setting: str, img_size: int = 224,
+         note: str = "") -> PublishedResult:
+    return PublishedResult(value=value, metric="top1", protocol=protocol, model=model, method="mae",
+                           data="ImageNet-1K", source=source, table=table, img_size=img_size, setting=setting,
+                           note=note)
+
+
+register_results([
+    # Table 3: end-to-end fine-tuning, ImageNet-1K only.
+    _mae(83.6, "finetune", "ViT-B/16", MAE_PAPER, "Table 3", _LONG),
+    _mae(85.9, "finetune", "ViT-L/16", MAE_PAPER, "Table 3", _LONG),
+    _mae(86.9, "finetune", "ViT-H/14", MAE_PAPER, "Table 3", _LONG),
+    _mae(87.8, "finetune", "ViT-H/14", MAE_PAPER, "Table 3", _LONG, img_size=448,
+         note="fine-tuned and evaluated at 448x448"),
+    # Table 12 (Appendix B): linear probing; FINETUNE.md lists the same three as the paper's TF/TPU figures
+    # for the released 1600-epoch checkpoints.
+    _mae(68.0, "linear", "ViT-B/16", MAE_PAPER, "Table 12", _LONG, note="BatchNorm (affine=False) before the classifier"),
+    _mae(75.8, "linear", "ViT-L/16", MAE_PAPER, "Table 12", _LONG, note="BatchNorm (affine=False) before the classifier"),
+    _mae(76.6, "linear", "ViT-H/14", MAE_PAPER, "Table 12", _LONG, note="BatchNorm (affine=False) before the classifier"),
+    # Table 1: the ablation baseline (ViT-L/16) and its normalised-pixel variant (Table 1d).
+    _mae(84.9, "finetune", "ViT-L/16", MAE_PAPER, "Table 1", _ABLATION),
+    _mae(73.5, "linear", "ViT-L/16", MAE_PAPER, "Table 1", _ABLATION),
+    _mae(85.4, "finetune", "ViT-L/16", MAE_PAPER, "Table 1d", _ABLATION_NORM),
+    _mae(73.9, "linear", "ViT-L/16", MAE_PAPER, "Table 1d", _ABLATION_NORM),
+    # Section 4.3 (text on Figure 9): partial fine-tuning of the Table 1 baseline.
+    _mae(81.0, "partial-finetune", "ViT-L/16", MAE_PAPER, "Section 4.3 / Figure 9",
+         _ABLATION + "; last 1 block tuned"),
+    _mae(79.1, "partial-finetune", "ViT-L/16", MAE_PAPER, "Section 4.3 / Figure 9",
+         _ABLATION + "; only the MLP of the last block tuned"),
+    # The official PyTorch repository: evaluation of its released fine-tuned checkpoints, and its own
+    # linear-probing runs ("this repo (PT/GPU)").
+    _mae(83.664, "finetune", "ViT-B/16", MAE_REPO, "Evaluation table", _LONG, note="released fine-tuned checkpoint"),
+    _mae(85.952, "finetune", "ViT-L/16", MAE_REPO, "Evaluation table", _LONG, note="released fine-tuned checkpoint"),
+    _mae(86.928, "finetune", "ViT-H/14", MAE_REPO, "Evaluation table", _LONG, note="released fine-tuned checkpoint"),
+    _mae(67.8, "linear", "ViT-B/16", MAE_REPO, "Linear Probing table", _LONG, note="PyTorch/GPU re-run"),
+    _mae(76.0, "linear", "ViT-L/16", MAE_REPO, "Linear Probing table", _LONG, note="PyTorch/GPU re-run"),
+    _mae(77.2, "linear", "ViT-H/14", MAE_REPO, "Linear Probing table", _LONG, note="PyTorch/GPU re-run"),
+])

@@ -1,0 +1,94 @@
+"""The report: matching run results to published figures, differences, markdown and CSV output."""
+import csv
+import json
+
+import pytest
+
+from mimkit.benchmarks import report
+from mimkit.benchmarks.published import PublishedResult
+from mimkit.core.errors import ConfigError
+
+PUBLISHED = [
+    PublishedResult(value=70.0, metric="top1", protocol="linear", model="ViT-B/16", method="mae", data="Toy",
+                    source="Paper A 2021", table="Table 1"),
+    PublishedResult(value=71.5, metric="top1", protocol="linear", model="ViT-B/16", method="mae", data="Toy",
+                    source="Repo B", table="README"),
+    PublishedResult(value=90.0, metric="top1", protocol="finetune", model="ViT-B/16", method="mae", data="Toy",
+                    source="Paper A 2021", table="Table 2"),
+    PublishedResult(value=92.0, metric="top1", protocol="finetune", model="ViT-B/16", method="mae", data="Toy",
+                    source="Paper A 2021", table="Table 2", img_size=448),
+    PublishedResult(value=75.0, metric="top1", protocol="linear", model="ViT-L/16", method="mae", data="Toy",
+                    source="Paper A 2021", table="Table 1"),
+]
+
+
+def _run(**fields):
+    return {"data": "Toy", "method": "mae", "model": "ViT-B/16", "protocol": "linear", "metric": "top1",
+            "value": 68.5, **fields}
+
+
+def test_compare_matches_on_data_protocol_metric_and_model():
+    rows = report.compare([_run()], PUBLISHED)
+    assert [(r["source"], r["published"]) for r in rows] == [("Paper A 2021", 70.0), ("Repo B", 71.5)]
+    assert [r["difference"] for r in rows] == pytest.approx([-1.5, -3.0])
+    assert all(r["ours"] == 68.5 and r["model"] == "ViT-B/16" for r in rows)
+
+
+def test_compare_keeps_unmatched_results_and_respects_image_size():
+    rows = report.compare([_run(method="simmim"), _run(protocol="finetune", value=91.0, img_size=448)], PUBLISHED)
+    assert rows[0]["published"] is None and rows[0]["difference"] is None and rows[0]["method"] == "simmim"
+    assert len(rows) == 2 and rows[1]["published"] == 92.0 and rows[1]["difference"] == pytest.approx(-1.0)
+    # Without an image size the run is compared with both the 224 and the 448 figure.
+    assert [r["img_size"] for r in report.compare([_run(protocol="finetune")], PUBLISHED)] == [224, 448]
+
+
+def test_compare_reads_data_protocol_and_metric_from_a_task():
+    rows = report.compare([{"task": "imagenet1k-finetune", "method": "mae", "model": "ViT-B/16", "value": 83.0,
+                            "img_size": 224}])
+    assert rows and all(r["data"] == "ImageNet-1K" and r["protocol"] == "finetune" for r in rows)
+    assert all(r["difference"] == pytest.approx(83.0 - r["published"]) for r in rows)
+
+
+def test_compare_rejects_incomplete_results():
+    with pytest.raises(ConfigError, match="#0 lacks model, protocol"):
+        report.compare([{"data": "Toy", "method": "mae", "metric": "top1", "value": 1.0}], PUBLISHED)
+    with pytest.raises(ConfigError, match="finite number"):
+        report.compare([_run(value="high")], PUBLISHED)
+
+
+def test_write_report_markdown_and_csv(tmp_path):
+    rows = report.compare([_run(), _run(model="ViT-L/16", value=76.25)], PUBLISHED)
+    md_path, csv_path = report.write_report(rows, tmp_path / "out")
+    lines = md_path.read_text().splitlines()
+    assert lines[0].startswith("| data | protocol | metric | method | model")
+    assert len(lines) == 2 + len(rows)
+    assert "| Toy | linear | top1 | mae | ViT-L/16 | 224 | 76.25 | 75 | +1.25 | Paper A 2021 | Table 1 |" in lines[-1]
+    assert "| 68.5 | 71.5 | -3 | Repo B |" in lines[3]
+    with csv_path.open() as handle:
+        table = list(csv.DictReader(handle))
+    assert len(table) == len(rows)
+    assert [float(r["difference"]) for r in table] == pytest.approx([r["difference"] for r in rows])
+    assert table[2]["published"] == "75.0" and table[2]["source"] == "Paper A 2021"
+
+
+def test_command_line_reads_metrics_json(tmp_path, capsys):
+    metrics = {"method": "mae", "model": "ViT-B/16", "img_size": 224,
+               "results": [{"data": "ImageNet-1K", "protocol": "linear", "metric": "top1", "value": 60.0},
+                           {"data": "ImageNet-1K", "protocol": "finetune", "metric": "top1", "value": 80.0,
+                            "model": "ViT-L/16"}]}
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    assert report.main(["--run", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert printed == (tmp_path / "report.md").read_text()
+    body = printed.splitlines()[2:]
+    assert any("| ViT-B/16 | 224 | 60 | 68 | -8 |" in line for line in body)
+    assert all("ViT-L/16" in line for line in body if "| finetune |" in line)
+    assert (tmp_path / "report.csv").exists()
+
+
+def test_command_line_reports_a_bad_metrics_file(tmp_path, capsys):
+    assert report.main(["--run", str(tmp_path)]) == 2
+    assert "metrics.json" in capsys.readouterr().err
+    (tmp_path / "metrics.json").write_text("{not json")
+    assert report.main(["--run", str(tmp_path)]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
