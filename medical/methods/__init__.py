@@ -1,2 +1,2 @@
 """mimkit.medical methods; importing this package registers them."""
-from . import hiend_mae, thorax_mae, uni4eye, urfound  # noqa: F401
+from . import hiend_mae, memmc_mae, thorax_mae, uni4eye, urfound  # noqa: F401

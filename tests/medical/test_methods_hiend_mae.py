@@ -90,3 +90,14 @@ def test_registered_and_loss_falls_on_fixed_data():
         opt.step()
         losses.append(out.loss.item())
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
+
+
+def test_recipe_matches_the_method_defaults():
+    from importlib import resources
+
+    import yaml
+    recipe = yaml.safe_load(resources.files("mimkit.medical").joinpath("recipes", "hiend_mae.yaml").read_text())
+    defaults = method_arguments("hiend_mae")
+    assert recipe["method"] == "hiend_mae" and recipe["data"]["img_size"] == recipe["model"]["img_size"]
+    for key, value in recipe["model"].items():
+        assert key in defaults and (tuple(value) if isinstance(value, list) else value) == defaults[key], key

@@ -131,3 +131,16 @@ def test_registered_and_loss_falls_on_fixed_mixed_data():
         opt.step()
         losses.append(out.loss.item())
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
+
+
+def test_recipe_matches_the_method_defaults():
+    from importlib import resources
+
+    import yaml
+
+    from mimkit.core.registry import method_arguments
+    recipe = yaml.safe_load(resources.files("mimkit.medical").joinpath("recipes", "uni4eye.yaml").read_text())
+    defaults = method_arguments("uni4eye")
+    assert recipe["method"] == "uni4eye"
+    for key, value in recipe["model"].items():
+        assert key in defaults and (tuple(value) if isinstance(value, list) else value) == defaults[key], key
