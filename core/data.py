@@ -113,12 +113,15 @@ def to_unit_range(image: np.ndarray) -> np.ndarray:
     return image.astype(np.float32)
 
 
-def mae_train_transform(img_size: int | Sequence[int]) -> A.Compose:
+def mae_train_transform(img_size: int | Sequence[int], scale: Sequence[float] = (0.2, 1.0),
+                        hflip: bool = True) -> A.Compose:
     """MAE pretraining augmentation: random resized crop, scale (0.2, 1), bicubic, then horizontal flip."""
     size = as_tuple(img_size, 2, "img_size")
+    if not 0 < scale[0] <= scale[1] <= 1:
+        raise ConfigError(f"crop scale must satisfy 0 < low <= high <= 1, got {tuple(scale)}")
     # MAE main_pretrain.py: RandomResizedCrop(scale=(0.2, 1.0), interpolation=bicubic) + RandomHorizontalFlip.
-    return A.Compose([A.RandomResizedCrop(size, scale=(0.2, 1.0), interpolation=cv2.INTER_CUBIC),
-                      A.HorizontalFlip(p=0.5)])
+    return A.Compose([A.RandomResizedCrop(size, scale=tuple(scale), interpolation=cv2.INTER_CUBIC),
+                      A.HorizontalFlip(p=0.5 if hflip else 0.0)])
 
 
 def eval_transform(img_size: int | Sequence[int], crop_pct: float = 224 / 256) -> A.Compose:

@@ -1,0 +1,131 @@
+"""`mimkit demo`: the main job on embedded real images, no download.
+
+scikit-learn ships 1,797 real 8x8 scans of handwritten digits (UCI optical digits). The demo writes them
+as 32x32 PNG folders (the layout a user's own data takes), pretrains a small MAE on the unlabelled
+training split with fresh random-resized crops every step, then compares the pretrained encoder with
+the same encoder at random initialisation under kNN, linear probe and fine-tuning with 10 labels per class.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+# The demo's settings; measured on 2 CPU cores (see README).
+DEMO_MODEL = dict(img_size=32, patch_size=4, in_chans=1, embed_dim=128, depth=6, num_heads=4,
+                  decoder_embed_dim=64, decoder_depth=2, decoder_num_heads=4, mask_ratio=0.75, norm_pix_loss=True)
+DEMO_TRAIN = dict(batch_size=256, max_steps=1200, base_lr=1.5e-4 * 10, warmup_steps=60, weight_decay=0.05,
+                  checkpoint_every=400, log_every=20, picture_every=0, seed=0)
+TEST_FRACTION = 0.3
+LABELS_PER_CLASS = 10
+
+
+def write_digits(root: str | Path, size: int = 32, seed: int = 0) -> dict[str, Path]:
+    """Write sklearn's digits as PNGs: pretrain/ (flat, unlabelled), train/<digit>/, test/<digit>/."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    root = Path(root)
+    digits = load_digits()
+    images = (digits.images / 16.0 * 255).round().astype(np.uint8)
+    index = np.arange(len(images))
+    train_idx, test_idx = train_test_split(index, test_size=TEST_FRACTION, stratify=digits.target, random_state=seed)
+    folders = {"pretrain": root / "pretrain", "train": root / "train", "test": root / "test"}
+    if all(f.exists() for f in folders.values()):
+        return folders
+
+    def save(i: int, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(images[i]).resize((size, size), Image.BICUBIC).save(folder / f"digit_{i:04d}.png")
+
+    for i in train_idx:
+        save(i, folders["pretrain"])          # the same images, without labels: MAE needs none
+        save(i, folders["train"] / str(digits.target[i]))
+    for i in test_idx:
+        save(i, folders["test"] / str(digits.target[i]))
+    return folders
+
+
+def run_demo(out: str | Path = "runs/demo", steps: int | None = None, quick: bool = False,
+             precision: str = "32", num_workers: int = 1) -> dict:
+    """Pretrain, evaluate against random init, and write report.md / metrics.json / pictures."""
+    import torch
+
+    from .cli import evaluate_encoders, few_labels, labelled_dataset, markdown_table
+    from .data import ImageFolderDataset, mae_train_transform
+    from .registry import build_method
+    from .train import TrainConfig, pretrain, update_metrics
+
+    out = Path(out)
+    started = time.perf_counter()
+    folders = write_digits(out / "data")
+    train = dict(DEMO_TRAIN, precision=precision, num_workers=num_workers)
+    if quick:
+        train.update(max_steps=60, warmup_steps=6, checkpoint_every=30)
+    if steps:
+        train.update(max_steps=steps, warmup_steps=max(1, steps // 20))
+    dataset = ImageFolderDataset(folders["pretrain"], img_size=32, patch_size=4, in_chans=1,
+                                 transform=mae_train_transform(32), labelled=False)
+    mean, std = dataset.stats
+    data = {"img_size": 32, "mean": mean, "std": std, "crop_pct": 1.0}
+    run_dir = out / "run"
+    resume = (run_dir / "checkpoints" / "last.ckpt").exists()
+    print(f"mimkit demo: pretraining MAE on {len(dataset)} unlabelled digit images for {train['max_steps']} steps "
+          f"of batch {train['batch_size']}{' (resuming)' if resume else ''}", file=sys.stderr)
+    summary = pretrain("mae", dataset, run_dir, TrainConfig(**train), method_config=DEMO_MODEL, resume=resume,
+                       run_config={"method": "mae", "model": DEMO_MODEL, "train": train, "data": data})
+    pretrained = summary_method(run_dir)
+
+    torch.manual_seed(0)
+    random_encoder = build_method("mae", **DEMO_MODEL).encoder
+    train_set = labelled_dataset(folders["train"], pretrained.encoder, data, "train")
+    test_set = labelled_dataset(folders["test"], pretrained.encoder, data, "test")
+    few = few_labels(train_set, LABELS_PER_CLASS, seed=0)
+    options = {"knn": {"k": 20}, "linear": {"epochs": 10 if quick else 90, "seed": 0},
+               "finetune": {"epochs": 5 if quick else 100, "batch_size": 32, "warmup_epochs": 1 if quick else 10,
+                            "seed": 0}}
+    print("mimkit demo: evaluating pretrained vs random-init encoders (kNN, linear probe, fine-tune with "
+          f"{LABELS_PER_CLASS} labels per class)", file=sys.stderr)
+    rows = evaluate_encoders({"pretrained": pretrained.encoder, "random": random_encoder},
+                             ["knn", "linear", "finetune"], train_set, test_set, options, few)
+    for row in rows:
+        row["data"] = "sklearn-digits-32px"
+    update_metrics(run_dir, {"results": rows})
+    table = pivot(rows)
+    minutes = (time.perf_counter() - started) / 60
+    report = "\n".join([
+        "# mimkit demo: MAE on real handwritten digits (scikit-learn), pretrained vs random init", "",
+        f"Pretraining: {summary['steps']} steps, effective batch {summary['effective_batch']}, "
+        f"{summary['images_per_second']} images/s, final loss {summary['final_loss']:.4f}.",
+        f"Data: {len(dataset)} unlabelled training images (pretraining), {len(train_set)} labelled for kNN / "
+        f"linear probe, {len(few)} ({LABELS_PER_CLASS} per class) for fine-tuning, {len(test_set)} test images.",
+        f"Total time {minutes:.1f} min.", "", markdown_table(table, ["protocol", "metric", "pretrained", "random", "gain"]),
+        "", "Reconstructions: run/pictures/reconstruction.png; loss curve: run/pictures/loss_curve.png.", ""])
+    (out / "report.md").write_text(report)
+    print(report)
+    return {"summary": summary, "results": rows, "report": str(out / "report.md")}
+
+
+def summary_method(run_dir: Path):
+    from .cli import load_run
+
+    method, _ = load_run(run_dir)
+    return method
+
+
+def pivot(rows: list[dict]) -> list[dict]:
+    """Rows (protocol, init, metric, value) -> one row per (protocol, metric) with both inits side by side."""
+    table: dict[tuple, dict] = {}
+    for row in rows:
+        entry = table.setdefault((row["protocol"], row["metric"]), {"protocol": row["protocol"], "metric": row["metric"]})
+        entry[row["init"]] = row["value"]
+    for entry in table.values():
+        if "pretrained" in entry and "random" in entry:
+            entry["gain"] = round(entry["pretrained"] - entry["random"], 4)
+    return list(table.values())
+
+
+__all__ = ["write_digits", "run_demo", "DEMO_MODEL", "DEMO_TRAIN"]

@@ -1,0 +1,316 @@
+"""Training any registered method with Lightning: the MAE paper's optimiser and LR rules.
+
+AdamW with betas (0.9, 0.95), weight decay 0.05 except on biases, norms and tokens; lr = base_lr x
+effective batch / 256; per-step linear warmup then cosine decay. Lightning provides precision (fp32,
+bf16-mixed), DDP/FSDP, gradient accumulation, checkpoints and the progress bar.
+
+Every step's randomness (masks, drop path) and every sample's augmentation are functions of the seed and
+the position in the run, so a resumed run ends with the same weights as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from torch import nn
+
+from .errors import ConfigError, TrainingError
+from .methods.base import MIMMethod
+from .registry import build_method
+
+log = logging.getLogger("mimkit")
+
+
+@dataclass
+class TrainConfig:
+    """Training settings; defaults follow the MAE paper's pretraining recipe where it has one."""
+
+    batch_size: int = 64                # per device
+    max_steps: int = 1000               # optimiser steps
+    max_time: float | None = None       # seconds; stops early, checkpoint kept
+    base_lr: float = 1.5e-4             # MAE: blr 1.5e-4, lr = blr x batch / 256
+    lr: float | None = None             # absolute learning rate; overrides base_lr
+    min_lr: float = 0.0
+    weight_decay: float = 0.05          # MAE
+    betas: tuple[float, float] = (0.9, 0.95)  # MAE
+    warmup_steps: int | None = None     # None: 5% of max_steps (MAE: 40 of 800 epochs)
+    accumulate_grad_batches: int = 1
+    precision: str = "32"               # "32" or "bf16-mixed"
+    accelerator: str = "auto"
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"              # "ddp", "fsdp", ... (Lightning)
+    num_workers: int = 2
+    checkpoint_every: int = 500         # steps
+    picture_every: int = 0              # steps; 0 = only at the end
+    log_every: int = 10
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.precision not in ("32", "bf16-mixed", "16-mixed", "bf16-true"):
+            raise ConfigError(f"precision must be 32 or bf16-mixed, got {self.precision!r}")
+        for name in ("batch_size", "max_steps", "accumulate_grad_batches", "checkpoint_every", "devices"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        self.betas = tuple(self.betas)
+
+    @property
+    def world_size(self) -> int:
+        return self.devices * self.num_nodes
+
+    @property
+    def effective_batch(self) -> int:
+        return self.batch_size * self.accumulate_grad_batches * self.world_size
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else self.base_lr * self.effective_batch / 256
+
+    @property
+    def warmup(self) -> int:
+        return self.warmup_steps if self.warmup_steps is not None else max(1, self.max_steps // 20)
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two groups: decayed weights, and biases / norms / 1-D parameters / tokens without decay."""
+    skip: set[str] = set()
+    for name, module in model.named_modules():
+        if hasattr(module, "no_weight_decay"):
+            skip |= {f"{name}.{n}" if name else n for n in module.no_weight_decay()}
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if param.ndim <= 1 or name.endswith(".bias") or name in skip or name.endswith("token"):
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float = 0.0) -> float:
+    """LR multiplier: linear warmup over `warmup` steps, then half-cosine to `min_ratio` at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """The global RNG seed of one training step on one process."""
+    return (seed * 1_000_003 + step * 7919 + rank * 104_729) % (2**63 - 1)
+
+
+class MIMModule(L.LightningModule):
+    """Trains any method: `method(batch, step) -> MIMOutput`; it never looks inside the method."""
+
+    def __init__(self, method: MIMMethod, config: TrainConfig):
+        super().__init__()
+        self.method, self.config = method, config
+        self.last_loss: float | None = None
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        torch.manual_seed(step_seed(self.config.seed, self.global_step * self.config.accumulate_grad_batches
+                                    + batch_idx % self.config.accumulate_grad_batches, self.global_rank))
+        out = self.method(batch, step=self.global_step)
+        if not torch.isfinite(out.loss):
+            raise TrainingError(
+                f"the loss became {out.loss.item()} at step {self.global_step}; training stopped. The last good "
+                f"checkpoint is kept in {Path(self.trainer.default_root_dir) / 'checkpoints'}. Lower the learning "
+                f"rate, or train in 32-bit precision (--precision 32).")
+        batch_size = batch["image"].shape[0] if torch.is_tensor(batch.get("image")) else None
+        self.log("loss", out.loss.detach(), prog_bar=True, batch_size=batch_size)
+        for name, value in out.parts.items():
+            self.log(f"loss/{name}", value.detach().float(), batch_size=batch_size)
+        self.last_loss = float(out.loss.detach())
+        return out.loss
+
+    def configure_optimizers(self):
+        cfg = self.config
+        optimizer = torch.optim.AdamW(parameter_groups(self.method, cfg.weight_decay), lr=cfg.learning_rate,
+                                      betas=cfg.betas)
+        min_ratio = cfg.min_lr / cfg.learning_rate if cfg.learning_rate else 0.0
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, cfg.warmup, cfg.max_steps, min_ratio))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+class MIMDataModule(L.LightningDataModule):
+    """Feeds a map-style dataset through a resumable sampler: a resumed run sees the samples it had not seen."""
+
+    def __init__(self, dataset, config: TrainConfig):
+        super().__init__()
+        self.dataset, self.config = dataset, config
+
+    def train_dataloader(self):
+        from .data import ResumableSampler, make_loader
+
+        cfg, trainer = self.config, self.trainer
+        samples_per_step = cfg.batch_size * cfg.accumulate_grad_batches * trainer.world_size
+        start = trainer.global_step * samples_per_step  # restored before the loaders are built on resume
+        total = cfg.max_steps * samples_per_step
+        sampler = ResumableSampler(len(self.dataset), seed=cfg.seed, start=start, rank=trainer.global_rank,
+                                   world_size=trainer.world_size, stop=max(start, total))
+        return make_loader(self.dataset, cfg.batch_size, cfg.num_workers, sampler=sampler, drop_last=True)
+
+
+class History(Callback):
+    """Keeps the loss (and its parts) every `log_every` steps, and saves pictures on schedule."""
+
+    def __init__(self, config: TrainConfig, out_dir: Path, picture_batch: dict | None):
+        self.config, self.out_dir, self.picture_batch = config, out_dir, picture_batch
+        self.rows: list[dict] = []
+        self.started = self.seconds = 0.0
+        self.first_step = 0
+
+    def on_train_start(self, trainer, module):
+        self.started, self.first_step = time.perf_counter(), trainer.global_step
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if (batch_idx + 1) % self.config.accumulate_grad_batches:
+            return
+        if step % self.config.log_every == 0 or step == 1:
+            metrics = trainer.callback_metrics
+            row = {"step": step, "loss": module.last_loss,
+                   "lr": trainer.optimizers[0].param_groups[0]["lr"]}
+            row.update({k.split("/", 1)[1]: float(v) for k, v in metrics.items() if k.startswith("loss/")})
+            self.rows.append(row)
+        every = self.config.picture_every
+        if every and step % every == 0 and trainer.is_global_zero:
+            save_reconstruction(module.method, self.picture_batch, self.out_dir / "pictures" / f"reconstruction_step{step:06d}.png")
+
+    def on_train_end(self, trainer, module):
+        self.seconds = time.perf_counter() - self.started
+
+
+def save_reconstruction(method: MIMMethod, batch: dict | None, path: Path) -> Path | None:
+    """Reconstruction grid of a fixed batch (methods that predict pixels only)."""
+    from .viz import reconstruction_grid
+
+    if batch is None:
+        return None
+    was_training = method.training
+    method.eval()
+    try:
+        with torch.no_grad():
+            device = next(method.parameters()).device
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            generator_state = torch.get_rng_state()
+            torch.manual_seed(0)  # the same masks in every picture
+            out = method(batch)
+            recon = method.reconstruct(batch, out)
+            torch.set_rng_state(generator_state)
+        if recon is None or out.mask is None:
+            return None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return reconstruction_grid(batch["image"].cpu(), out.mask.cpu(), recon.cpu(), method.encoder.patch_size, path)
+    finally:
+        method.train(was_training)
+
+
+def pretrain(method: str | MIMMethod, dataset, out_dir: str | Path, config: TrainConfig | None = None, *,
+             method_config: dict | None = None, resume: bool = False, callbacks: Sequence[Callback] = (),
+             run_config: dict | None = None) -> dict[str, Any]:
+    """Pretrain `method` (a name or a built method) on `dataset` and write one run folder.
+
+    The folder holds `config.yaml` (written by the caller or from `run_config`), `metrics.json`,
+    `checkpoints/` (Lightning checkpoints, `last.ckpt` for --resume), `model.safetensors` and `pictures/`.
+    Returns the training summary that is also stored under "train" in metrics.json.
+    """
+    from .checkpoints import save_method
+    from .viz import loss_curve
+
+    config = config or TrainConfig()
+    out_dir = Path(out_dir)
+    method_config = dict(method_config or {})
+    if isinstance(method, str):
+        L.seed_everything(config.seed, workers=True, verbose=False)
+        method = build_method(method, **method_config)
+    elif not method_config:
+        raise ConfigError("pretrain() of a built method needs its method_config, so the saved model can be rebuilt")
+    name = getattr(method, "method_name", type(method).__name__.lower())
+    checkpoint_dir = out_dir / "checkpoints"
+    last = checkpoint_dir / "last.ckpt"
+    if resume and not last.exists():
+        raise ConfigError(f"--resume: no checkpoint to resume from at {last}")
+    if not resume and last.exists():
+        raise ConfigError(f"{out_dir} already holds a run; pass --resume to continue it or choose another --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if run_config is not None:
+        import yaml
+        (out_dir / "config.yaml").write_text(yaml.safe_dump(run_config, sort_keys=False))
+
+    picture_batch = _picture_batch(dataset)
+    history = History(config, out_dir, picture_batch)
+    checkpointing = ModelCheckpoint(dirpath=checkpoint_dir, filename="step{step:06d}", auto_insert_metric_name=False,
+                                    every_n_train_steps=config.checkpoint_every, save_top_k=-1, save_last=True)
+    trainer = L.Trainer(
+        default_root_dir=out_dir, max_steps=config.max_steps,
+        max_time={"seconds": config.max_time} if config.max_time else None,
+        accelerator=config.accelerator, devices=config.devices, num_nodes=config.num_nodes,
+        strategy=config.strategy, precision=config.precision,
+        accumulate_grad_batches=config.accumulate_grad_batches, use_distributed_sampler=False,
+        callbacks=[checkpointing, history, *callbacks], logger=False, enable_model_summary=False,
+        enable_progress_bar=config.progress, log_every_n_steps=config.log_every, num_sanity_val_steps=0,
+        max_epochs=-1)
+    module = MIMModule(method, config)
+    trainer.fit(module, datamodule=MIMDataModule(dataset, config), ckpt_path=str(last) if resume else None)
+    if not trainer.is_global_zero:
+        return {}
+    # Lightning may stop on max_time between checkpoints: keep that state resumable too.
+    if trainer.global_step % config.checkpoint_every:
+        trainer.save_checkpoint(last)
+    save_method(method, out_dir / "model.safetensors", method_config)
+    pictures = out_dir / "pictures"
+    pictures.mkdir(exist_ok=True)
+    save_reconstruction(method, picture_batch, pictures / "reconstruction.png")
+    if history.rows:
+        loss_curve(history.rows, pictures / "loss_curve.png")
+    steps_run = trainer.global_step - history.first_step
+    summary = {
+        "method": name, "steps": trainer.global_step, "steps_this_session": steps_run,
+        "seconds": round(history.seconds, 2),
+        "images_per_second": round(steps_run * config.effective_batch / history.seconds, 1) if history.seconds else None,
+        "final_loss": history.rows[-1]["loss"] if history.rows else module.last_loss,
+        "effective_batch": config.effective_batch, "learning_rate": config.learning_rate,
+        "history": history.rows,
+    }
+    update_metrics(out_dir, {"method": name, "train": summary})
+    return summary
+
+
+def _picture_batch(dataset, count: int = 8) -> dict | None:
+    """A fixed, unaugmented batch for reconstruction pictures (the dataset's eval view when it has one)."""
+    view = getattr(dataset, "eval_view", None)
+    source = view() if callable(view) else dataset
+    items = [source[i] for i in range(min(count, len(source)))]
+    if not items or not torch.is_tensor(items[0].get("image")):
+        return None
+    return {"image": torch.stack([item["image"] for item in items])}
+
+
+def update_metrics(out_dir: str | Path, values: dict) -> Path:
+    """Merge `values` into RUN/metrics.json (results lists are appended, other keys replaced)."""
+    path = Path(out_dir) / "metrics.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    for key, value in values.items():
+        if key == "results":
+            data.setdefault("results", []).extend(value)
+        else:
+            data[key] = value
+    path.write_text(json.dumps(data, indent=2, default=float))
+    return path
+
+
+__all__ = ["TrainConfig", "MIMModule", "MIMDataModule", "pretrain", "parameter_groups", "warmup_cosine",
+           "update_metrics", "save_reconstruction"]
