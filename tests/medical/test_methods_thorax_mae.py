@@ -74,3 +74,28 @@ def test_registered_2d_3d_shapes_and_loss_falls():
         opt.step()
         losses.append(out.loss.item())
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
+
+
+def test_finetune_recipe_runs_the_multilabel_auc_evaluation():
+    import inspect
+
+    from mimkit.core.evaluate import evaluate, finetune
+    ft = recipe("thorax_mae_finetune.yaml")
+    options = {k: v for k, v in ft["train"].items() if k in inspect.signature(finetune).parameters}
+    # every recipe setting is a fine-tuning option except the hardware and the loss (BCE for multi-hot labels)
+    assert set(ft["train"]) - set(options) == {"devices", "loss"}
+    torch.manual_seed(0)
+    model = build_method("thorax_mae", img_size=32, patch_size=8, in_chans=3, embed_dim=32, depth=2, num_heads=2,
+                         decoder_embed_dim=32, decoder_num_heads=2)
+    g = torch.Generator().manual_seed(0)
+    labels = (torch.rand(24, 3, generator=g) < 0.5).float()
+    labels[0], labels[1] = 1.0, 0.0  # both values present in every class
+    # class c brightens quadrant c: learnable, so the AUC is about the labels, not chance
+    images = torch.rand(24, 3, 32, 32, generator=g) * 0.2
+    for c in range(3):
+        images[:, :, (c // 2) * 16:(c // 2) * 16 + 16, (c % 2) * 16:(c % 2) * 16 + 16] += labels[:, c, None, None, None]
+    data = [{"image": im, "label": lab} for im, lab in zip(images, labels)]
+    result = evaluate(model.encoder, "finetune", data, data,
+                      **{**options, "epochs": 8, "warmup_epochs": 1, "batch_size": 8, "base_lr": 0.05, "progress": False})
+    assert result["auc_classes_used"] == 3 and result["auc_classes_skipped"] == 0
+    assert result["auc_macro"] > 0.8
