@@ -99,3 +99,13 @@ def test_finetune_recipe_runs_the_multilabel_auc_evaluation():
                       **{**options, "epochs": 8, "warmup_epochs": 1, "batch_size": 8, "base_lr": 0.05, "progress": False})
     assert result["auc_classes_used"] == 3 and result["auc_classes_skipped"] == 0
     assert result["auc_macro"] > 0.8
+
+
+def test_published_figures_are_registered():
+    from mimkit.benchmarks.published import published_results
+    from mimkit.medical import published  # noqa: F401  (registers on import)
+
+    records = {(r.model, r.data, r.metric): r.value for r in published_results(method="thorax_mae")}
+    assert records[("ViT-S/16", "ChestX-ray14", "auroc")] == 82.3
+    assert records[("ViT-B/16", "ChestX-ray14", "auroc")] == 83.0
+    assert len(records) == 6
