@@ -1,0 +1,35 @@
+"""Shared fixtures: tiny image folders written by the tests themselves."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def write_pngs(folder: Path, count: int, size: int = 32, seed: int = 0, classes: int = 0, channels: int = 1) -> Path:
+    """Smooth random images (blobs), flat or in `classes` class subfolders whose images differ in brightness."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    for i in range(count):
+        label = i % classes if classes else None
+        cy, cx = rng.uniform(4, size - 4, 2)
+        blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (size / 6) ** 2))
+        base = 0.3 + 0.5 * (label / max(1, classes - 1)) if classes else 0.5
+        image = np.clip(base * blob + 0.1 * rng.random((size, size)), 0, 1)
+        array = (image * 255).astype(np.uint8)
+        if channels == 3:
+            array = np.stack([array, array[::-1], array.T], -1)
+        target = folder / str(label) if classes else folder
+        target.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(array).save(target / f"img_{i:03d}.png")
+    return folder
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    return write_pngs(tmp_path / "images", 24)
+
+
+@pytest.fixture
+def labelled_folders(tmp_path) -> tuple[Path, Path]:
+    return (write_pngs(tmp_path / "train", 30, classes=3, seed=1), write_pngs(tmp_path / "test", 15, classes=3, seed=2))
