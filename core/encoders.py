@@ -291,3 +291,325 @@ def build_encoder(size: str | None = None, **kwargs) -> ViTEncoder:
         s = vit_size(size)
         kwargs = {"embed_dim": s.embed_dim, "depth": s.depth, "num_heads": s.num_heads, **kwargs}
     return ViTEncoder(**kwargs)
+
+
+# ----------------------------------------------------------------------------- spectrum-aware patch embedding
+@dataclass(frozen=True)
+class SpectralRange:
+    """A range of the electromagnetic spectrum (nm) with its own patch projection in a spectrum-aware embedding."""
+
+    name: str
+    min_nm: float
+    max_nm: float
+
+    @property
+    def center_nm(self) -> float:
+        return 0.5 * (self.min_nm + self.max_nm)
+
+
+def spectral_weights(ranges: Sequence[SpectralRange], wavelengths: torch.Tensor,
+                     bandwidths: torch.Tensor | None = None, band_names: Sequence[str] | None = None) -> torch.Tensor:
+    """How much each spectral range's projection contributes to each band: (C, R), rows sum to 1.
+
+    A band named like a range (e.g. "VV") uses that range alone. Otherwise the candidates are the ranges the
+    band's interval [centre - width/2, centre + width/2] overlaps (without widths: the ranges holding its
+    centre); a band that overlaps none uses the nearest range below and above its centre. The candidates are
+    averaged with inverse-distance weights between the band's centre and each range's centre, so a band
+    centred on a range uses that range alone and a band between two ranges blends them linearly.
+    """
+    wl = torch.as_tensor(wavelengths, dtype=torch.float64).flatten().cpu()
+    widths = (torch.zeros_like(wl) if bandwidths is None
+              else torch.as_tensor(bandwidths, dtype=torch.float64).flatten().cpu())
+    if widths.shape != wl.shape:
+        raise DataError(f"bandwidths has {widths.numel()} entries but wavelengths has {wl.numel()}")
+    if band_names is not None and len(band_names) != wl.numel():
+        raise DataError(f"band_names has {len(band_names)} entries but wavelengths has {wl.numel()}")
+    if not bool(torch.isfinite(wl).all()) or bool((wl <= 0).any()):
+        raise DataError(f"wavelengths must be positive numbers in nanometres, got {wl.tolist()}")
+    lo_r = torch.tensor([r.min_nm for r in ranges], dtype=torch.float64)
+    hi_r = torch.tensor([r.max_nm for r in ranges], dtype=torch.float64)
+    centers = 0.5 * (lo_r + hi_r)
+    names = {r.name.lower(): i for i, r in enumerate(ranges)}
+    weights = torch.zeros(wl.numel(), len(ranges), dtype=torch.float64)
+    for c in range(wl.numel()):
+        if band_names is not None and str(band_names[c]).lower() in names:
+            weights[c, names[str(band_names[c]).lower()]] = 1.0
+            continue
+        lo, hi = wl[c] - widths[c] / 2, wl[c] + widths[c] / 2
+        candidates = (lo_r <= hi) & (hi_r >= lo)
+        if not bool(candidates.any()):
+            below, above = centers <= wl[c], centers > wl[c]
+            if bool(below.any()):
+                candidates[torch.where(below, centers, torch.full_like(centers, -float("inf"))).argmax()] = True
+            if bool(above.any()):
+                candidates[torch.where(above, centers, torch.full_like(centers, float("inf"))).argmin()] = True
+        distance = (centers - wl[c]).abs()
+        # a range centred on the band (within 1e-6 relative) takes it alone
+        exact = candidates & (distance <= 1e-6 * wl[c])
+        if bool(exact.any()):
+            weights[c] = exact.double() / exact.sum()
+        else:
+            inverse = torch.where(candidates, 1.0 / distance, torch.zeros_like(distance))
+            weights[c] = inverse / inverse.sum()
+    return weights.float()
+
+
+class SpectralPatchEmbed(nn.Module):
+    """Spectrum-aware patch embedding: one linear projection per spectral range, applied to each band's patch.
+
+    SMARTIES (Sumbul et al., ICCV 2025): a band's patch pixels go through the projection(s) of the spectral
+    range(s) it belongs to (see `spectral_weights`); the band embeddings of a patch are averaged and scaled by
+    `scale` (the paper's C_max, the largest number of bands seen in pretraining), so any set of bands from any
+    sensor gives one token per patch and a band's embedding depends on its wavelength, not on its position.
+    """
+
+    def __init__(self, ranges: Sequence[SpectralRange], patch_size: int | Sequence[int] = 16, embed_dim: int = 768,
+                 scale: float = 1.0):
+        super().__init__()
+        if not ranges:
+            raise ConfigError("a spectral patch embedding needs at least one spectral range")
+        self.ranges = tuple(ranges)
+        self.spatial_dims = 2
+        self.patch_size = as_tuple(patch_size, 2, "patch_size")
+        self.pixels = self.patch_size[0] * self.patch_size[1]
+        self.scale = float(scale)
+        # one nn.Linear(pixels, embed_dim) per range, stored stacked so bands can mix ranges in one einsum
+        self.weight = nn.Parameter(torch.empty(len(self.ranges), embed_dim, self.pixels))
+        self.bias = nn.Parameter(torch.zeros(len(self.ranges), embed_dim))
+        for w in self.weight.data:
+            nn.init.xavier_uniform_(w)
+
+    def check(self, x: torch.Tensor) -> tuple[int, ...]:
+        """Validate an input batch and return its token grid."""
+        if x.ndim != 4:
+            raise DataError(f"expected images shaped (B, C, H, W), got a tensor of shape {tuple(x.shape)}")
+        return grid_shape(x.shape[2:], self.patch_size)
+
+    def weights(self, wavelengths: torch.Tensor, bandwidths: torch.Tensor | None = None,
+                band_names: Sequence[str] | None = None) -> torch.Tensor:
+        """(C, R) range weights of each band (see `spectral_weights`)."""
+        return spectral_weights(self.ranges, wavelengths, bandwidths, band_names).to(self.weight.device)
+
+    def band_patches(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, N, pixels): every band's patches, row-major."""
+        batch, chans, height, width = x.shape
+        ph, pw = self.patch_size
+        x = x.reshape(batch, chans, height // ph, ph, width // pw, pw).permute(0, 1, 2, 4, 3, 5)
+        return x.reshape(batch, chans, -1, self.pixels)
+
+    def band_embeddings(self, x: torch.Tensor, wavelengths: torch.Tensor, bandwidths: torch.Tensor | None = None,
+                        band_names: Sequence[str] | None = None) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, N, D): each band's patches through its range projection(s)."""
+        self.check(x)
+        wl = torch.as_tensor(wavelengths)
+        bw = None if bandwidths is None else torch.as_tensor(bandwidths)
+        if wl.ndim == 2 and wl.shape[0] == x.shape[0] and bool((wl == wl[:1]).all()):
+            wl, bw = wl[0], (None if bw is None else bw.reshape(wl.shape)[0])
+        patches = self.band_patches(x)
+        if wl.ndim == 1:
+            if wl.numel() != x.shape[1]:
+                raise DataError(f"the images have {x.shape[1]} band(s) but {wl.numel()} wavelength(s) were given")
+            mix = self.weights(wl, bw, band_names).to(patches.dtype)                 # (C, R)
+            weight = torch.einsum("cr,rdp->cdp", mix, self.weight.to(patches.dtype))
+            bias = mix @ self.bias.to(patches.dtype)
+            return torch.einsum("bcnp,cdp->bcnd", patches, weight) + bias[None, :, None]
+        if wl.shape != x.shape[:2]:
+            raise DataError(f"wavelengths must be (C,) or (B, C) = {tuple(x.shape[:2])}, got {tuple(wl.shape)}")
+        # per-sample band sets: one pass per distinct set
+        out = patches.new_empty(*patches.shape[:3], self.weight.shape[1])
+        bw2 = None if bw is None else bw.reshape(wl.shape)
+        rows, inverse = torch.unique(wl, dim=0, return_inverse=True)
+        for i in range(rows.shape[0]):
+            pick = inverse == i
+            first = int(pick.nonzero()[0])
+            out[pick] = self.band_embeddings(x[pick], wl[first], None if bw2 is None else bw2[first], band_names)
+        return out
+
+    def forward(self, x: torch.Tensor, wavelengths: torch.Tensor, bandwidths: torch.Tensor | None = None,
+                band_names: Sequence[str] | None = None) -> torch.Tensor:
+        """(B, C, H, W) -> (B, N, D): scale x the mean of the band embeddings."""
+        return self.scale * self.band_embeddings(x, wavelengths, bandwidths, band_names).mean(1)
+
+
+class SpectralViTEncoder(ViTEncoder):
+    """A ViTEncoder over a `SpectralPatchEmbed`: any combination of bands, described by their wavelengths.
+
+    Every encoding method takes optional `wavelengths` ((C,) or (B, C), nm), `bandwidths` and `band_names`;
+    without them the encoder's default bands (given at construction) are assumed, so the generic
+    `forward_features(x)` / `pool` evaluation works for images of those bands.
+    """
+
+    def __init__(self, ranges: Sequence[SpectralRange], wavelengths: Sequence[float],
+                 bandwidths: Sequence[float] | None = None, band_names: Sequence[str] | None = None,
+                 img_size: int | Sequence[int] = 224, patch_size: int | Sequence[int] = 16, embed_dim: int = 768,
+                 projection_scale: float = 1.0, **kwargs):
+        embedder = SpectralPatchEmbed(ranges, patch_size, embed_dim, projection_scale)
+        super().__init__(img_size=img_size, patch_size=patch_size, in_chans=len(wavelengths), embed_dim=embed_dim,
+                         spatial_dims=2, patch_embed=embedder, **kwargs)
+        self.register_buffer("band_wavelengths", torch.tensor(list(wavelengths), dtype=torch.float32))
+        self.register_buffer("band_widths", torch.tensor(list(bandwidths if bandwidths is not None
+                                                              else [0.0] * len(wavelengths)), dtype=torch.float32))
+        self.band_names = list(band_names) if band_names is not None else None
+
+    def _bands(self, x: torch.Tensor, wavelengths, bandwidths, band_names):
+        if wavelengths is None:
+            if x.shape[1] != self.in_chans:
+                raise DataError(f"images with {x.shape[1]} band(s) need their `wavelengths`; the encoder's default "
+                                f"bands are {self.in_chans}")
+            return self.band_wavelengths, self.band_widths, self.band_names
+        return wavelengths, bandwidths, band_names
+
+    def patch_tokens(self, x: torch.Tensor, wavelengths=None, bandwidths=None, band_names=None):
+        """Embed patches (no positions yet): (B, N, D) and the token grid."""
+        grid = self.patch_embed.check(x)
+        return self.patch_embed(x, *self._bands(x, wavelengths, bandwidths, band_names)), tuple(grid)
+
+    def embed(self, x: torch.Tensor, wavelengths=None, bandwidths=None, band_names=None) -> torch.Tensor:
+        tokens, grid = self.patch_tokens(x, wavelengths, bandwidths, band_names)
+        return tokens + self.positions(grid)
+
+    def forward_visible(self, x: torch.Tensor, ids_keep: torch.Tensor | None,
+                        return_layers: Sequence[int] | None = None, wavelengths=None, bandwidths=None,
+                        band_names=None):
+        tokens = self.embed(x, wavelengths, bandwidths, band_names)
+        if ids_keep is not None:
+            tokens = gather_tokens(tokens, ids_keep)
+        return self.forward_tokens(tokens, return_layers)
+
+    def forward_features(self, x: torch.Tensor, return_layers: Sequence[int] | None = None, wavelengths=None,
+                         bandwidths=None, band_names=None):
+        return self.forward_visible(x, None, return_layers, wavelengths, bandwidths, band_names)
+
+    def forward(self, x: torch.Tensor, wavelengths=None, bandwidths=None, band_names=None) -> torch.Tensor:
+        return self.pool(self.forward_features(x, None, wavelengths, bandwidths, band_names))
+
+
+# ----------------------------------------------------------------------------- per-channel patch tokens
+class ChannelPatchEmbed(nn.Module):
+    """Per-channel patch tokens: one projection shared by all channels plus a learned embedding per channel.
+
+    As in ChannelViT / ChA-MAEViT: each channel's patches become tokens of their own, so an image of C channels
+    gives C x N tokens (channel-major); `channel_embed` (orthogonally initialised) tells the channels apart
+    and lets a model take any subset of its `max_channels` channels.
+    """
+
+    def __init__(self, patch_size: int | Sequence[int] = 16, max_channels: int = 3, embed_dim: int = 768):
+        super().__init__()
+        self.spatial_dims = 2
+        self.patch_size = as_tuple(patch_size, 2, "patch_size")
+        self.in_chans = self.max_channels = int(max_channels)
+        self.proj = nn.Conv2d(1, embed_dim, kernel_size=self.patch_size, stride=self.patch_size)
+        nn.init.xavier_uniform_(self.proj.weight.data.view(embed_dim, -1))
+        nn.init.zeros_(self.proj.bias)
+        self.channel_embed = nn.Parameter(torch.empty(self.max_channels, embed_dim))
+        orthogonal = torch.empty(embed_dim, self.max_channels)
+        nn.init.orthogonal_(orthogonal)  # orthonormal columns when embed_dim >= max_channels
+        self.channel_embed.data.copy_(orthogonal.t())
+
+    def check(self, x: torch.Tensor) -> tuple[int, ...]:
+        if x.ndim != 4:
+            raise DataError(f"expected images shaped (B, C, H, W), got a tensor of shape {tuple(x.shape)}")
+        if x.shape[1] > self.max_channels:
+            raise DataError(f"the model takes at most {self.max_channels} channel(s) but the images have {x.shape[1]}")
+        return grid_shape(x.shape[2:], self.patch_size)
+
+    def channel_ids(self, num_channels: int, channel_ids=None, device=None) -> torch.Tensor:
+        """The channel indices (C,) of an input: `channel_ids` checked, or 0..C-1 for a full set of channels."""
+        if channel_ids is None:
+            if num_channels != self.max_channels:
+                raise DataError(f"an image with {num_channels} of the model's {self.max_channels} channels needs "
+                                f"`channel_ids` saying which channels it holds")
+            return torch.arange(num_channels, device=device)
+        ids = torch.as_tensor(channel_ids, dtype=torch.long, device=device).flatten()
+        if ids.numel() != num_channels:
+            raise DataError(f"channel_ids has {ids.numel()} entries but the images have {num_channels} channel(s)")
+        if bool((ids < 0).any()) or bool((ids >= self.max_channels).any()) or ids.unique().numel() != ids.numel():
+            raise DataError(f"channel_ids must be distinct indices in [0, {self.max_channels}), got {ids.tolist()}")
+        return ids
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, N, D): every channel's patches through the shared projection."""
+        batch, chans = x.shape[:2]
+        tokens = self.proj(x.reshape(batch * chans, 1, *x.shape[2:])).flatten(2).transpose(1, 2)
+        return tokens.reshape(batch, chans, tokens.shape[1], tokens.shape[2])
+
+    def forward(self, x: torch.Tensor, channel_ids=None) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C * N, D) channel-major tokens with their channel embeddings added."""
+        self.check(x)
+        ids = self.channel_ids(x.shape[1], channel_ids, x.device)
+        return (self.project(x) + self.channel_embed[ids][None, :, None]).flatten(1, 2)
+
+
+class ChannelViTEncoder(ViTEncoder):
+    """A ViT over per-channel patch tokens (`ChannelPatchEmbed`), with optional memory tokens after the class token.
+
+    Tokens are channel-major (channel 0's N patches, then channel 1's, ...); every channel's tokens get the same
+    spatial positions. Memory (register) tokens are learned tokens that join the class token in front
+    (ChA-MAEViT); `num_prefix_tokens` = 1 + `num_memory_tokens`. Every encoding method takes optional
+    `channel_ids` (which of the `in_chans` channels the image holds), so the model accepts channel subsets.
+    """
+
+    def __init__(self, img_size: int | Sequence[int] = 224, patch_size: int | Sequence[int] = 16,
+                 in_chans: int = 3, embed_dim: int = 768, num_memory_tokens: int = 0, **kwargs):
+        embedder = ChannelPatchEmbed(patch_size, in_chans, embed_dim)
+        super().__init__(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
+                         spatial_dims=2, patch_embed=embedder, **kwargs)
+        if self.cls_token is None:
+            raise ConfigError("a ChannelViTEncoder needs its class token")
+        self.num_memory_tokens = int(num_memory_tokens)
+        self.memory_tokens = (nn.Parameter(torch.zeros(1, self.num_memory_tokens, embed_dim))
+                              if self.num_memory_tokens else None)
+        if self.memory_tokens is not None:
+            nn.init.trunc_normal_(self.memory_tokens, std=0.02)
+        self.num_prefix_tokens = 1 + self.num_memory_tokens
+
+    def positions(self, grid: Sequence[int]) -> torch.Tensor:
+        """Spatial positions (1, N, D) of one channel's patches (position 0 of `pos_embed` is the class token's)."""
+        if tuple(grid) == self.grid:
+            return self.pos_embed[:, 1:]
+        if self.fixed_pos:
+            return sincos_pos_embed(self.embed_dim, grid).unsqueeze(0).to(self.pos_embed)
+        raise DataError(f"the model was built for a {self.grid} token grid and has learned positions; "
+                        f"got images giving a {tuple(grid)} grid (resize them to {self.img_size})")
+
+    def patch_tokens(self, x: torch.Tensor, channel_ids=None):
+        """Per-channel tokens with channel embeddings, no positions: (B, C * N, D) and the spatial grid."""
+        grid = self.patch_embed.check(x)
+        return self.patch_embed(x, channel_ids), tuple(grid)
+
+    def embed(self, x: torch.Tensor, channel_ids=None) -> torch.Tensor:
+        tokens, grid = self.patch_tokens(x, channel_ids)
+        return tokens + self.positions(grid).repeat(1, x.shape[1], 1)
+
+    def forward_tokens(self, tokens: torch.Tensor, return_layers: Sequence[int] | None = None):
+        """Prepend the class and memory tokens, run the blocks and the final norm."""
+        prefix = [(self.cls_token + self.pos_embed[:, :1]).expand(tokens.shape[0], -1, -1)]
+        if self.memory_tokens is not None:
+            prefix.append(self.memory_tokens.expand(tokens.shape[0], -1, -1))
+        tokens = torch.cat(prefix + [tokens], dim=1)
+        hidden = []
+        wanted = set(return_layers or ())
+        for i, block in enumerate(self.blocks, start=1):
+            tokens = block(tokens)
+            if i in wanted:
+                hidden.append(tokens)
+        out = self.norm(tokens)
+        return (out, hidden) if return_layers is not None else out
+
+    def forward_visible(self, x: torch.Tensor, ids_keep: torch.Tensor | None,
+                        return_layers: Sequence[int] | None = None, channel_ids=None):
+        """Encode only the tokens at `ids_keep` (B, K), indices into the C * N channel-major tokens."""
+        tokens = self.embed(x, channel_ids)
+        if ids_keep is not None:
+            tokens = gather_tokens(tokens, ids_keep)
+        return self.forward_tokens(tokens, return_layers)
+
+    def forward_features(self, x: torch.Tensor, return_layers: Sequence[int] | None = None, channel_ids=None):
+        return self.forward_visible(x, None, return_layers, channel_ids)
+
+    def forward(self, x: torch.Tensor, channel_ids=None) -> torch.Tensor:
+        return self.pool(self.forward_features(x, None, channel_ids))
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {"pos_embed", "cls_token", "memory_tokens", "patch_embed.channel_embed"}

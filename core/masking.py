@@ -266,3 +266,178 @@ MASKERS: dict[str, Callable[..., Masker]] = {
     "random": RandomMasker, "block": BlockMasker, "grid": GridMasker, "tube": TubeMasker,
     "disjoint": DisjointMasker,
 }
+
+
+# ----------------------------------------------------------------------------- SelectiveMAE's token selection
+@dataclass
+class SelectiveMask(Mask):
+    """A Mask whose hidden tokens are only partly reconstructed: `ids_target` (B, R), ascending, are the ones."""
+
+    ids_target: torch.Tensor | None = None
+
+    @property
+    def target(self) -> torch.Tensor:
+        """(B, N) float, 1 where a token is reconstructed."""
+        out = torch.zeros_like(self.mask)
+        return out.scatter_(1, self.ids_target, 1.0)
+
+
+class SelectiveMasker(Masker):
+    """SelectiveMAE's semantic token selection: few visible tokens, and only a subset of the hidden ones reconstructed.
+
+    Wang et al., "Harnessing Massive Satellite Imagery with Efficient Masked Image Modeling" (ICCV 2025,
+    arXiv 2406.11933, "Scaling Efficient Masked Image Modeling on Large Remote Sensing Dataset").
+    With K = N - round(mask_ratio * N) visible tokens:
+      1. K // 2 tokens are sampled without replacement with probabilities softmax(`scores`) (HOG-based scores:
+         semantically rich patches are picked more often);
+      2. the other visible tokens are added in `expansion_rounds` rounds by their highest cosine similarity
+         (of `features`) to the tokens picked so far: progressive semantic token selection (PSTS) adds the most
+         similar tokens first, then blends to the least similar ones (complementary content), then to random
+         ones, at the fractions `expansion_schedule` = (near-to-far start, far, far-to-random start, random)
+         of `total_steps` (the official code: epochs 280, 300, 580, 600 of 800);
+      3. round(target_ratio * N) of the hidden tokens, sampled with the same probabilities, are reconstructed.
+    Without `total_steps` (or `step`) the selection stays in the first stage (most similar tokens).
+    """
+
+    def __init__(self, mask_ratio: float | RatioSchedule = 0.85, target_ratio: float = 0.25,
+                 total_steps: int | None = None,
+                 expansion_schedule: Sequence[float] = (0.35, 0.375, 0.725, 0.75), expansion_rounds: int = 2):
+        super().__init__(mask_ratio)
+        schedule = tuple(float(v) for v in expansion_schedule)
+        if len(schedule) != 4 or list(schedule) != sorted(schedule) or not 0 <= schedule[0] <= schedule[-1] <= 1:
+            raise ConfigError(f"expansion_schedule must be 4 ascending fractions of training in [0, 1], got {schedule}")
+        if not 0.0 < float(target_ratio) <= self.schedule(None):
+            raise ConfigError(f"target_ratio (share of all tokens reconstructed) must be in (0, mask_ratio="
+                              f"{self.schedule(None)}], got {target_ratio}")
+        if int(expansion_rounds) < 1:
+            raise ConfigError(f"expansion_rounds must be at least 1, got {expansion_rounds}")
+        self.target_ratio, self.total_steps = float(target_ratio), total_steps
+        self.expansion_schedule, self.expansion_rounds = schedule, int(expansion_rounds)
+
+    def stage(self, step: int | None) -> tuple[float, float]:
+        """(near, random) shares of the expanded tokens at `step`; the rest are the least similar ones."""
+        if step is None or not self.total_steps:
+            return 1.0, 0.0
+        t = step / self.total_steps
+        a, b, c, d = self.expansion_schedule
+        if t < a:
+            return 1.0, 0.0
+        if t < b:
+            return 1.0 - (t - a) / (b - a), 0.0
+        if t < c:
+            return 0.0, 0.0
+        if t < d:
+            return 0.0, (t - c) / (d - c)
+        return 0.0, 1.0
+
+    @staticmethod
+    def _sample(probs: torch.Tensor, allowed: torch.Tensor, count: int, generator) -> torch.Tensor:
+        """`count` distinct indices per row among `allowed`, with probabilities `probs`."""
+        weights = probs * allowed
+        # a row whose allowed probabilities all underflow falls back to uniform over the allowed tokens
+        weights = torch.where(weights.sum(1, keepdim=True) > 0, weights, allowed.to(weights))
+        return torch.multinomial(weights, count, replacement=False, generator=generator)
+
+    def __call__(self, batch_size, num_tokens, *, step=None, scores=None, device=None, generator=None,
+                 features: torch.Tensor | None = None) -> SelectiveMask:
+        device = scores.device if scores is not None else device
+        probs = (torch.softmax(scores.float(), dim=1) if scores is not None
+                 else torch.full((batch_size, num_tokens), 1.0 / num_tokens, device=device))
+        hide = self.num_masked(num_tokens, step)
+        keep = num_tokens - hide
+        visible = torch.zeros(batch_size, num_tokens, dtype=torch.bool, device=device)
+        visible.scatter_(1, self._sample(probs, ~visible, max(1, keep // 2), generator), True)
+        near_share, random_share = self.stage(step)
+        cosine = None
+        if features is not None:
+            normed = torch.nn.functional.normalize(features.detach().float(), dim=-1)
+            cosine = normed @ normed.transpose(1, 2)                                  # (B, N, N)
+        remaining = keep - int(visible[0].sum())
+        for round_ in range(self.expansion_rounds):
+            count = remaining // self.expansion_rounds + (remaining % self.expansion_rounds
+                                                          if round_ == self.expansion_rounds - 1 else 0)
+            if count == 0:
+                continue
+            rand = torch.rand(batch_size, num_tokens, device=device, generator=generator)
+            if cosine is None:
+                similarity = rand
+                near, far, randoms = 0, 0, count
+            else:
+                similarity = cosine.masked_fill(~visible[:, None, :], -2.0).amax(-1)
+                randoms = int(round(random_share * count))
+                near = int(round(near_share * (count - randoms)))
+                far = count - randoms - near
+            similarity = similarity.masked_fill(visible, float("nan"))
+            chosen = torch.zeros_like(visible)
+            if near:
+                chosen.scatter_(1, torch.nan_to_num(similarity, nan=-3.0).topk(near, dim=1).indices, True)
+            if far:
+                order = torch.nan_to_num(similarity, nan=3.0).masked_fill(chosen, 3.0)
+                chosen.scatter_(1, (-order).topk(far, dim=1).indices, True)
+            if randoms:
+                free = rand.masked_fill(visible | chosen, -1.0)
+                chosen.scatter_(1, free.topk(randoms, dim=1).indices, True)
+            visible |= chosen
+        hidden = ~visible
+        targets = min(int(round(self.target_ratio * num_tokens)), hide)
+        ids_target = torch.sort(self._sample(probs, hidden, max(1, targets), generator), dim=1).values
+        base = Mask.from_bool(hidden)
+        return SelectiveMask(base.ids_keep, base.ids_restore, base.mask, ids_target=ids_target)
+
+
+# ----------------------------------------------------------------------------- ChA-MAEViT's channel-patch masking
+@dataclass
+class ChannelPatchMask(Mask):
+    """A Mask over channel-major per-channel tokens, with the channels hidden whole and the strategy used."""
+
+    channels_masked: torch.Tensor | None = None   # (B, C) bool, True = the whole channel is hidden
+    strategy: str = "patch"
+
+
+class ChannelPatchMasker(Masker):
+    """ChA-MAEViT's dynamic channel-patch masking over C x N channel-major tokens.
+
+    Pham et al., "ChA-MAEViT: Unifying Channel-Aware Masked Autoencoders and Multi-Channel Vision Transformers
+    for Improved Cross-Channel Learning", NeurIPS 2025. Each call picks a strategy: with probability `p_patch`
+    patch masking only (every channel hides round(mask_ratio * N) random patches), with probability
+    `p_channel` channel masking only (a random number of whole channels, 0 or 1 to C - 1, hidden; the same
+    channels for the whole batch, as in the official code), otherwise both (the union). The paper's two
+    settings: alternate (p_patch = p_channel = 0.5, mask_ratio 0.75) and combined (0, 0, mask_ratio 0.25).
+    """
+
+    STRATEGIES = ("patch", "channel", "both")
+
+    def __init__(self, mask_ratio: float | RatioSchedule = 0.75, p_patch: float = 0.5, p_channel: float = 0.5,
+                 at_least_one_channel: bool = False):
+        super().__init__(mask_ratio)
+        if p_patch < 0 or p_channel < 0 or p_patch + p_channel > 1 + 1e-9:
+            raise ConfigError(f"p_patch and p_channel must be >= 0 with a sum <= 1, got {p_patch} and {p_channel}")
+        self.p_patch, self.p_channel, self.at_least_one_channel = float(p_patch), float(p_channel), at_least_one_channel
+
+    def pick_strategy(self, generator=None) -> str:
+        u = float(torch.rand(1, generator=generator))
+        return "patch" if u < self.p_patch else "channel" if u < self.p_patch + self.p_channel else "both"
+
+    def __call__(self, batch_size, num_tokens, *, num_channels: int = 1, step=None, scores=None, device=None,
+                 generator=None, strategy: str | None = None) -> ChannelPatchMask:
+        if num_tokens % num_channels:
+            raise ConfigError(f"{num_tokens} tokens do not split into {num_channels} channels")
+        strategy = strategy or self.pick_strategy(generator)
+        if strategy not in self.STRATEGIES:
+            raise ConfigError(f"strategy must be one of {', '.join(self.STRATEGIES)}, got {strategy!r}")
+        per_channel = num_tokens // num_channels
+        hidden = torch.zeros(batch_size, num_channels, per_channel, dtype=torch.bool)
+        channels = torch.zeros(batch_size, num_channels, dtype=torch.bool)
+        if strategy in ("patch", "both"):
+            hide = self.num_masked(per_channel, step)
+            order = torch.argsort(torch.rand(batch_size, num_channels, per_channel, generator=generator), dim=-1)
+            hidden.scatter_(2, order[..., :hide], True)
+        if strategy in ("channel", "both") and num_channels > 1:
+            low = 1 if self.at_least_one_channel else 0
+            count = int(torch.randint(low, num_channels, (1,), generator=generator))
+            picked = torch.randperm(num_channels, generator=generator)[:count]
+            channels[:, picked] = True
+            hidden |= channels[:, :, None]
+        base = Mask.from_bool(hidden.reshape(batch_size, num_tokens).to(device))
+        return ChannelPatchMask(base.ids_keep, base.ids_restore, base.mask,
+                                channels_masked=channels.to(device), strategy=strategy)

@@ -159,3 +159,28 @@ class HOGTarget:
         x = cells.reshape(batch, chans, rows // per_h, per_h, cols // per_w, per_w, bins)
         x = x.permute(0, 2, 4, 3, 5, 1, 6)  # (B, grid_h, grid_w, cell_h, cell_w, C, bins)
         return x.reshape(batch, (rows // per_h) * (cols // per_w), per_h * per_w * chans * bins)
+
+
+@torch.no_grad()
+def patch_hog_scores(images: torch.Tensor, patch_size: int | Sequence[int], orientations: int = 9,
+                     cells_per_side: int = 2) -> torch.Tensor:
+    """Per-patch HOG energy of 2D images, standardised over each image's patches: (B, N), higher = richer.
+
+    SelectiveMAE's semantic-richness score (Wang et al., ICCV 2025): the `HOGTarget` cell histograms
+    (`cells_per_side` x `cells_per_side` cells per patch, as the official 8-pixel cells in 16-pixel patches);
+    a cell's energy is the L2 norm of its histogram, a patch's score the mean over its cells and channels.
+    (The official code standardises each patch's HOG vector and then averages it, which leaves a constant
+    score; the histogram norm keeps the intended ranking: edges and texture high, flat areas low.)
+    """
+    ph, pw = as_tuple(patch_size, 2, "patch_size")
+    if ph % cells_per_side or pw % cells_per_side:
+        cells_per_side = 1
+    if ph // cells_per_side != pw // cells_per_side:
+        raise ConfigError(f"patch_hog_scores needs square cells; patch size {(ph, pw)} gives none")
+    hog = HOGTarget((ph, pw), orientations=orientations, cell_size=ph // cells_per_side, normalize="none")
+    energy = hog.cell_histograms(images).float().norm(dim=-1)                  # (B, C, H / cell, W / cell)
+    batch, chans, rows, cols = energy.shape
+    per_patch = energy.reshape(batch, chans, rows // cells_per_side, cells_per_side, cols // cells_per_side,
+                               cells_per_side)
+    scores = per_patch.mean((1, 3, 5)).flatten(1)                                   # (B, N)
+    return (scores - scores.mean(1, keepdim=True)) / (scores.std(1, keepdim=True) + 1e-6)
