@@ -1,1 +1,2 @@
 """mimkit.remote_sensing methods; importing this package registers them."""
+from . import smarties  # noqa: F401
