@@ -1,0 +1,131 @@
+"""ChA-MAEViT: channel-patch masking removes whole channels, channel subsets at inference, memory tokens,
+hybrid token fusion, the paper's loss terms and weights, loss falls."""
+import pytest
+import torch
+
+from mimkit.core import build_method
+from mimkit.core.errors import ConfigError, DataError
+from mimkit.core.masking import ChannelPatchMasker
+
+TINY = dict(img_size=32, patch_size=8, in_chans=4, embed_dim=32, depth=2, num_heads=4, decoder_depth=1,
+            decoder_num_heads=4, num_memory_tokens=2)
+
+
+def textured_images(n, chans, seed=0):
+    """Fixed data: one texture per channel in every patch, with random per-patch gains and per-image offsets,
+    so a normalised patch is its channel's texture: learnable only by knowing which channel a token is."""
+    g = torch.Generator().manual_seed(seed)
+    pattern = torch.rand(chans, 8, 8, generator=g).repeat(1, 4, 4)
+    gain = torch.rand(n, chans, 4, 4, generator=g).repeat_interleave(8, 2).repeat_interleave(8, 3) + 0.5
+    return gain * pattern + torch.rand(n, chans, 1, 1, generator=g)
+
+
+def test_channel_patch_masker_strategies():
+    g = torch.Generator().manual_seed(0)
+    masker = ChannelPatchMasker(0.75, p_patch=0.5, p_channel=0.5)
+    patch = masker(3, 4 * 16, num_channels=4, strategy="patch", generator=g)
+    hidden = patch.mask.reshape(3, 4, 16)
+    assert torch.all(hidden.sum(-1) == 12) and not patch.channels_masked.any()   # 75% of every channel
+    for _ in range(10):
+        chan = masker(3, 64, num_channels=4, strategy="channel", generator=g)
+        hidden = chan.mask.reshape(3, 4, 16)
+        # whole channels hidden (the same ones for every image), the others fully visible
+        assert torch.equal(hidden.all(-1), chan.channels_masked) and torch.equal(hidden.any(-1), hidden.all(-1))
+        assert torch.equal(chan.channels_masked, chan.channels_masked[:1].expand(3, -1))
+        assert chan.channels_masked[0].sum() <= 3
+    both = masker(3, 64, num_channels=4, strategy="both", generator=torch.Generator().manual_seed(3))
+    hidden = both.mask.reshape(3, 4, 16).bool()
+    kept = ~both.channels_masked[0]
+    assert hidden[:, ~kept].all() and torch.all(hidden[:, kept].sum(-1) == 12)
+    # the strategy is drawn per call with the configured probabilities
+    picks = [masker(1, 64, num_channels=4, generator=g).strategy for _ in range(200)]
+    assert set(picks) == {"patch", "channel"} and 70 < picks.count("patch") < 130
+    assert {ChannelPatchMasker(0.25, 0, 0)(1, 64, num_channels=4).strategy} == {"both"}
+    with pytest.raises(ConfigError):
+        ChannelPatchMasker(0.75, 0.7, 0.5)
+
+
+def test_channel_masking_removes_whole_channels_from_the_encoder():
+    torch.manual_seed(0)
+    model = build_method("cha_mae", **TINY, p_patch=0.0, p_channel=1.0, at_least_one_channel=True)
+    seen, masks = [], []
+    masker = model.masker
+    model.masker = lambda *a, **k: masks.append(masker(*a, **k)) or masks[-1]
+    model.encoder.blocks[0].register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[1]))
+    out = model({"image": torch.randn(2, 4, 32, 32)})
+    kept = int((~masks[0].channels_masked[0]).sum())
+    assert 1 <= kept <= 3
+    assert seen == [1 + 2 + kept * 16]                     # class + memory tokens + every patch of kept channels
+    keep_channel = masks[0].ids_keep // 16
+    assert set(keep_channel.flatten().tolist()) == set(torch.nonzero(~masks[0].channels_masked[0]).flatten().tolist())
+    # the hidden channels are reconstructed: the loss covers exactly their tokens
+    assert torch.equal(out.mask.reshape(2, 4, 16).all(-1), masks[0].channels_masked)
+
+
+def test_channel_subsets_at_inference():
+    torch.manual_seed(0)
+    model = build_method("cha_mae", **TINY).eval()
+    enc = model.encoder
+    x = torch.randn(2, 4, 32, 32)
+    full = enc.forward_features(x)
+    assert full.shape == (2, 1 + 2 + 4 * 16, 32) and enc.num_prefix_tokens == 3
+    subset = enc.forward_features(x[:, [0, 2]], channel_ids=[0, 2])
+    assert subset.shape == (2, 1 + 2 + 2 * 16, 32)
+    # the channel identity matters: the same pixels said to be channels 1 and 3 encode differently
+    assert not torch.allclose(subset, enc.forward_features(x[:, [0, 2]], channel_ids=[1, 3]), atol=1e-4)
+    assert enc.pool(subset).shape == (2, 32) and enc.pool(subset, "token").shape == (2, 32)
+    with pytest.raises(DataError, match="channel_ids"):
+        enc.forward_features(x[:, :2])
+    with pytest.raises(DataError, match="at most 4"):
+        enc.forward_features(torch.randn(1, 5, 32, 32))
+    # pretraining on a channel subset works too
+    out = model.train()({"image": x[:, [1, 3]], "channel_ids": torch.tensor([1, 3])})
+    assert torch.isfinite(out.loss) and out.pred.shape == (2, 32, 64)
+
+
+def test_hybrid_token_fusion_uses_class_and_patch_tokens():
+    torch.manual_seed(0)
+    enc = build_method("cha_mae", **TINY).encoder
+    feats = torch.randn(2, 3 + 64, 32)
+    changed_patches = feats.clone()
+    changed_patches[:, 3:] += 1.0
+    changed_memory = feats.clone()
+    changed_memory[:, 1:3] += 1.0
+    pooled = enc.pool(feats)
+    assert not torch.allclose(pooled, enc.pool(changed_patches))       # patch tokens are pooled in
+    assert torch.allclose(pooled, enc.pool(changed_memory))            # memory tokens are not
+    changed_cls = feats.clone()
+    changed_cls[:, 0] += 1.0
+    assert torch.allclose(enc.pool(changed_cls) - pooled, torch.ones(2, 32), atol=1e-5)  # "add" fusion
+
+
+def test_loss_terms_and_weights():
+    torch.manual_seed(0)
+    model = build_method("cha_mae", **TINY, num_classes=3)
+    out = model({"image": torch.randn(2, 4, 32, 32), "label": torch.tensor([0, 2])})
+    p = out.parts
+    assert set(p) == {"mse", "fourier", "reconstruction", "patch_diversity", "channel_diversity", "classification"}
+    assert torch.allclose(p["reconstruction"], 0.99 * p["mse"] + 0.01 * p["fourier"])
+    expected = 0.99 * p["reconstruction"] + 1e-5 * p["patch_diversity"] + 1e-4 * p["channel_diversity"] \
+        + 0.01 * p["classification"]
+    assert torch.allclose(out.loss.detach(), expected, rtol=1e-5)
+    # without labels the supervised term is absent; bad labels are a clear error
+    assert "classification" not in model({"image": torch.randn(2, 4, 32, 32)}).parts
+    with pytest.raises(DataError, match="label"):
+        model({"image": torch.randn(2, 4, 32, 32), "label": torch.rand(2, 3)})
+
+
+def test_cha_mae_loss_falls_on_fixed_data():
+    torch.manual_seed(0)
+    model = build_method("cha_mae", **TINY)
+    batch = {"image": textured_images(8, 4)}
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        out = model(batch)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        losses.append(out.loss.item())
+    assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5
+    assert model.reconstruct(batch, out).shape == (8, 4, 32, 32)
