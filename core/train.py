@@ -213,7 +213,9 @@ def save_reconstruction(method: MIMMethod, batch: dict | None, path: Path) -> Pa
         if recon is None or out.mask is None:
             return None
         path.parent.mkdir(parents=True, exist_ok=True)
-        return reconstruction_grid(batch["image"].cpu(), out.mask.cpu(), recon.cpu(), method.encoder.patch_size, path)
+        # a method whose tokens predict larger patches than its encoder reads (UrFound) says so
+        patch_size = getattr(method, "output_patch_size", method.encoder.patch_size)
+        return reconstruction_grid(batch["image"].cpu(), out.mask.cpu(), recon.cpu(), patch_size, path)
     finally:
         method.train(was_training)
 

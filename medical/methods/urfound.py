@@ -104,6 +104,7 @@ class UrFound(MIMMethod):
         self.target_scale = int(target_scale)
         self.input_size = tuple(s * self.target_scale for s in enc.img_size)
         target_patch = tuple(p * self.target_scale for p in enc.patch_size)
+        self.output_patch_size = target_patch  # pixels of the input image each token predicts (for pictures)
         self.masker = RandomMasker(mask_ratio)
         self.target = PixelTarget(target_patch, normalize=norm_pix_loss)
         self.decoder = MAEDecoder(enc.grid, enc.embed_dim, math.prod(target_patch) * in_chans, decoder_embed_dim,
@@ -152,7 +153,9 @@ class UrFound(MIMMethod):
         images = self.images(batch)
         self._check(images)
         texts = batch.get("text")
-        if texts is None or isinstance(texts, str) or len(texts) != images.shape[0]:
+        # captions are needed to train; without them (pictures, inference in eval mode) only the image path runs
+        image_only = texts is None and not self.training
+        if not image_only and (texts is None or isinstance(texts, str) or len(texts) != images.shape[0]):
             raise DataError(f"urfound needs batch['text']: one caption string per image ({images.shape[0]}), "
                             f"got {type(texts).__name__ if texts is None or isinstance(texts, str) else len(texts)}")
         small = images if self.target_scale == 1 else F.interpolate(
@@ -161,6 +164,8 @@ class UrFound(MIMMethod):
         latent = self.encoder.forward_visible(small, mask.ids_keep)
         pred = self.decoder(latent, mask.ids_restore)
         image_loss = masked_mse(pred, self.target(images), mask.mask)
+        if image_only:
+            return MIMOutput(loss=image_loss, parts={"reconstruction": image_loss.detach()}, pred=pred, mask=mask.mask)
 
         tokens, words = self.tokenize(texts, images.device)
         hidden_words = self.mask_words(tokens, words)

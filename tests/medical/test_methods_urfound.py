@@ -130,3 +130,14 @@ def test_recipe_loads_and_its_image_size_matches_the_high_resolution_target():
     tiny = {**model_cfg, **TINY}
     model = build_method(recipe["method"], **tiny)
     assert model.input_size == (64, 64)
+
+
+def test_captions_required_to_train_but_not_for_pictures():
+    model = build_method("urfound", **TINY)
+    images = batch()["image"]
+    with pytest.raises(DataError, match="text"):
+        model({"image": images})  # training mode: the caption loss needs captions
+    model.eval()
+    out = model({"image": images})  # eval mode (pictures, inference): the image path alone
+    assert set(out.parts) == {"reconstruction"} and out.pred.shape == (4, 16, 768)
+    assert model.output_patch_size == (16, 16)  # each token paints a 16 x 16 patch of the 64 x 64 input
