@@ -131,3 +131,27 @@ register_results([
     _mae(76.0, "linear", "ViT-L/16", MAE_REPO, "Linear Probing table", _LONG, note="PyTorch/GPU re-run"),
     _mae(77.2, "linear", "ViT-H/14", MAE_REPO, "Linear Probing table", _LONG, note="PyTorch/GPU re-run"),
 ])
+
+
+# ---------------------------------------------------------------------------------------------- CAE
+CAE_REPO = ("Atten4Vis/CAE, README.md, official code of Chen et al., Context Autoencoder for Self-Supervised "
+            "Representation Learning, IJCV 2023 (arXiv:2202.03026)")
+
+
+def _cae(value: float, protocol: str, model: str, epochs: int) -> PublishedResult:
+    return PublishedResult(value=value, metric="top1", protocol=protocol, model=model, method="cae",
+                           data="ImageNet-1K", source=CAE_REPO, table="Results table",
+                           setting=f"{epochs}-epoch pre-training, DALL-E token targets",
+                           note="mimkit's CAE reconstructs normalised pixels instead of DALL-E tokens")
+
+
+register_results([
+    _cae(64.5, "linear", "ViT-B/16", 300),
+    _cae(83.6, "finetune", "ViT-B/16", 300),
+    _cae(68.9, "linear", "ViT-B/16", 800),
+    _cae(83.8, "finetune", "ViT-B/16", 800),
+    _cae(70.3, "linear", "ViT-B/16", 1600),
+    _cae(83.9, "finetune", "ViT-B/16", 1600),
+    _cae(77.8, "linear", "ViT-L/16", 1600),
+    _cae(86.2, "finetune", "ViT-L/16", 1600),
+])
