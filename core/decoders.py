@@ -183,7 +183,8 @@ class HierarchicalDecoder(nn.Module):
         self.apply(init_weights)
         nn.init.normal_(self.mask_token, std=0.02)
 
-    def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor, contexts: Sequence[torch.Tensor]) -> torch.Tensor:
+    def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor,
+                contexts: Sequence[torch.Tensor]) -> torch.Tensor:
         """latent (B, prefix + K, D_enc), contexts: one (B, M, D_ctx) per cross block -> (B, N, out_dim)."""
         if len(contexts) != len(self.cross_blocks):
             raise ConfigError(f"the decoder has {len(self.cross_blocks)} cross-attention blocks but got "

@@ -17,7 +17,8 @@ _SMALL = "ViT-S/16 MAE pretrained on 0.3M chest X-rays (CheXpert + ChestX-ray14)
 _BASE = "ViT-B/16 MAE pretrained on 0.5M chest X-rays (CheXpert + ChestX-ray14 + MIMIC-CXR)"
 
 
-def _thorax(value: float, metric: str, model: str, data: str, table: str, setting: str, note: str = "") -> PublishedResult:
+def _thorax(value: float, metric: str, model: str, data: str, table: str, setting: str,
+            note: str = "") -> PublishedResult:
     return PublishedResult(value=value, metric=metric, protocol="finetune", model=model, method="thorax_mae",
                            data=data, source=THORAX_SOURCE, table=table, img_size=224, setting=setting, note=note)
 

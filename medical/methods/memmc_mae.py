@@ -148,7 +148,8 @@ class MemMCMAE(MIMMethod):
         for block in enc.blocks:  # every encoder self-attention gets its own memory
             block.attn = MemoryAugmentedAttention(enc.embed_dim, enc.num_heads, num_memory)
             block.attn.apply(init_weights)
-        self.cross_levels = tuple(range(1, enc.depth + 1)) if cross_levels is None else tuple(int(c) for c in cross_levels)
+        self.cross_levels = (tuple(range(1, enc.depth + 1)) if cross_levels is None
+                             else tuple(int(c) for c in cross_levels))
         if not self.cross_levels or len(set(self.cross_levels)) != len(self.cross_levels) or \
                 any(not 1 <= c <= enc.depth for c in self.cross_levels):
             raise ConfigError(f"cross_levels must be distinct encoder block numbers between 1 and depth={enc.depth}, "

@@ -113,7 +113,8 @@ class Uni4Eye(MIMMethod):
             raise DataError(f"a uni4eye batch needs an 'image' (B, C, H, W) and/or a 'volume' (B, C, D, H, W) "
                             f"tensor; got keys {sorted(batch)}")
         if "volume" in batch and batch["volume"].ndim != 5:
-            raise DataError(f"batch['volume'] must be 3D volumes (B, C, D, H, W), got shape {tuple(batch['volume'].shape)}")
+            raise DataError(f"batch['volume'] must be 3D volumes (B, C, D, H, W), "
+                            f"got shape {tuple(batch['volume'].shape)}")
         return found
 
     def images(self, batch: dict) -> torch.Tensor:

@@ -169,7 +169,8 @@ class UrFound(MIMMethod):
 
         tokens, words = self.tokenize(texts, images.device)
         hidden_words = self.mask_words(tokens, words)
-        valid = torch.arange(tokens.shape[1], device=tokens.device) <= (tokens == self.eot_id).int().argmax(1, keepdim=True)
+        eot = (tokens == self.eot_id).int().argmax(1, keepdim=True)
+        valid = torch.arange(tokens.shape[1], device=tokens.device) <= eot  # caption plus its start and end tokens
         image_vector = latent[:, self.encoder.num_prefix_tokens:].mean(1)
         logits = self.text_model(tokens.masked_fill(hidden_words, self.text_model.mask_id), valid, image_vector)
         per_token = F.cross_entropy(logits.float().transpose(1, 2), tokens, reduction="none")

@@ -96,7 +96,8 @@ def test_finetune_recipe_runs_the_multilabel_auc_evaluation():
         images[:, :, (c // 2) * 16:(c // 2) * 16 + 16, (c % 2) * 16:(c % 2) * 16 + 16] += labels[:, c, None, None, None]
     data = [{"image": im, "label": lab} for im, lab in zip(images, labels)]
     result = evaluate(model.encoder, "finetune", data, data,
-                      **{**options, "epochs": 8, "warmup_epochs": 1, "batch_size": 8, "base_lr": 0.05, "progress": False})
+                      **{**options, "epochs": 8, "warmup_epochs": 1, "batch_size": 8, "base_lr": 0.05,
+                         "progress": False})
     assert result["auc_classes_used"] == 3 and result["auc_classes_skipped"] == 0
     assert result["auc_macro"] > 0.8
 

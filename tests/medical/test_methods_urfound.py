@@ -78,7 +78,8 @@ def test_text_prediction_is_conditioned_on_the_image_and_trains_the_encoder():
     model.text_model.register_forward_hook(lambda m, args, out: captured.__setitem__("logits", out))
     out = model(batch())
     text_only = out.loss - out.parts["reconstruction"]  # the parts are detached: only the text term keeps grads
-    logits_grad, qkv_grad = torch.autograd.grad(text_only, [captured["logits"], model.encoder.blocks[0].attn.qkv.weight])
+    qkv = model.encoder.blocks[0].attn.qkv.weight
+    logits_grad, qkv_grad = torch.autograd.grad(text_only, [captured["logits"], qkv])
     hidden = captured["tokens"] == model.text_model.mask_id
     assert hidden.any() and qkv_grad.abs().sum() > 0  # the caption loss reaches the image encoder
     assert torch.all(logits_grad[~hidden] == 0) and torch.all(logits_grad[hidden].abs().sum(-1) > 0)
