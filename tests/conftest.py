@@ -12,7 +12,7 @@ def write_pngs(folder: Path, count: int, size: int = 32, seed: int = 0, classes:
     yy, xx = np.mgrid[0:size, 0:size]
     for i in range(count):
         label = i % classes if classes else None
-        cy, cx = rng.uniform(4, size - 4, 2)
+        cy, cx = rng.uniform(0, size, 2)
         blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (size / 6) ** 2))
         base = 0.3 + 0.5 * (label / max(1, classes - 1)) if classes else 0.5
         image = np.clip(base * blob + 0.1 * rng.random((size, size)), 0, 1)
@@ -23,6 +23,12 @@ def write_pngs(folder: Path, count: int, size: int = 32, seed: int = 0, classes:
         target.mkdir(parents=True, exist_ok=True)
         Image.fromarray(array).save(target / f"img_{i:03d}.png")
     return folder
+
+
+@pytest.fixture
+def make_pngs():
+    """The `write_pngs` helper, for tests that need other folders."""
+    return write_pngs
 
 
 @pytest.fixture

@@ -1,0 +1,124 @@
+"""The `mimkit` command: the common path end to end, recipes, and clear errors for bad input."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import yaml
+from safetensors.torch import load_file
+
+from mimkit.core.checkpoints import load_method
+from mimkit.core.cli import main
+
+TINY_FLAGS = ["--img-size", "32", "--patch-size", "8", "--embed-dim", "32", "--depth", "2", "--num-heads", "2",
+              "--set", "decoder_embed_dim=32", "--set", "decoder_depth=1", "--set", "decoder_num_heads=2",
+              "--batch-size", "4", "--num-workers", "0", "--no-progress", "--accelerator", "cpu"]
+
+
+def pretrain(data, out, *extra):
+    return main(["pretrain", "--data", str(data), "--out", str(out), *TINY_FLAGS, *extra])
+
+
+def test_common_path_pretrain_evaluate_reconstruct_export(tmp_path, labelled_folders, capsys):
+    train, test = labelled_folders
+    run = tmp_path / "run"
+    assert pretrain(train, run, "--max-steps", "3", "--checkpoint-every", "3") == 0
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["method"] == "mae" and config["model"]["in_chans"] == 1  # read from the data
+    assert config["train"]["max_steps"] == 3 and len(config["data"]["mean"]) == 1
+    assert (run / "checkpoints" / "last.ckpt").exists() and (run / "pictures" / "reconstruction.png").exists()
+
+    assert main(["evaluate", "--run", str(run), "--protocol", "knn", "--train", str(train), "--test", str(test),
+                 "--compare-random-init", "--k", "5"]) == 0
+    printed = capsys.readouterr().out
+    assert "| knn | pretrained | accuracy |" in printed and "| knn | random | accuracy |" in printed
+    results = json.loads((run / "metrics.json").read_text())["results"]
+    assert {(r["protocol"], r["init"]) for r in results} == {("knn", "pretrained"), ("knn", "random")}
+    assert all(0.0 <= r["value"] <= 1.0 and r["num_train"] == 30 for r in results)
+
+    picture = tmp_path / "recon.png"
+    assert main(["reconstruct", "--run", str(run), "--data", str(test), "--out", str(picture), "--count", "3"]) == 0
+    assert picture.stat().st_size > 0
+
+    exported = tmp_path / "encoder.safetensors"
+    assert main(["export", "--run", str(run), "--out", str(exported)]) == 0
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=32, patch_size=8,
+                            in_chans=1, embed_dim=32, depth=2, num_heads=2)
+    vit.load_state_dict(load_file(exported), strict=True)
+
+
+def test_recipe_sets_options_and_flags_win(tmp_path, image_folder):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "method": "mae",
+        "model": {"mask_ratio": 0.5, "decoder_embed_dim": 32, "decoder_depth": 1, "decoder_num_heads": 2},
+        "train": {"epochs": 2, "warmup_epochs": 1, "base_lr": 1e-3},
+        "data": {"crop_scale": [0.5, 1.0]}}))
+    run = tmp_path / "run"
+    assert pretrain(image_folder, run, "--config", str(recipe), "--base-lr", "2e-3") == 0
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    # 24 images, batch 4: 2 epochs = 12 steps, 1 warmup epoch = 6 steps
+    assert config["train"]["max_steps"] == 12 and config["train"]["warmup_steps"] == 6
+    assert config["train"]["base_lr"] == 2e-3 and config["data"]["crop_scale"] == [0.5, 1.0]
+    method, _ = load_method(run / "model.safetensors")
+    assert method.masker.schedule(0) == 0.5
+
+
+@pytest.mark.parametrize("case,expected", [
+    ("missing", "does not exist"),
+    ("empty", "no image files under"),
+    ("small", "smaller than"),
+    ("channels", "--in-chans"),
+    ("indivisible", "--img-size 32"),
+])
+def test_bad_input_gets_a_clear_error_naming_the_problem(tmp_path, capsys, make_pngs, case, expected):
+    write_pngs = make_pngs
+    data = tmp_path / "data"
+    extra = []
+    if case == "empty":
+        data.mkdir()
+        (data / "notes.txt").write_text("no images here")
+    elif case == "small":
+        write_pngs(data, 3, size=4)
+    elif case == "channels":
+        write_pngs(data, 3)
+        extra = ["--in-chans", "3"]
+    elif case == "indivisible":
+        write_pngs(data, 3)
+    args = ["pretrain", "--data", str(data), "--out", str(tmp_path / "run"), *TINY_FLAGS, "--max-steps", "1", *extra]
+    if case == "indivisible":
+        args[args.index("--img-size") + 1] = "30"
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
+    if case in ("missing", "empty"):
+        assert str(data) in err
+
+
+def test_corrupt_file_is_skipped_and_counted_or_stops_with_strict_data(tmp_path, capsys, make_pngs):
+    data = make_pngs(tmp_path / "data", 8)
+    (data / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    assert pretrain(data, tmp_path / "run", "--max-steps", "1") == 0
+    err = capsys.readouterr().err
+    assert "1 unreadable files skipped" in err
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["data"]["skipped_files"] == 1
+    assert pretrain(data, tmp_path / "strict", "--max-steps", "1", "--strict-data") == 2
+    assert "broken.png" in capsys.readouterr().err
+
+
+def test_evaluate_rejects_unlabelled_folder_and_missing_run(tmp_path, image_folder, capsys):
+    assert main(["evaluate", "--run", str(tmp_path / "nope"), "--train", str(image_folder),
+                 "--test", str(image_folder)]) == 2
+    assert "model.safetensors is missing" in capsys.readouterr().err
+
+
+def test_methods_and_help_from_the_installed_command():
+    out = subprocess.run([Path(sys.executable).parent / "mimkit", "methods"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("") and "mae " in out.stdout
+    helped = subprocess.run([Path(sys.executable).parent / "mimkit", "pretrain", "--help"], capture_output=True, text=True)
+    assert "--resume" in helped.stdout and "--strict-data" in helped.stdout and "--max-time" in helped.stdout
+    args = subprocess.run([Path(sys.executable).parent / "mimkit", "methods", "mae"], capture_output=True, text=True)
+    assert "mask_ratio = 0.75" in args.stdout and "norm_pix_loss = True" in args.stdout
