@@ -215,7 +215,8 @@ def save_reconstruction(method: MIMMethod, batch: dict | None, path: Path) -> Pa
         path.parent.mkdir(parents=True, exist_ok=True)
         # a method whose tokens predict larger patches than its encoder reads (UrFound) says so
         patch_size = getattr(method, "output_patch_size", method.encoder.patch_size)
-        return reconstruction_grid(batch["image"].cpu(), out.mask.cpu(), recon.cpu(), patch_size, path)
+        shown = out.images if out.images is not None else batch["image"]
+        return reconstruction_grid(shown.cpu(), out.mask.cpu(), recon.cpu(), patch_size, path)
     finally:
         method.train(was_training)
 

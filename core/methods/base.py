@@ -17,6 +17,7 @@ class MIMOutput:
     parts: dict[str, torch.Tensor] = field(default_factory=dict)
     pred: torch.Tensor | None = None     # (B, N, patch_dim) predictions in token space, when there are any
     mask: torch.Tensor | None = None     # (B, N) 1 = masked
+    images: torch.Tensor | None = None   # the images pred/mask refer to, when not batch["image"] (e.g. a crop)
 
 
 class MIMMethod(nn.Module):

@@ -136,7 +136,7 @@ class CropMAE(MIMMethod):
         pred = self.decode(context, latent, mask.ids_restore)
         loss = masked_mse(pred, self.target(local_view), mask.mask)
         return CropMAEOutput(loss=loss, parts={"reconstruction": loss.detach()}, pred=pred, mask=mask.mask,
-                             views=(global_view, local_view))
+                             views=(global_view, local_view), images=local_view)
 
     def reconstruct(self, batch: dict, out: MIMOutput | None = None) -> torch.Tensor:
         """The local view rebuilt from `out.pred` (the local view, not the batch image, is what is predicted)."""
