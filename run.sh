@@ -14,6 +14,6 @@ command=${1:-}
 shift || true
 case $command in
   demo) exec "$venv/bin/mimkit" demo "$@" ;;
-  test) exec "$venv/bin/python" -m pytest -q "$@" ;;
+  test) exec "$venv/bin/python" -m pytest -q -n 2 "$@" ;;
   *) echo "usage: bash run.sh demo [--out DIR] | bash run.sh test [pytest args]" >&2; exit 2 ;;
 esac

@@ -3,7 +3,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+
+# Tiny models gain nothing from intra-op threads; the suite runs one worker per core (pytest -n 2) instead.
+torch.set_num_threads(1)
 
 
 def write_pngs(folder: Path, count: int, size: int = 32, seed: int = 0, classes: int = 0, channels: int = 1) -> Path:
