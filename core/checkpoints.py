@@ -15,7 +15,7 @@ import logging
 import math
 import pickle
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from safetensors import safe_open
@@ -198,6 +198,11 @@ def _resize_pos_embed(pos: torch.Tensor, encoder: nn.Module, path: Path) -> torc
 def _check_shape(key: str, found: torch.Tensor, want: torch.Tensor, path: Path) -> None:
     if found.shape != want.shape:
         hint = " (in_chans or patch size differ)" if "patch_embed" in key else ""
+        if key == "patch_embed.proj.weight" and found.ndim == want.ndim and found.shape[1] != want.shape[1] \
+                and found.shape[:1] + found.shape[2:] == want.shape[:1] + want.shape[2:]:
+            hint = (f": the checkpoint reads {found.shape[1]} input channel(s), the model {want.shape[1]}. Adapt the "
+                    f"patch embedding explicitly: load_encoder(..., adapt_in_chans='repeat' or 'mean'), or "
+                    f"adapt_patch_embed(mode='select', band_indices=...) to map bands (e.g. RGB into Sentinel-2)")
         raise CheckpointError(f"checkpoint {path}: {key} has shape {tuple(found.shape)}, the model expects "
                               f"{tuple(want.shape)}{hint}")
 
@@ -220,17 +225,67 @@ def _load(module: nn.Module, state: dict, path: Path, strict: bool, report: dict
 
 
 def load_encoder(encoder: nn.Module, path: str | Path, strict: bool = True,
-                 adapt_in_chans: Callable[[torch.Tensor, int], torch.Tensor] | None = None) -> dict:
+                 adapt_in_chans: Callable[[torch.Tensor, int], torch.Tensor] | str | None = None) -> dict:
     """Load the encoder part of any supported file into a ViTEncoder; returns a report of what happened.
 
     `adapt_in_chans(weight, in_chans)`, if given, turns a patch projection with another channel count into
-    one for `in_chans` channels. The report holds format, loaded, missing, unexpected, dropped, resized.
+    one for `in_chans` channels; a string is an `adapt_patch_embed` mode ("repeat" or "mean"). Without it a
+    channel mismatch is a CheckpointError. The report holds format, loaded, missing, unexpected, dropped, resized.
     """
+    if isinstance(adapt_in_chans, str):
+        if adapt_in_chans not in ("repeat", "mean"):
+            raise ConfigError(f"adapt_in_chans must be 'repeat', 'mean' or a function, got {adapt_in_chans!r} "
+                              f"('select' needs band_indices: pass partial(adapt_patch_embed, mode='select', ...))")
+        mode = adapt_in_chans
+        adapt_in_chans = lambda weight, in_chans: adapt_patch_embed(weight, in_chans, mode)  # noqa: E731
     path = Path(path)
     state, fmt = read_state_dict(path)
     state, dropped = _encoder_state(state)
     state, resized = _fit_encoder(state, encoder, path, adapt_in_chans)
     return _load(encoder, state, path, strict, {"format": fmt, "dropped": dropped, "resized": resized})
+
+
+ADAPT_MODES = ("repeat", "mean", "select")
+
+
+def adapt_patch_embed(weight: torch.Tensor, in_chans: int, mode: str = "repeat",
+                      band_indices: Sequence[int | None] | None = None) -> torch.Tensor:
+    """A patch projection (D, C, *patch) rewritten for `in_chans` input channels, for checkpoints of another sensor.
+
+    - "repeat": the C kernels repeated cyclically over the new channels and scaled by C / in_chans (timm's
+      adapt_input_conv rule, for any C), so an image whose channels are all equal embeds as before when
+      in_chans is a multiple of C.
+    - "mean": every new channel gets the mean kernel scaled by C / in_chans: the same invariance, no channel order.
+    - "select": new channel i takes checkpoint channel band_indices[i] unchanged, or a zero kernel for None
+      (the channel starts out ignored): e.g. an RGB checkpoint in a Sentinel-2 encoder, B04/B03/B02 taking R/G/B.
+    """
+    if mode not in ADAPT_MODES:
+        raise ConfigError(f"adapt_patch_embed mode must be one of {', '.join(ADAPT_MODES)}, got {mode!r}")
+    if weight.ndim < 3:
+        raise CheckpointError(f"expected a patch projection weight (D, C, *patch), got shape {tuple(weight.shape)}")
+    if in_chans < 1:
+        raise ConfigError(f"in_chans must be positive, got {in_chans}")
+    source = weight.shape[1]
+    if mode == "select":
+        if band_indices is None or len(band_indices) != in_chans:
+            raise ConfigError(f"mode 'select' needs band_indices with one entry (a checkpoint channel or None) per "
+                              f"new channel: {in_chans}, got {None if band_indices is None else len(band_indices)}")
+        bad = [i for i in band_indices if i is not None and not 0 <= i < source]
+        if bad:
+            raise ConfigError(f"band_indices {bad} are outside the checkpoint's {source} channel(s)")
+        out = weight.new_zeros(weight.shape[0], in_chans, *weight.shape[2:])
+        for new, old in enumerate(band_indices):
+            if old is not None:
+                out[:, new] = weight[:, old]
+        return out
+    if band_indices is not None:
+        raise ConfigError(f"band_indices only apply to mode 'select', not {mode!r}")
+    if mode == "mean":
+        kernel = weight.float().mean(1, keepdim=True) * (source / in_chans)
+        return kernel.expand(-1, in_chans, *([-1] * (weight.ndim - 2))).clone().to(weight.dtype)
+    repeats = -(-in_chans // source)
+    return (weight.float().repeat(1, repeats, *([1] * (weight.ndim - 2)))[:, :in_chans]
+            * (source / in_chans)).to(weight.dtype)
 
 
 def load_method_weights(method: nn.Module, path: str | Path, strict: bool = True) -> dict:
