@@ -9,8 +9,9 @@ Batch: "image" (B, C, H, W) with "wavelengths" (nm, (C,) or (B, C)) and optional
 "band_names" (see `mimkit.remote_sensing.sensors.band_spec`); without wavelengths the model's default bands
 (`sensor`, `bands`) are assumed. The second sensor's view is "image2" with "wavelengths2" (and optionally
 "bandwidths2", "band_names2") when the batch has one; otherwise it is made from the same scene by picking,
-for every band of the `second_view` sensor, the input band nearest in centre wavelength (Sentinel-2 -> RGB
-takes B04, B03, B02), so single-sensor data still trains the cross-sensor mixup.
+for every band of the `second_view` sensor, the input band nearest in centre wavelength, which must lie inside
+that band (Sentinel-2 -> RGB takes B04, B03, B02), so single-sensor data still trains the cross-sensor mixup;
+inputs without such bands (Sentinel-1 for an RGB view) train without mixup.
 """
 from __future__ import annotations
 
@@ -139,12 +140,18 @@ class SMARTIES(MIMMethod):
             return first, None
         return first, self.derive_view(first)
 
-    def derive_view(self, view: dict) -> dict:
-        """The same scene seen by the `second_view` sensor: for each of its bands, the nearest input band."""
+    def derive_view(self, view: dict) -> dict | None:
+        """The same scene seen by the `second_view` sensor: for each of its bands, the input band nearest in centre
+        wavelength, which must lie inside that band; None (no mixup) when the input has no such band."""
         images = view["image"]
         source = torch.as_tensor(view["wavelengths"], dtype=torch.float64, device=images.device)
         target = torch.tensor([b.center_nm for b in self.second_bands], dtype=torch.float64, device=images.device)
-        nearest = (source.unsqueeze(-1) - target).abs().argmin(-2)                 # (C2,) or (B, C2)
+        half_width = torch.tensor([b.width_nm / 2 for b in self.second_bands], dtype=torch.float64,
+                                  device=images.device)
+        distance = (source.unsqueeze(-1) - target).abs()                          # (C, C2) or (B, C, C2)
+        nearest = distance.argmin(-2)                                               # (C2,) or (B, C2)
+        if bool((distance.amin(-2) > half_width).any()):
+            return None
         if nearest.ndim == 1:
             picked = images[:, nearest]
         else:

@@ -85,6 +85,10 @@ def test_second_view_is_derived_from_the_scene():
     # Sentinel-2 -> RGB picks B04, B03, B02 and labels them with the RGB camera's wavelengths
     assert torch.equal(second["image"], images[:, [3, 2, 1]])
     assert second["band_names"] == ["red", "green", "blue"]
+    # radar bands hold no visible band: no RGB view, that batch trains without mixup
+    assert model.views({"image": torch.randn(2, 2, 32, 32), **band_spec("sentinel1")})[1] is None
+    out = model({"image": torch.randn(2, 2, 32, 32), **band_spec("sentinel1")})
+    assert set(out.parts) == {"reconstruction"}
     given = {"image": images, "image2": torch.randn(2, 2, 32, 32), "wavelengths2": band_spec("sentinel1")["wavelengths"],
              "band_names2": ["VV", "VH"]}
     assert model.views(given)[1]["image"] is given["image2"]
