@@ -644,7 +644,7 @@ class GeoTiffDataset(Dataset):
             sample["wavelengths"], sample["bandwidths"] = self.selection.wavelengths, self.selection.bandwidths
         if self.mask_root is not None:
             sample["mask"] = torch.from_numpy(masks[..., 1].astype(np.int64))
-        if self.classes:
+        if self.targets:
             sample["label"] = self.targets[self.items[current][0]]
         return sample
 
