@@ -253,10 +253,13 @@ class ChAMAE(MIMMethod):
             parts["classification"] = F.cross_entropy(logits / self.classification_temperature, labels)
             loss = loss + w["classification"] * parts["classification"]
         parts = {k: v.detach() for k, v in parts.items()}
-        return MIMOutput(loss=loss, parts=parts, pred=pred, mask=mask.mask)
+        # `pred` is per channel-token (B, C * N, pixels); `mask` is per spatial patch (B, N) for pictures:
+        # 1 where any channel of the patch is hidden
+        spatial = mask.mask.reshape(batch_size, chans, -1).amax(1)
+        return MIMOutput(loss=loss, parts=parts, pred=pred, mask=spatial)
 
     def reconstruct(self, batch: dict, out: MIMOutput | None = None) -> torch.Tensor:
-        """Images rebuilt from the per-channel predictions (normalisation undone per token)."""
+        """Images predicted at every channel-patch (normalisation undone per token)."""
         out = out or self(batch)
         images = self.images(batch)
         batch_size, chans, height, width = images.shape

@@ -18,7 +18,7 @@ from torch import nn
 
 from mimkit.core.decoders import CrossAttentionBlock
 from mimkit.core.encoders import LayerNorm, build_encoder, gather_tokens, init_weights
-from mimkit.core.masking import RatioSchedule, SelectiveMasker
+from mimkit.core.masking import Mask, RatioSchedule, SelectiveMasker
 from mimkit.core.methods.base import MIMMethod, MIMOutput
 from mimkit.core.registry import register_method
 from mimkit.core.targets import PixelTarget, masked_mse, patch_hog_scores
@@ -95,13 +95,15 @@ class SelectiveMAE(MIMMethod):
         full = pred.new_zeros(pred.shape[0], tokens.shape[1], pred.shape[-1])
         full = full.scatter(1, mask.ids_target.unsqueeze(-1).expand_as(pred), pred)
         loss = masked_mse(full, self.target(images), mask.target)
-        return MIMOutput(loss=loss, parts={"reconstruction": loss.detach()}, pred=full, mask=mask.target)
+        # `mask` marks every hidden token; `pred` holds predictions for the reconstructed ones only
+        return MIMOutput(loss=loss, parts={"reconstruction": loss.detach()}, pred=full, mask=mask.mask)
 
     def reconstruct(self, batch: dict, out: MIMOutput | None = None) -> torch.Tensor:
-        """Images with the reconstructed tokens predicted and every other token as given."""
+        """Images predicted at every token from the visible tokens of `out` (the decoder can query any position)."""
         out = out or self(batch)
         images = self.images(batch)
-        given = self.target(images)
-        tokens = torch.where(out.mask.bool().unsqueeze(-1), out.pred.float(), given)
-        return self.target.to_pixels(tokens, images)
+        ids_keep = Mask.from_bool(out.mask.bool()).ids_keep
+        latent = self.encoder.forward_visible(images, ids_keep)
+        every = torch.arange(out.mask.shape[1], device=images.device).expand(images.shape[0], -1)
+        return self.target.to_pixels(self.decoder(latent, every), images)
 

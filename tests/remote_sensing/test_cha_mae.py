@@ -59,7 +59,11 @@ def test_channel_masking_removes_whole_channels_from_the_encoder():
     keep_channel = masks[0].ids_keep // 16
     assert set(keep_channel.flatten().tolist()) == set(torch.nonzero(~masks[0].channels_masked[0]).flatten().tolist())
     # the hidden channels are reconstructed: the loss covers exactly their tokens
-    assert torch.equal(out.mask.reshape(2, 4, 16).all(-1), masks[0].channels_masked)
+    assert torch.equal(masks[0].mask.reshape(2, 4, 16).all(-1), masks[0].channels_masked)
+    pred_grad = torch.autograd.grad(out.loss, out.pred)[0].reshape(2, 4, 16, 64)
+    hidden = masks[0].channels_masked
+    assert torch.all(pred_grad[~hidden] == 0) and torch.all(pred_grad[hidden].abs().sum(-1) > 0)
+    assert out.mask.shape == (2, 16) and torch.all(out.mask == 1)   # every patch has a hidden channel
 
 
 def test_channel_subsets_at_inference():

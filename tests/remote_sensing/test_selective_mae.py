@@ -32,14 +32,19 @@ def test_token_counts_through_encoder_and_decoder_match_the_ratios():
 
     for block in model.decoder.blocks:
         block.register_forward_hook(count_decoder_tokens)
+    masks, masker = [], model.masker
+    model.masker = lambda *a, **k: masks.append(masker(*a, **k)) or masks[-1]
     out = model({"image": torch.randn(2, 3, 32, 32)})
     n = 64
     visible = n - round(0.85 * n)                          # 10 of 64
     assert encoder_in == [1 + visible]
     assert decoder_q == [round(0.25 * n)] * 2 and decoder_kv == [1 + visible] * 2
-    assert torch.all(out.mask.sum(1) == 16)                # the loss covers exactly the reconstructed tokens
+    assert torch.all(out.mask.sum(1) == n - visible)
+    # the loss covers exactly the 16 reconstructed tokens, all of them hidden ones
+    target = masks[0].target
+    assert torch.all(target.sum(1) == 16) and torch.all(out.mask[target.bool()] == 1)
     pred_grad = torch.autograd.grad(out.loss, out.pred)[0]
-    assert torch.all(pred_grad[out.mask == 0] == 0)
+    assert torch.all(pred_grad[target == 0] == 0) and torch.all(pred_grad[target == 1].abs().sum(-1) > 0)
     with pytest.raises(ConfigError, match="target_ratio"):
         build_method("selective_mae", **TINY, mask_ratio=0.5, target_ratio=0.6)
 
