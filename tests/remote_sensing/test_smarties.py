@@ -89,9 +89,14 @@ def test_second_view_is_derived_from_the_scene():
     assert model.views({"image": torch.randn(2, 2, 32, 32), **band_spec("sentinel1")})[1] is None
     out = model({"image": torch.randn(2, 2, 32, 32), **band_spec("sentinel1")})
     assert set(out.parts) == {"reconstruction"}
-    given = {"image": images, "image2": torch.randn(2, 2, 32, 32), "wavelengths2": band_spec("sentinel1")["wavelengths"],
-             "band_names2": ["VV", "VH"]}
+    radar = band_spec("sentinel1")
+    given = {"image": images, **band_spec("sentinel2"), "image2": torch.randn(2, 2, 32, 32),
+             "wavelengths2": radar["wavelengths"], "band_names2": radar["band_names"]}
     assert model.views(given)[1]["image"] is given["image2"]
+    out = model(given)                                      # Sentinel-2 mixed with Sentinel-1 tokens
+    assert torch.isfinite(out.loss) and set(out.parts) == {"reconstruction_first", "reconstruction_second"}
+    with pytest.raises(DataError, match="wavelengths2"):
+        model({"image": images, "image2": given["image2"]})
 
 
 def test_cross_sensor_token_mixup_is_complementary():
