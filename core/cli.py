@@ -180,6 +180,9 @@ def run_pretrain(args, dataset_builder: Callable = build_pretrain_dataset, defau
                                   run["train"].get("accumulate_grad_batches", 1), run["train"].get("devices", 1))
     run["train"] = train
     config = TrainConfig(**train, progress=not args.no_progress)
+    from .registry import method_arguments
+    if "total_steps" in method_arguments(run["method"]) and model.get("total_steps") is None:
+        model["total_steps"] = config.max_steps  # schedules inside a method (SelectiveMAE) span the whole run
     skipped = len(getattr(dataset, "skipped", ()))
     run["data"]["skipped_files"] = skipped
     print(f"mimkit: pretraining {run['method']} on {len(dataset)} images from {args.data}"
@@ -445,6 +448,8 @@ def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None = No
     except MimkitError as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and the like
+        return 0
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted; --resume continues from the last checkpoint", file=sys.stderr)
         return 130
