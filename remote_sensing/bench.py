@@ -259,18 +259,40 @@ def check_encoder_fits(encoder: nn.Module, dataset) -> None:
                           f"at {data.tolist()} nm ({', '.join(bands)}); select the same bands in the same order")
 
 
+def load_task(name: str, root: str | Path, img_size, patch_size, **reader_options) -> tuple[Task, Dataset, Dataset]:
+    """A registered task and its (train, test) datasets at the given image (and, for GeoTIFF tasks, patch) size."""
+    task = get_task(name)
+    options = {"img_size": img_size, **reader_options}
+    if task.reader in (tiles_reader, segmentation_reader):
+        options.setdefault("patch_size", patch_size)
+    train_set, test_set = task.load(root, **options)
+    return task, train_set, test_set
+
+
 def evaluate_task(name: str, encoder: nn.Module, root: str | Path, reader_options: dict | None = None,
-                  **protocol_options: Any) -> dict:
+                  labels_per_class: int | None = None, **protocol_options: Any) -> dict:
     """Load a registered remote-sensing task's data at the encoder's image size and run its protocol: a result row
-    {"task", "data", "protocol", "metric", "value" (percent), "num_train", ...} plus the protocol's details."""
+    {"task", "data", "protocol", "metric", "value" (percent), "num_train", ...} plus the protocol's details.
+    `labels_per_class` trains on a seeded, stratified subset of the training split."""
+    task, train_set, test_set = load_task(name, root, tuple(encoder.img_size), tuple(encoder.patch_size),
+                                          **(reader_options or {}))
+    return run_task(task, encoder, train_set, test_set, labels_per_class, **protocol_options)
+
+
+def run_task(task: Task, encoder: nn.Module, train_set, test_set, labels_per_class: int | None = None,
+             **protocol_options: Any) -> dict:
+    """Run a task's protocol on loaded data (see `evaluate_task`)."""
+    from mimkit.core.cli import few_labels
     from mimkit.core.evaluate import evaluate
 
-    task = get_task(name)
-    options = {"img_size": tuple(encoder.img_size), **(reader_options or {})}
-    if task.reader in (tiles_reader, segmentation_reader):
-        options.setdefault("patch_size", tuple(encoder.patch_size))
-    train_set, test_set = task.load(root, **options)
+    name = task.name
     check_encoder_fits(encoder, train_set)
+    if labels_per_class:
+        if task.protocol == "segmentation" or getattr(train_set, "multilabel", False):
+            raise ConfigError(f"--labels-per-class needs single-label classification; task {name} is not")
+        skipped_train = train_set
+        train_set = few_labels(train_set, labels_per_class, protocol_options.get("seed", 0))
+        train_set.skipped = getattr(skipped_train, "skipped", [])
     if task.protocol == "segmentation":
         result = segmentation_evaluate(encoder, train_set, test_set, **protocol_options)
     else:
@@ -281,9 +303,12 @@ def evaluate_task(name: str, encoder: nn.Module, root: str | Path, reader_option
                         f"(multi-label classes with a single label value are skipped; more test samples?)")
     skipped = len(getattr(train_set, "skipped", ())) + len(getattr(test_set, "skipped", ()))
     details = {k: v for k, v in result.items() if k not in ("model", "train_loss", "iou_per_class")}
-    return {"task": name, "data": task.dataset, "protocol": task.protocol, "metric": task.metric,
-            "value": round(100 * float(value), 2), "num_train": len(train_set), "num_test": len(test_set),
-            "skipped_files": skipped, "details": details}
+    row = {"task": name, "data": task.dataset, "protocol": task.protocol, "metric": task.metric,
+           "value": round(100 * float(value), 2), "num_train": len(train_set), "num_test": len(test_set),
+           "skipped_files": skipped, "details": details}
+    if "model" in result:  # return_model=True: the fine-tuned model (not JSON; the caller saves it)
+        row["trained_model"] = result["model"]
+    return row
 
 
 def _register(name: str, dataset: str, protocol: str, metric: str, reader, description: str) -> None:
@@ -309,5 +334,6 @@ _register("geotiff-segmentation", "GeoTIFF segmentation", "segmentation", "miou"
           "semantic segmentation of GeoTIFF image/mask pairs (ROOT/{train,test}/{images,masks}), a head over the "
           "frozen encoder's patch tokens, mean IoU (%)")
 
-__all__ = ["SegmentationModel", "segmentation_evaluate", "segmentation_metrics", "evaluate_task", "eurosat_reader",
+__all__ = ["SegmentationModel", "segmentation_evaluate", "segmentation_metrics", "evaluate_task", "load_task",
+           "run_task", "eurosat_reader",
            "bigearthnet_reader", "so2sat_reader", "tiles_reader", "segmentation_reader", "check_encoder_fits"]

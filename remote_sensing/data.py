@@ -283,6 +283,103 @@ def tile_windows(height: int, width: int, tile: int | Sequence[int], stride: int
     return [(r, c, th, tw) for r in starts(height, th, sh) for c in starts(width, tw, sw)]
 
 
+def write_tiles(scenes: Sequence[str | Path], out: str | Path, tile_size: int | Sequence[int] = 256,
+                stride: int | Sequence[int] | None = None, shard_size: int = 1000, sensor: str | Sensor | None = None,
+                bands=None, nodata: float | None = None, min_valid: float = 0.0, require_georeference: bool = True,
+                strict: bool = False, progress: bool = False) -> dict:
+    """Cut scenes (files or folders of GeoTIFF / COG) into georeferenced tiles, `shard_size` per folder.
+
+    Each scene is read window by window (never whole); a tile keeps the scene's CRS, gets its own affine
+    transform, the nodata value and band names. All-nodata tiles, tiles whose valid fraction is below
+    `min_valid`, and scenes that cannot be used (unreadable, no georeferencing, wrong band count) are skipped
+    and counted. OUT/index.json lists every tile (shard, scene, window, bounds, valid fraction) and the counts;
+    OUT/shard-00000/, shard-00001/, ... hold the tiles, ready for `GeoTiffDataset(OUT)`.
+    """
+    from rasterio.windows import bounds as window_bounds
+    from rasterio.windows import transform as window_transform
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    if shard_size < 1:
+        raise ConfigError(f"shard_size must be at least 1, got {shard_size}")
+    if not 0.0 <= min_valid <= 1.0:
+        raise ConfigError(f"min_valid is a fraction of the tile's pixels, in [0, 1]; got {min_valid}")
+    files: list[Path] = []
+    for scene in scenes:
+        scene = Path(scene)
+        if scene.is_dir():
+            files += _list_rasters(scene)
+        elif scene.is_file():
+            files.append(scene)
+        else:
+            raise DataError(f"scene {scene} does not exist")
+    if not files:
+        raise DataError(f"no GeoTIFF files (.tif, .tiff) in {', '.join(map(str, scenes))}")
+    sensor = resolve_sensor(sensor)
+    tiles, skipped_scenes = [], []
+    counts = {"all_nodata": 0, "below_min_valid": 0}
+    names: tuple[str, ...] | None = None
+    for path in tqdm(files, desc="scenes", disable=not progress):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)  # counted as a skipped scene instead
+                header = read_header(path)
+            if require_georeference and not header.georeferenced:
+                raise DataError(f"{path}: has no georeferencing (no CRS or an identity transform); tiles would have "
+                                f"no place on Earth (--allow-ungeoreferenced to cut it anyway)")
+            selection = select_bands(header, sensor, bands)
+            if names is not None and selection.names != names:
+                raise DataError(f"{path}: its bands {selection.names} differ from the first scene's {names}")
+            windows = tile_windows(header.height, header.width, tile_size, stride)
+            if not windows:
+                raise DataError(f"{path}: is {header.height}x{header.width} pixels, smaller than one tile")
+        except DataError as error:
+            if strict:
+                raise
+            skipped_scenes.append([str(path), str(error)])
+            log.warning("skipping scene: %s", error)
+            continue
+        names = selection.names
+        fill = nodata if nodata is not None else header.nodata
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as src:
+                indexes = [i + 1 for i in selection.indexes]
+                for row, col, height, width in windows:
+                    window = Window(col, row, width, height)
+                    array = src.read(indexes, window=window)
+                    valid = (src.read_masks(indexes, window=window) > 0).all(0)
+                    if nodata is not None:
+                        valid &= ~(array == nodata).any(0)
+                    fraction = float(valid.mean())
+                    if fraction == 0.0:
+                        counts["all_nodata"] += 1
+                        continue
+                    if fraction < min_valid:
+                        counts["below_min_valid"] += 1
+                        continue
+                    shard = f"shard-{len(tiles) // shard_size:05d}"
+                    name = f"{path.stem}_r{row:06d}_c{col:06d}.tif"
+                    georeferenced = header.georeferenced
+                    write_geotiff(out / shard / name, array, crs=src.crs if georeferenced else None,
+                                  transform=window_transform(window, src.transform) if georeferenced else None,
+                                  nodata=fill, band_names=list(names))
+                    tiles.append({"path": f"{shard}/{name}", "scene": str(path), "window": [row, col, height, width],
+                                  "bounds": list(window_bounds(window, src.transform)) if georeferenced else None,
+                                  "crs": header.crs, "valid_fraction": round(fraction, 4)})
+    summary = {"tile_size": list(as_tuple(tile_size, 2, "tile_size")), "stride": stride, "shard_size": shard_size,
+               "sensor": sensor.name if sensor else None, "bands": list(names or ()), "written": len(tiles),
+               "shards": -(-len(tiles) // shard_size), "scenes": len(files), "skipped_tiles": counts,
+               "skipped_scenes": skipped_scenes, "tiles": tiles}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "index.json").write_text(json.dumps(summary, indent=1))
+    if not tiles:
+        raise DataError(f"no tile written from {len(files)} scene(s): {counts['all_nodata']} all-nodata, "
+                        f"{counts['below_min_valid']} below min_valid, {len(skipped_scenes)} scene(s) skipped"
+                        + (f" (first: {skipped_scenes[0][1]})" if skipped_scenes else ""))
+    return summary
+
+
 # ---------------------------------------------------------------------------------------------- statistics
 class BandStatistics:
     """Per-band mean / std of scaled valid pixels, accumulated in float64 and cached in a JSON file by key."""
@@ -823,5 +920,5 @@ def so2sat(root: str | Path, split: str = "train", version: str = "2", bands: Se
 
 
 __all__ = ["GeoTiffDataset", "TorchGeoDataset", "RasterHeader", "BandSelection", "read_header", "read_window",
-           "write_geotiff", "select_bands", "parse_bands", "tile_windows", "resolve_sensor", "rgb_band_positions",
+           "write_geotiff", "write_tiles", "select_bands", "parse_bands", "tile_windows", "resolve_sensor", "rgb_band_positions",
            "band_indices_by_wavelength", "eurosat", "bigearthnet", "so2sat", "SENTINEL2_L2A", "IGNORE_INDEX"]

@@ -1,0 +1,144 @@
+"""The `mimkit-rs` command: help, pretraining on GeoTIFFs (bands, scale, wavelengths into the run), evaluation and
+fine-tuning on tasks, tiling scenes into shards, recipes, and clear errors for bad input."""
+import json
+
+import numpy as np
+import pytest
+import rasterio
+import timm
+import torch
+import yaml
+
+from mimkit.remote_sensing import synthetic
+from mimkit.remote_sensing.cli import build_parser, main, recipe_files
+from mimkit.remote_sensing.data import GeoTiffDataset, write_geotiff
+
+TINY = ["--img-size", "32", "--patch-size", "8", "--embed-dim", "32", "--depth", "2", "--num-heads", "2",
+        "--set", "decoder_embed_dim=32", "--set", "decoder_depth=1", "--set", "decoder_num_heads=2"]
+QUICK = ["--max-steps", "3", "--batch-size", "4", "--num-workers", "0", "--no-progress", "--checkpoint-every", "3"]
+BANDS = ["B02", "B03", "B04", "B08"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rs_cli")
+    synthetic.write_classification_folders(root / "tiles", per_class=3, size=32, classes=3)
+    synthetic.write_eurosat(root / "eurosat", per_class=5, size=32, classes=3)
+    return root
+
+
+@pytest.fixture(scope="module")
+def mae_run(data):
+    out = data / "run_mae"
+    code = main(["pretrain", "--data", str(data / "tiles"), "--out", str(out), "--scale", "1e-4",
+                 "--bands", *BANDS, *TINY, *QUICK])
+    assert code == 0
+    return out
+
+
+def test_help_explains_every_command(capsys):
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    assert {"pretrain", "finetune", "evaluate", "tile", "recipes"} <= set(commands)
+    for name, sub in commands.items():
+        assert sub.description or sub.format_help(), name
+    assert "window by window" in commands["tile"].description and "wavelengths" in commands["pretrain"].description
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--help"])
+    text = capsys.readouterr().out
+    assert "--sensor" in text and "--scale" in text and "--bands" in text and "--mask-ratio" in text
+
+
+def test_pretrain_records_bands_wavelengths_and_statistics(mae_run):
+    config = yaml.safe_load((mae_run / "config.yaml").read_text())
+    assert config["data"]["band_names"] == BANDS and config["data"]["scale"] == 1e-4
+    assert config["data"]["wavelengths"] == pytest.approx([492.4, 559.8, 664.6, 832.8])
+    assert config["model"]["in_chans"] == 4 and 0.01 < config["data"]["mean"][0] < 0.5  # reflectance statistics
+    assert (mae_run / "model.safetensors").is_file()
+    assert (mae_run / "pictures" / "reconstruction_rgb.png").is_file()  # B04, B03, B02 composites
+
+
+def test_spectrum_aware_method_takes_the_data_bands(data, tmp_path):
+    out = tmp_path / "smarties"
+    code = main(["pretrain", "--data", str(data / "tiles"), "--out", str(out), "--method", "smarties",
+                 "--scale", "1e-4", "--bands", "B02", "B03", "B04", "B08", "B11", *TINY, *QUICK])
+    assert code == 0
+    model = yaml.safe_load((out / "config.yaml").read_text())["model"]
+    assert model["sensor"] == "sentinel2" and model["bands"] == ["B02", "B03", "B04", "B08", "B11"]
+
+
+def test_evaluate_a_run_on_eurosat_with_its_pretraining_bands(mae_run, data, capsys):
+    code = main(["evaluate", "--run", str(mae_run), "--task", "eurosat-knn", "--data", str(data / "eurosat"),
+                 "--k", "3", "--compare-random-init"])
+    assert code == 0
+    rows = json.loads((mae_run / "metrics.json").read_text())["results"]
+    assert [r["init"] for r in rows if r.get("task") == "eurosat-knn"] == ["pretrained", "random"]
+    assert all(0 <= r["value"] <= 100 and r["num_train"] == 9 for r in rows if r.get("task") == "eurosat-knn")
+    assert "| eurosat-knn | pretrained | accuracy |" in capsys.readouterr().out
+
+
+def test_finetune_a_timm_checkpoint_needs_an_explicit_channel_adaptation(data, tmp_path, capsys):
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=32, patch_size=8,
+                              embed_dim=32, depth=2, num_heads=2)
+    checkpoint = tmp_path / "rgb_vit.pth"
+    torch.save(model.state_dict(), checkpoint)
+    common = ["finetune", "--checkpoint", str(checkpoint), "--img-size", "32", "--task", "eurosat-finetune",
+              "--data", str(data / "eurosat"), "--epochs", "1", "--batch-size", "4", "--out", str(tmp_path / "ft")]
+    assert main(common) == 2
+    assert "adapt" in capsys.readouterr().err  # the error names the fix
+    assert main([*common, "--adapt-in-chans", "select"]) == 0
+    weights = tmp_path / "ft" / "finetuned-eurosat-finetune.safetensors"
+    assert weights.is_file()
+    rows = json.loads((tmp_path / "ft" / "metrics.json").read_text())["results"]
+    assert rows[0]["task"] == "eurosat-finetune" and rows[0]["weights"] == str(weights)
+
+
+def test_tile_cuts_a_scene_into_georeferenced_shards(tmp_path, capsys):
+    scene = synthetic.write_scene(tmp_path / "scene.tif", 96, 128)
+    out = tmp_path / "tiles"
+    assert main(["tile", str(scene), "--out", str(out), "--tile-size", "32", "--shard-size", "4",
+                 "--sensor", "sentinel2", "--no-progress"]) == 0
+    index = json.loads((out / "index.json").read_text())
+    with rasterio.open(scene) as src:
+        valid, transform, crs = src.read_masks(1) > 0, src.transform, src.crs
+        whole = src.read()
+    empty = sum(not valid[r:r + 32, c:c + 32].any() for r in range(0, 96, 32) for c in range(0, 128, 32))
+    assert index["written"] == 12 - empty and index["skipped_tiles"]["all_nodata"] == empty > 0
+    assert index["shards"] == -(-index["written"] // 4) and len(list(out.glob("shard-*"))) == index["shards"]
+    first = index["tiles"][0]
+    row, col = first["window"][:2]
+    with rasterio.open(out / first["path"]) as tile:
+        assert tile.crs == crs and tile.transform.c == transform.c + col * 10 and tile.transform.f == transform.f - row * 10
+        assert np.array_equal(tile.read(), whole[:, row:row + 32, col:col + 32])
+        assert tile.descriptions[3] == "B04" and tile.nodata == 0
+    assert len(GeoTiffDataset(out, img_size=32, patch_size=8, transform="center_crop")) == index["written"]
+
+
+def test_tile_counts_or_refuses_an_ungeoreferenced_scene(tmp_path, capsys):
+    good = synthetic.write_scene(tmp_path / "a" / "good.tif", 64, 64)
+    write_geotiff(tmp_path / "a" / "plain.tif", rasterio.open(good).read())
+    assert main(["tile", str(tmp_path / "a"), "--out", str(tmp_path / "t"), "--tile-size", "32", "--no-progress"]) == 0
+    index = json.loads((tmp_path / "t" / "index.json").read_text())
+    assert len(index["skipped_scenes"]) == 1 and "georeferencing" in index["skipped_scenes"][0][1]
+    assert main(["tile", str(tmp_path / "a"), "--out", str(tmp_path / "u"), "--tile-size", "32", "--strict"]) == 2
+    assert "georeferencing" in capsys.readouterr().err
+
+
+def test_recipes_are_packaged_and_printable(capsys):
+    assert {"smarties", "cha_mae", "selective_mae"} <= set(recipe_files())
+    assert main(["recipes"]) == 0
+    assert "smarties" in capsys.readouterr().out
+    assert main(["recipes", "smarties"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["method"] == "smarties"
+    assert main(["recipes", "nope"]) == 2
+
+
+def test_bad_input_is_one_clear_line(tmp_path, data, capsys):
+    source = next((data / "tiles").rglob("*.tif"))
+    with rasterio.open(source) as src:
+        write_geotiff(tmp_path / "bad" / "twelve.tif", src.read()[:12], crs=src.crs, transform=src.transform)
+    code = main(["pretrain", "--data", str(tmp_path / "bad"), "--out", str(tmp_path / "run"), *TINY, *QUICK])
+    err = capsys.readouterr().err
+    assert code == 2 and "12 band(s) but sensor 'sentinel2' describes 13" in err and "Traceback" not in err
+    assert main(["evaluate", "--run", str(tmp_path / "nope"), "--task", "eurosat-knn", "--data", "x"]) == 2
