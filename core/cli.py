@@ -143,6 +143,11 @@ def resolve_pretrain(args, default_method: str = "mae") -> dict:
     for name in TRAIN_FLAGS:
         if _flag(args, name) is not None:
             train[name] = _flag(args, name)
+    # a step count given on the command line wins over the recipe's epochs
+    if _flag(args, "max_steps") is not None:
+        train.pop("epochs", None)
+    if _flag(args, "warmup_steps") is not None:
+        train.pop("warmup_epochs", None)
     return {"method": method, "model": model, "train": train, "data": data}
 
 
@@ -436,6 +441,7 @@ def quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # frozen teachers are meant to be
 
 
 def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:

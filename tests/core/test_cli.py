@@ -63,6 +63,9 @@ def test_recipe_sets_options_and_flags_win(tmp_path, image_folder):
     # 24 images, batch 4: 2 epochs = 12 steps, 1 warmup epoch = 6 steps
     assert config["train"]["max_steps"] == 12 and config["train"]["warmup_steps"] == 6
     assert config["train"]["base_lr"] == 2e-3 and config["data"]["crop_scale"] == [0.5, 1.0]
+    # --max-steps on the command line wins over the recipe's epochs
+    assert pretrain(image_folder, tmp_path / "short", "--config", str(recipe), "--max-steps", "2") == 0
+    assert yaml.safe_load((tmp_path / "short" / "config.yaml").read_text())["train"]["max_steps"] == 2
     method, _ = load_method(run / "model.safetensors")
     assert method.masker.schedule(0) == 0.5
 
