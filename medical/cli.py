@@ -48,7 +48,9 @@ def _resolve_modality(args) -> tuple[str, int, dict]:
     if modality not in MODALITIES:
         raise ConfigError(f"--modality must be one of {', '.join(MODALITIES)}, got {modality!r}")
     model = {**(stored.get("model") or {}), **(recipe.get("model") or {})}
-    dims = args.spatial_dims or data.get("spatial_dims") or model.get("spatial_dims") or DEFAULT_DIMS[modality]
+    slices = args.slices or data.get("slices")  # 2D slices of volumes train a 2D model
+    dims = args.spatial_dims or data.get("spatial_dims") or model.get("spatial_dims") or \
+        (2 if slices else DEFAULT_DIMS[modality])
     return modality, int(dims), recipe
 
 

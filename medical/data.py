@@ -564,6 +564,8 @@ class Preprocessing:
             raise ConfigError("slices of volumes are 2D inputs: use --spatial-dims 2 with --slices")
         if self.img_size is None:  # MAE's 224 for 2D; Hi-End-MAE's 96^3 crops for 3D
             self.img_size = 224 if self.spatial_dims == 2 else 96
+        if not isinstance(self.img_size, int) and len(self.img_size) == 1:  # one value: a square / cube
+            self.img_size = int(self.img_size[0])
         self.img_size = as_tuple(self.img_size, self.spatial_dims, "img_size")
         if self.spacing is not None:
             spacing = [self.spacing] * 3 if isinstance(self.spacing, (int, float)) else list(self.spacing)
@@ -613,10 +615,12 @@ class Preprocessing:
 
 
 # Recipe `data` keys this module reads (with the recipe's spelling) -> Preprocessing fields.
-_DATA_ALIASES = {"hu_window": "intensity_range", "horizontal_flip": "hflip", "roi": "img_size"}
-# Recipe `data` keys that describe the paper's setting but are read elsewhere or not at all.
+_DATA_ALIASES = {"hu_window": "intensity_range", "horizontal_flip": "hflip"}
+# `data` keys read by the dataset builders and the CLI rather than by Preprocessing.
 DATASET_KEYS = ("mean", "std", "crops_per_volume", "cache", "cache_dir", "layout", "normal_only", "normal_class",
-                "uncertainty", "classes", "caption", "views", "skipped_files")
+                "uncertainty", "classes", "caption", "caption_fundus", "caption_oct", "views", "skipped_files",
+                "modality", "spatial_dims", "volume_data", "roi", "volume_size", "volume_mean", "volume_std",
+                "json_name")
 
 
 def preprocessing_from(data: Mapping[str, Any], modality: str, spatial_dims: int) -> Preprocessing:
@@ -1395,13 +1399,13 @@ def write_synthetic_classes(root: str | Path, kind: str, per_class: int = 16, si
 def write_synthetic_anomaly(root: str | Path, normal: int = 32, abnormal: int = 12, size: int = 32,
                             seed: int = 0) -> Path:
     """Anomaly detection data: train/normal (normal images only, as MemMC-MAE trains) and test/normal,
-    test/abnormal, where an abnormal image carries a bright square lesion; test/masks/ marks the lesions."""
+    test/abnormal, where an abnormal image carries a bright square lesion that masks/<same name> marks."""
     from monai.data.synthetic import create_test_image_2d
     from PIL import Image
 
     root = Path(root)
     rs = _rng(seed)
-    for folder in ("train/normal", "test/normal", "test/abnormal", "test/masks"):
+    for folder in ("train/normal", "test/normal", "test/abnormal", "masks"):
         (root / folder).mkdir(parents=True, exist_ok=True)
 
     def base() -> np.ndarray:
@@ -1420,7 +1424,7 @@ def write_synthetic_anomaly(root: str | Path, normal: int = 32, abnormal: int = 
         image[top:top + lesion, left:left + lesion] = 1.0
         mask[top:top + lesion, left:left + lesion] = 255
         Image.fromarray((image * 255).astype(np.uint8)).save(root / "test/abnormal" / f"abnormal_{i:03d}.png")
-        Image.fromarray(mask).save(root / "test/masks" / f"abnormal_{i:03d}.png")
+        Image.fromarray(mask).save(root / "masks" / f"abnormal_{i:03d}.png")
     return root
 
 

@@ -1,0 +1,177 @@
+"""The `mimkit-medical` command: pretrain (3D CT, 2D X-ray, unified 2D+3D, anomaly), evaluate, finetune, anomaly,
+bench, recipes, synthetic, and one clear line with exit code 2 for bad input."""
+import json
+import subprocess
+import sys
+from importlib import resources
+
+import pytest
+import torch
+import yaml
+
+from mimkit.core.checkpoints import load_method
+from mimkit.medical.cli import build_parser, main
+from mimkit.medical.data import write_synthetic
+
+TINY = ["--embed-dim", "32", "--depth", "2", "--num-heads", "2", "--batch-size", "4", "--num-workers", "0",
+        "--no-progress", "--accelerator", "cpu", "--max-steps", "3"]
+MAE_DECODER = ["--set", "decoder_embed_dim=32", "--set", "decoder_depth=1", "--set", "decoder_num_heads=2"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    return {kind: write_synthetic(root, kind) for kind in ("organs", "chestxray14", "oct", "anomaly")}
+
+
+def test_help_explains_every_command(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--help"])
+    assert stop.value.code == 0
+    text = capsys.readouterr().out
+    for command in ("pretrain", "evaluate", "finetune", "anomaly", "bench", "recipes", "synthetic"):
+        assert command in text
+    for command, phrase in (("pretrain", "--hu-window"), ("finetune", "UNETR-style"), ("anomaly", "ROC-AUC")):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert phrase in capsys.readouterr().out
+
+
+def test_ct_pretraining_stores_its_preprocessing_then_segments(tmp_path, data, capsys):
+    run = tmp_path / "ct"
+    assert main(["pretrain", "--data", str(data["organs"]), "--layout", "msd", "--modality", "ct", "--roi", "16",
+                 "--patch-size", "8", "--spacing", "1.5", "--crops-per-volume", "2", "--out", str(run), *TINY,
+                 "--set", "decoder_embed_dim=32", "--set", "decoder_self_depth=1", "--set", "decoder_num_heads=2",
+                 "--set", "decoder_layers=[1]"]) == 0
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["method"] == "hiend_mae" and config["model"]["spatial_dims"] == 3    # CT's default method
+    assert config["model"]["img_size"] == 16 and config["model"]["in_chans"] == 1
+    data_section = config["data"]
+    assert data_section["spacing"] == [1.5, 1.5, 1.5] and data_section["intensity_range"] == [-175.0, 250.0]
+    assert data_section["modality"] == "ct" and data_section["skipped_files"] == 0
+    assert "16 images" in capsys.readouterr().err                 # 8 volumes x 2 crops per pass
+    method, _ = load_method(run / "model.safetensors")
+    assert method.encoder.grid == (2, 2, 2)
+
+    assert main(["finetune", "--run", str(run), "--data", str(data["organs"]), "--layout", "msd", "--steps", "2",
+                 "--compare-random-init"]) == 0
+    results = json.loads((run / "metrics.json").read_text())["results"]
+    assert {(r["protocol"], r["init"]) for r in results} == {("segmentation", "pretrained"), ("segmentation", "random")}
+    assert all(0.0 <= r["value"] <= 1.0 and len(r["dice_per_class"]) == 3 for r in results)
+
+    capsys.readouterr()
+    assert main(["bench", "--task", "synthetic-organs-segmentation", "--root", str(data["organs"]), "--run", str(run),
+                 "--steps", "2"]) == 0
+    table = capsys.readouterr().out
+    assert "| mimkit synthetic organs (3D) | segmentation | dice | hiend_mae | ViT-32x2/8 |" in table
+    assert (run / "report_synthetic-organs-segmentation.md").is_file()
+
+
+def test_xray_pretraining_then_multilabel_auc_evaluation(tmp_path, data, capsys):
+    run = tmp_path / "xr"
+    assert main(["pretrain", "--data", str(data["chestxray14"] / "images"), "--modality", "xray", "--img-size", "32",
+                 "--patch-size", "8", "--in-chans", "3", "--out", str(run), *TINY, *MAE_DECODER]) == 0
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["method"] == "thorax_mae" and config["model"]["in_chans"] == 3     # grey radiographs as RGB
+    assert len(config["data"]["mean"]) == 3
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(run), "--data", str(data["chestxray14"]), "--layout", "chestxray14",
+                 "--protocol", "linear", "--epochs", "2"]) == 0
+    assert "| linear | pretrained | auc_macro |" in capsys.readouterr().out
+    assert main(["evaluate", "--run", str(run), "--data", str(data["chestxray14"]), "--layout", "chestxray14",
+                 "--protocol", "knn"]) == 2
+    assert "kNN needs single-label data" in capsys.readouterr().err
+
+
+def test_unified_2d_3d_pretraining_and_class_folder_finetuning(tmp_path, data, capsys):
+    run = tmp_path / "eye"
+    assert main(["pretrain", "--data", str(data["oct"] / "train"), "--layout", "classes", "--modality", "oct",
+                 "--img-size", "32", "--patch-size", "8", "--volume-data", str(data["organs"] / "imagesTr"),
+                 "--roi", "16", "--out", str(run), *TINY, *MAE_DECODER]) == 0
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["method"] == "uni4eye" and config["model"]["volume_size"] == [16, 16, 16]
+    assert config["model"]["img_size"] == 32 and config["model"]["volume_chans"] == 1
+    summary = json.loads((run / "metrics.json").read_text())["train"]
+    assert {"image_2d", "image_3d"} <= set(summary["history"][0])        # both kinds trained in the same steps
+    capsys.readouterr()
+    assert main(["finetune", "--run", str(run), "--data", str(data["oct"]), "--layout", "classes", "--epochs", "1",
+                 "--labels-per-class", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "| finetune | pretrained | accuracy |" in out and "| 6 |" in out     # 2 labels x 3 classes
+
+
+def test_anomaly_command_scores_and_maps(tmp_path, data, capsys):
+    run = tmp_path / "memmc"
+    assert main(["pretrain", "--data", str(data["anomaly"] / "train"), "--modality", "xray", "--method", "memmc_mae",
+                 "--img-size", "32", "--patch-size", "8", "--set", "num_memory=4", "--out", str(run),
+                 *TINY, *MAE_DECODER]) == 0
+    capsys.readouterr()
+    assert main(["anomaly", "--run", str(run), "--data", str(data["anomaly"] / "test"), "--maps", "3"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["images"] == 24 and summary["anomalous"] == 12 and 0.0 <= summary["auroc"] <= 1.0
+    assert len(list((run / "anomaly" / "maps").glob("*.png"))) == 3
+    rows = (run / "anomaly" / "scores.csv").read_text().splitlines()
+    assert rows[0] == "path,score,anomalous" and len(rows) == 25
+    xr = tmp_path / "mae"
+    assert main(["pretrain", "--data", str(data["anomaly"] / "train"), "--modality", "xray", "--method", "mae",
+                 "--img-size", "32", "--patch-size", "8", "--out", str(xr), *TINY, *MAE_DECODER]) == 0
+    capsys.readouterr()
+    assert main(["anomaly", "--run", str(xr), "--data", str(data["anomaly"] / "test")]) == 2
+    assert "memmc_mae" in capsys.readouterr().err
+
+
+def test_recipes_are_package_data_and_listed(capsys):
+    names = {entry.name[:-5] for entry in resources.files("mimkit.medical").joinpath("recipes").iterdir()
+             if entry.name.endswith(".yaml")}
+    assert {"hiend_mae", "memmc_mae", "thorax_mae_pretrain", "uni4eye", "urfound"} <= names
+    assert main(["recipes"]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in names)
+    assert main(["recipes", "hiend_mae"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["data"]["spacing"] == [1.5, 1.5, 1.5]
+    assert main(["recipes", "nope"]) == 2
+    assert "unknown recipe 'nope'" in capsys.readouterr().err
+
+
+def test_pretraining_recipes_load_through_the_command(tmp_path, data):
+    """Every pretraining recipe passes the core recipe reader (sections it does not know would stop the run)."""
+    from mimkit.core.cli import read_recipe
+
+    folder = resources.files("mimkit.medical").joinpath("recipes")
+    for entry in folder.iterdir():
+        if entry.name.endswith(".yaml") and "finetune" not in entry.name:
+            path = tmp_path / entry.name
+            path.write_text(entry.read_text())
+            assert read_recipe(path)["method"]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["pretrain", "--data", "{organs}", "--out", "{out}"], "--modality is required"),
+    (["pretrain", "--data", "{organs}", "--out", "{out}", "--modality", "ct", "--method", "urfound"], "2D only"),
+    (["pretrain", "--data", "{missing}", "--out", "{out}", "--modality", "ct", "--layout", "msd"], "dataset.json"),
+    (["pretrain", "--data", "{organs}", "--out", "{out}", "--modality", "ct", "--hu-window", "300", "100"],
+     "--hu-window"),
+    (["bench", "--task", "no-such-task", "--root", "{organs}", "--run", "{out}"], "not a finished mimkit run"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, data, capsys, argv, message):
+    filled = [a.format(organs=data["organs"], out=tmp_path / "run", missing=tmp_path / "nothing") for a in argv]
+    assert main(filled + (TINY if filled[0] == "pretrain" else [])) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("mimkit-medical: error:") and message in err[-1]
+
+
+def test_synthetic_command_and_the_module_entry_point(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "mimkit.medical.cli", "synthetic", "--out", str(tmp_path),
+                          "--kind", "oct", "fundus"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "synthetic-oct-finetune" in out.stdout
+    assert sorted(p.name for p in (tmp_path / "oct" / "train").iterdir()) == ["CNV", "DRUSEN", "NORMAL"]
+    assert (tmp_path / "fundus" / "test" / "exudate").is_dir()
+    assert build_parser().prog == "mimkit-medical"
