@@ -158,7 +158,8 @@ def _segmentation_batches(data, batch_size: int, shuffle: bool, seed: int) -> Da
     def collate(items):
         for item in items:
             if "mask" not in item:
-                raise DataError("segmentation needs samples with a 'mask' (read with mask_root / the segmentation task)")
+                raise DataError("segmentation needs samples with a 'mask' (read with mask_root / the "
+                                "segmentation task)")
         return torch.stack([i["image"] for i in items]), torch.stack([torch.as_tensor(i["mask"]) for i in items])
 
     generator = torch.Generator().manual_seed(seed) if shuffle else None

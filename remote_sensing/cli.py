@@ -99,7 +99,8 @@ def geotiff_builder(args, method: str):
     return build
 
 
-def save_rgb_reconstruction(run_dir: str | Path, dataset, path: str | Path | None = None, count: int = 8) -> Path | None:
+def save_rgb_reconstruction(run_dir: str | Path, dataset, path: str | Path | None = None,
+                            count: int = 8) -> Path | None:
     """Reconstruction grid of a finished run as RGB composites of the dataset's red, green, blue bands."""
     from mimkit.core.viz import reconstruction_grid
 
@@ -340,7 +341,8 @@ def cmd_tile(args) -> None:
     from .data import write_tiles
 
     summary = write_tiles(args.scenes, args.out, tile_size=args.tile_size, stride=args.stride,
-                          shard_size=args.shard_size, sensor=args.sensor, bands=args.bands, nodata=args.nodata, min_valid=args.min_valid,
+                          shard_size=args.shard_size, sensor=args.sensor, bands=args.bands, nodata=args.nodata,
+                          min_valid=args.min_valid,
                           require_georeference=not args.allow_ungeoreferenced, strict=args.strict,
                           progress=not args.no_progress)
     summary.pop("tiles")
@@ -419,8 +421,10 @@ def _add_encoder_source(parser: argparse.ArgumentParser) -> None:
                         "kernels over the bands, or select kernels by wavelength (see --checkpoint-sensor)")
     parser.add_argument("--checkpoint-sensor", default="rgb", help="the checkpoint's bands for --adapt-in-chans "
                         "select (default rgb: an ImageNet / timm model)")
-    parser.add_argument("--task", nargs="+", required=True, help="benchmark task(s), see `python -c \"from "
-                        "mimkit.benchmarks.tasks import list_tasks; print([t.name for t in list_tasks('remote_sensing')])\"`")
+    parser.add_argument("--task", nargs="+", required=True,
+                        help="benchmark task(s): eurosat-knn, eurosat-linear, eurosat-finetune, bigearthnet-linear, "
+                        "bigearthnet-finetune, so2sat-linear, so2sat-finetune, geotiff-tiles-knn / -linear / "
+                        "-finetune, geotiff-segmentation")
     parser.add_argument("--data", required=True, help="the task's local data folder (nothing is downloaded)")
     parser.add_argument("--compare-random-init", action="store_true", help="also score the same architecture at "
                         "random initialisation, side by side")

@@ -620,7 +620,8 @@ class GeoTiffDataset(Dataset):
         if (mean is None) != (std is None):
             raise ConfigError("give both mean and std, or neither (then they are computed from the data)")
         if mean is None:
-            picks = np.unique(np.linspace(0, len(self.items) - 1, min(stats_tiles, len(self.items))).round()).astype(int)
+            count = min(stats_tiles, len(self.items))
+            picks = np.unique(np.linspace(0, len(self.items) - 1, count).round()).astype(int)
             description = {
                 "files": [(str(p.relative_to(self.root)) if p.is_relative_to(self.root) else str(p),
                            p.stat().st_size, p.stat().st_mtime_ns) for p in self.files],
@@ -920,5 +921,6 @@ def so2sat(root: str | Path, split: str = "train", version: str = "2", bands: Se
 
 
 __all__ = ["GeoTiffDataset", "TorchGeoDataset", "RasterHeader", "BandSelection", "read_header", "read_window",
-           "write_geotiff", "write_tiles", "select_bands", "parse_bands", "tile_windows", "resolve_sensor", "rgb_band_positions",
+           "write_geotiff", "write_tiles", "select_bands", "parse_bands", "tile_windows", "resolve_sensor",
+           "rgb_band_positions",
            "band_indices_by_wavelength", "eurosat", "bigearthnet", "so2sat", "SENTINEL2_L2A", "IGNORE_INDEX"]

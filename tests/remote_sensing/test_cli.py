@@ -109,7 +109,8 @@ def test_tile_cuts_a_scene_into_georeferenced_shards(tmp_path, capsys):
     first = index["tiles"][0]
     row, col = first["window"][:2]
     with rasterio.open(out / first["path"]) as tile:
-        assert tile.crs == crs and tile.transform.c == transform.c + col * 10 and tile.transform.f == transform.f - row * 10
+        assert tile.crs == crs
+        assert (tile.transform.c, tile.transform.f) == (transform.c + col * 10, transform.f - row * 10)
         assert np.array_equal(tile.read(), whole[:, row:row + 32, col:col + 32])
         assert tile.descriptions[3] == "B04" and tile.nodata == 0
     assert len(GeoTiffDataset(out, img_size=32, patch_size=8, transform="center_crop")) == index["written"]
