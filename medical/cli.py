@@ -212,12 +212,18 @@ def cmd_evaluate(args) -> None:
     _finish(args, rows, ["protocol", "init", "metric", "value", "num_train"])
 
 
-def _finetune_recipe(path: str | None) -> tuple[dict, dict]:
-    """A fine-tuning recipe's (train options for core.evaluate.finetune, data settings); its other keys
-    (protocol, pretrained, evaluation, the hardware) describe the paper's setting and are not needed here."""
+RECIPE_DATA_KEYS = ("crop_scale", "hflip", "horizontal_flip", "mean", "std", "crop_pct", "flip_prob", "rotate90_prob",
+                    "scale_intensity", "shift_intensity", "spacing", "intensity_range", "crop", "crop_pos", "crop_neg")
+
+
+def _finetune_recipe(path: str | None, segmentation: bool = False) -> tuple[dict, dict]:
+    """A fine-tuning recipe's (train options for core.evaluate.finetune, or for finetune_segmentation, and its
+    data settings); its other keys (protocol, pretrained, evaluation, the hardware) describe the paper's setting."""
     import inspect
 
     from mimkit.core.evaluate import finetune
+
+    from .bench import finetune_segmentation
 
     if path is None:
         return {}, {}
@@ -230,11 +236,10 @@ def _finetune_recipe(path: str | None) -> tuple[dict, dict]:
         raise ConfigError(f"recipe {file} is not valid YAML: {error}") from None
     if not isinstance(recipe, dict):
         raise ConfigError(f"recipe {file} must be a mapping with a train section")
-    allowed = set(inspect.signature(finetune).parameters)
+    allowed = set(inspect.signature(finetune_segmentation if segmentation else finetune).parameters) - {
+        "encoder", "train_set", "test_set", "return_model", "device"}
     train = {k: v for k, v in (recipe.get("train") or recipe.get("finetune") or {}).items() if k in allowed}
-    data = {k: v for k, v in (recipe.get("data") or {}).items()
-            if k in ("crop_scale", "hflip", "horizontal_flip", "mean", "std", "crop_pct", "flip_prob",
-                     "rotate90_prob", "scale_intensity", "shift_intensity")}
+    data = {k: v for k, v in (recipe.get("data") or {}).items() if k in RECIPE_DATA_KEYS}
     if "eval_resize" in (recipe.get("data") or {}) and "img_size" in (recipe.get("data") or {}):
         data["crop_pct"] = recipe["data"]["img_size"] / recipe["data"]["eval_resize"]
     return train, data
@@ -244,20 +249,26 @@ def cmd_finetune(args) -> None:
     from .bench import finetune_segmentation
 
     method, config = load_run(args.run)
-    train_options, recipe_data = _finetune_recipe(args.config)
+    segmentation = args.layout == "msd"
+    train_options, recipe_data = _finetune_recipe(args.config, segmentation)
     train, test = _labelled_sets(args, method, config, augment=True, recipe_data=recipe_data)
     encoders = _encoders(method, config, args.compare_random_init, args.seed)
-    if args.layout == "msd":
+    if segmentation:
+        options = {"steps": 500, "batch_size": 2, **train_options, "seed": args.seed}
+        for flag in ("steps", "batch_size", "lr"):
+            if getattr(args, flag):
+                options[flag] = getattr(args, flag)
         rows = []
         for init, encoder in encoders.items():
-            result = finetune_segmentation(encoder, train, test, steps=args.steps, seed=args.seed,
-                                           batch_size=args.batch_size or 2, **({"lr": args.lr} if args.lr else {}))
+            result = finetune_segmentation(encoder, train, test, **options)
             rows.append({"protocol": "segmentation", "init": init, "metric": "dice_mean",
-                         "value": round(result["dice_mean"], 4), "num_train": len(train), "steps": args.steps,
+                         "value": round(result["dice_mean"], 4), "num_train": len(train), "steps": options["steps"],
                          "dice_per_class": result["dice_per_class"]})
         _finish(args, rows, ["protocol", "init", "metric", "value", "num_train", "steps"])
         return
     options = dict(train_options, seed=args.seed)
+    if args.steps:
+        raise ConfigError("--steps is for segmentation (--layout msd); classification fine-tuning counts --epochs")
     for flag in ("epochs", "batch_size", "lr"):
         if getattr(args, flag):
             options[flag] = getattr(args, flag)
@@ -517,7 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_labelled_arguments(ft)
     ft.add_argument("--config", help="fine-tuning recipe YAML (its train section: epochs, base_lr, layer_decay, ...)")
     ft.add_argument("--epochs", type=int, help="classification fine-tuning epochs (default 50, or the recipe's)")
-    ft.add_argument("--steps", type=int, default=500, help="segmentation fine-tuning steps (default 500)")
+    ft.add_argument("--steps", type=int, help="segmentation fine-tuning steps (default 500, or the recipe's)")
     ft.add_argument("--batch-size", type=int)
     ft.add_argument("--lr", type=float, help="absolute learning rate")
     ft.add_argument("--labels-per-class", type=int, help="fine-tune on only this many labelled images per class")

@@ -75,6 +75,31 @@ def test_ct_pretraining_stores_its_preprocessing_then_segments(tmp_path, data, c
     assert (run / "report_synthetic-organs-segmentation.md").is_file()
 
 
+def test_the_hiend_mae_recipe_drives_pretraining_resume_and_the_btcv_recipe_finetuning(tmp_path, data, capsys):
+    """The papers' recipes as shipped (sizes and steps overridden by flags): the recipe's data section decides the
+    preprocessing, no --modality is needed, a run resumes, and the segmentation recipe configures fine-tuning."""
+    recipes = resources.files("mimkit.medical").joinpath("recipes")
+    (tmp_path / "hiend.yaml").write_text(recipes.joinpath("hiend_mae.yaml").read_text())
+    (tmp_path / "btcv.yaml").write_text(recipes.joinpath("hiend_mae_btcv_finetune.yaml").read_text())
+    run = tmp_path / "run"
+    tiny = ["--roi", "16", "--patch-size", "8", "--embed-dim", "32", "--depth", "2", "--num-heads", "2",
+            "--set", "decoder_embed_dim=32", "--set", "decoder_num_heads=2", "--set", "decoder_layers=[1]",
+            "--batch-size", "2", "--devices", "1", "--num-workers", "0", "--no-progress", "--accelerator", "cpu"]
+    assert main(["pretrain", "--config", str(tmp_path / "hiend.yaml"), "--data", str(data["organs"]), "--layout",
+                 "msd", "--out", str(run), "--max-steps", "2", "--checkpoint-every", "2", *tiny]) == 0
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["data"]["modality"] == "ct" and config["data"]["crop"] == "rand_pos_neg"
+    assert config["data"]["crops_per_volume"] == 8 and config["train"]["max_steps"] == 2
+    assert "64 images" in capsys.readouterr().err                   # 8 volumes x the recipe's 8 crops
+    assert main(["pretrain", "--config", str(tmp_path / "hiend.yaml"), "--data", str(data["organs"]), "--layout",
+                 "msd", "--out", str(run), "--max-steps", "3", "--resume", *tiny]) == 0
+    assert json.loads((run / "metrics.json").read_text())["train"]["steps"] == 3
+    capsys.readouterr()
+    assert main(["finetune", "--run", str(run), "--data", str(data["organs"]), "--layout", "msd", "--config",
+                 str(tmp_path / "btcv.yaml"), "--steps", "1", "--batch-size", "1"]) == 0
+    assert "| segmentation | pretrained | dice_mean |" in capsys.readouterr().out
+
+
 def test_xray_pretraining_then_multilabel_auc_evaluation(tmp_path, data, capsys):
     run = tmp_path / "xr"
     assert main(["pretrain", "--data", str(data["chestxray14"] / "images"), "--modality", "xray", "--img-size", "32",

@@ -390,3 +390,27 @@ def test_class_folders_for_oct_and_fundus(tmp_path):
     captioned = build_dataset(tmp_path / "oct", "classes", pre, split="train", patch_size=8,
                               caption="An OCT image shows [CLS]")
     assert captioned[0]["text"] == "An OCT image shows CNV"
+
+
+def test_recipe_data_sections_become_preprocessing_and_unused_keys_are_named(caplog):
+    import logging
+    from importlib import resources
+
+    import yaml
+
+    def recipe(name):
+        return yaml.safe_load(resources.files("mimkit.medical").joinpath("recipes", f"{name}.yaml").read_text())
+
+    with caplog.at_level(logging.WARNING):
+        pre = preprocessing_from(recipe("hiend_mae")["data"], "ct", 3)
+    assert pre.intensity_range == (-175.0, 250.0) and pre.spacing == (1.5, 1.5, 1.5) and pre.img_size == (96,) * 3
+    assert pre.crop == "rand_pos_neg" and (pre.crop_pos, pre.crop_neg) == (6.0, 2.0)
+    assert (pre.flip_prob, pre.rotate90_prob, pre.scale_intensity, pre.shift_intensity) == (0.5, 0.3, (0.1, 0.1),
+                                                                                             (0.1, 0.1))
+    assert "not used" not in caplog.text
+    mr = preprocessing_from(recipe("mr_hiend_mae")["data"], "mr", 3)
+    assert mr.spacing == (1.0, 1.0, 1.0) and mr.intensity_range is None and mr.foreground
+    with caplog.at_level(logging.WARNING):
+        xray = preprocessing_from(recipe("thorax_mae_pretrain")["data"], "xray", 2)
+    assert xray.crop_scale == (0.5, 1.0) and xray.hflip
+    assert "datasets, interpolation, normalization" in caplog.text     # named, not silently dropped
