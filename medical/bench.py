@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import math
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -25,8 +25,7 @@ from mimkit.benchmarks.tasks import Task, get_task, register_task
 from mimkit.core.encoders import VIT_SIZES
 from mimkit.core.errors import ConfigError, DataError, TrainingError
 from mimkit.medical import published  # noqa: F401  (registers the medical papers' published figures)
-from mimkit.medical.data import (CHEXPERT_COMPETITION, MedicalDataset, Preprocessing, build_dataset,
-                                 preprocessing_from)
+from mimkit.medical.data import CHEXPERT_COMPETITION, build_dataset, preprocessing_from
 
 
 # ============================================================================================ segmentation

@@ -9,7 +9,6 @@ import argparse
 import csv
 import json
 import sys
-from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Sequence
@@ -18,7 +17,7 @@ import yaml
 
 from mimkit.core.cli import (add_pretrain_arguments, evaluate_encoders, few_labels, load_run, markdown_table,
                              read_recipe, run_command, run_pretrain)
-from mimkit.core.errors import ConfigError, DataError
+from mimkit.core.errors import ConfigError
 
 from .data import (CACHES, LAYOUTS, MODALITIES, SYNTHETIC_KINDS, UNCERTAINTY_POLICIES, UnifiedDataset,
                    build_dataset, preprocessing_from, write_synthetic)
@@ -206,7 +205,8 @@ def cmd_evaluate(args) -> None:
     train, test = _labelled_sets(args, method, config, augment=False)
     options = {"knn": {"k": args.k}, "linear": {"seed": args.seed, **({"epochs": args.epochs} if args.epochs else {})}}
     if "knn" in args.protocol and train.label_kind == "multilabel":
-        raise ConfigError("kNN needs single-label data; ChestX-ray14 and CheXpert are multi-label: use --protocol linear")
+        raise ConfigError("kNN needs single-label data; ChestX-ray14 and CheXpert are multi-label: "
+                          "use --protocol linear")
     rows = evaluate_encoders(_encoders(method, config, args.compare_random_init, args.seed), args.protocol, train,
                              test, options)
     _finish(args, rows, ["protocol", "init", "metric", "value", "num_train"])

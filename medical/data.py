@@ -225,15 +225,18 @@ def probe_input(path: str | Path) -> Probe:
 
 
 # ============================================================================================ reading
-def _dicom_2d(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
-    """A single-frame DICOM image (radiograph) as float32 (C, H, W) on [0, 1]: modality LUT applied, scaled by
-    the stored bit depth, MONOCHROME1 (white = low values) inverted."""
+def _dicom_2d(path: Path, unit_range: bool = True) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """A single-frame DICOM image as float32 (C, H, W), modality LUT applied (HU for CT). With `unit_range`
+    (radiographs): scaled to [0, 1] by the stored bit depth, MONOCHROME1 (white = low values) inverted."""
     import pydicom
     from pydicom.pixels import apply_modality_lut
 
     ds = pydicom.dcmread(path)
     raw = ds.pixel_array
     values = apply_modality_lut(raw, ds).astype(np.float32)
+    spacing = tuple(float(v) for v in ds.PixelSpacing) if hasattr(ds, "PixelSpacing") else None
+    if not unit_range:
+        return (values[None] if values.ndim == 2 else np.moveaxis(values, -1, 0)), spacing
     bits = int(getattr(ds, "BitsStored", 8 * raw.dtype.itemsize))
     if values.min() >= 0 and values.max() <= 2 ** bits - 1:
         values = values / np.float32(2 ** bits - 1)
@@ -242,7 +245,6 @@ def _dicom_2d(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
     if str(getattr(ds, "PhotometricInterpretation", "")) == "MONOCHROME1":
         values = 1.0 - values
     values = values[None] if values.ndim == 2 else np.moveaxis(values, -1, 0)
-    spacing = tuple(float(v) for v in ds.PixelSpacing) if hasattr(ds, "PixelSpacing") else None
     return values, spacing
 
 
@@ -295,12 +297,12 @@ def read_input(path: str | Path, rank: int, unit_range: bool) -> torch.Tensor:
             warnings.simplefilter("ignore")
             image = _monai_loader(reader)(str(path))
         image.meta["spacing_known"] = True
-        if unit_range:
+        if unit_range and torch.isfinite(image).all():  # NaN voxels are left for the check that counts them
             low, high = float(image.min()), float(image.max())
             image = (image - low) / max(high - low, 1e-6)
         return image
     if is_dicom_file(path):
-        array, spacing = _dicom_2d(path)
+        array, spacing = _dicom_2d(path, unit_range)
     elif rank == 3:
         array = to_unit_range(_flat_volume(path)) if unit_range else _flat_volume(path).astype(np.float32)
     else:
@@ -359,9 +361,10 @@ class CheckSpacingd(MapTransform):
     """Before resampling: the file must state its spacing, and the resampled volume must be neither larger than
     MAX_VOXELS nor smaller than `min_fraction` of the crop on any axis (the crop would be mostly padding)."""
 
-    def __init__(self, keys: Sequence[str], spacing: Sequence[float], roi: Sequence[int], min_fraction: float):
+    def __init__(self, keys: Sequence[str], spacing: Sequence[float], roi: Sequence[int] | None, min_fraction: float):
         super().__init__(keys)
-        self.spacing, self.roi, self.min_fraction = tuple(spacing), tuple(roi), min_fraction
+        self.spacing, self.min_fraction = tuple(spacing), min_fraction
+        self.roi = tuple(roi) if roi is not None else None  # 2D slices: no 3D crop to check
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         d = dict(data)
@@ -1109,7 +1112,8 @@ def chestxray14_items(root: str | Path, split: str = "train", csv_name: str = "D
             label[index[finding]] = 1.0
         items.append({"image": str(path), "label": label})
     if absent:
-        log.warning("ChestX-ray14 %s: %d of %d listed images are not under %s (skipped)", split, absent, len(rows), root)
+        log.warning("ChestX-ray14 %s: %d of %d listed images are not under %s (skipped)", split, absent, len(rows),
+                    root)
     if not items:
         raise DataError(f"{root}: none of the {len(rows)} images listed in {listed.name} were found")
     return items, list(CHESTXRAY14_CLASSES)

@@ -126,7 +126,8 @@ def test_registered_tasks_and_the_published_records_they_meet():
     small = build_encoder("small", img_size=224, patch_size=16)
     assert model_name(small) == "ViT-S/16" and model_name(encoder3d()) == "ViT-32x2/8"
     # a Thorax MAE ViT-S/16 result on the ChestX-ray14 task lines up with the paper's figure
-    rows = compare([{"task": "chestxray14-finetune", "method": "thorax_mae", "model": model_name(small), "value": 80.0}])
+    rows = compare([{"task": "chestxray14-finetune", "method": "thorax_mae", "model": model_name(small),
+                     "value": 80.0}])
     assert [(r["published"], r["difference"]) for r in rows] == [(82.3, pytest.approx(-2.3))]
     assert published_results(method="thorax_mae", data="CheXpert")
 

@@ -1,5 +1,6 @@
-"""mimkit.medical.data: readers (NIfTI, DICOM, 16-bit PNG), MONAI pipelines, caching, per-sample seeds, layouts,
-and bad input (wrong dimensions, mixed DICOM series, NaN voxels, impossible spacing) as clear errors or counted skips."""
+"""mimkit.medical.data: readers (NIfTI, DICOM, 16-bit PNG), MONAI pipelines, caching, per-sample seeds,
+layouts, and bad input (wrong dimensions, mixed DICOM series, NaN voxels, impossible spacing) as clear errors
+or counted skips."""
 import csv
 import json
 
@@ -301,6 +302,9 @@ def test_slices_of_volumes_are_2d_inputs(tmp_path):
     pre = preprocessing_from({"img_size": 16, "slices": True, "foreground": False}, "ct", 2)
     dataset = build_dataset(tmp_path / "v", "folder", pre, patch_size=8)
     assert dataset[(0, 1)]["image"].shape == (1, 16, 16)
+    resampled = preprocessing_from({"img_size": 16, "slices": True, "spacing": [2.0, 2.0, 1.0]}, "ct", 2)
+    prepared = build_dataset(tmp_path / "v", "folder", resampled, patch_size=8)._prepared(0)["image"]
+    assert prepared.shape == (1, 10, 10, 10)                 # resampled before slicing
     middle = dataset.eval_view()[0]["image"]                 # the middle (index 5) axial slice is the bright one
     assert torch.allclose(middle, torch.tensor((200 + 175) / 425), atol=1e-5)   # the rest is 0 HU: 175 / 425
 
