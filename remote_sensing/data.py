@@ -19,6 +19,7 @@ numbers with floating-point reflectances, a DataError says what was found.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import logging
@@ -905,6 +906,10 @@ SO2SAT_BANDS = {
 }
 
 
+def _reorder_image(order: list[int], sample: dict) -> dict:
+    return {**sample, "image": sample["image"][order]}
+
+
 def so2sat(root: str | Path, split: str = "train", version: str = "2", bands: Sequence[str] | None = None,
            img_size=32, transform: str | A.BaseCompose = "eval", **options) -> TorchGeoDataset:
     """So2Sat LCZ42 (8 Sentinel-1 + 10 Sentinel-2 channels, 32x32, 17 local climate zones) via torchgeo (needs h5py).
@@ -914,7 +919,13 @@ def so2sat(root: str | Path, split: str = "train", version: str = "2", bands: Se
     from torchgeo.datasets import So2Sat
 
     names = tuple(bands) if bands is not None else So2Sat.all_band_names
-    data = _torchgeo(So2Sat, "So2Sat", Path(root), SO2SAT_LAYOUT, split=split, version=version, bands=names)
+    # torchgeo stacks the selected Sentinel-1 channels before the Sentinel-2 ones whatever the order asked for;
+    # put them back in the order of `names`, the order their wavelengths are given in.
+    stacked = [n for n in names if n.startswith("S1_")] + [n for n in names if not n.startswith("S1_")]
+    order = [stacked.index(n) for n in names]  # a repeated band: its copies hold the same values
+    reorder = None if order == list(range(len(names))) else functools.partial(_reorder_image, order)
+    data = _torchgeo(So2Sat, "So2Sat", Path(root), SO2SAT_LAYOUT, split=split, version=version, bands=names,
+                     transforms=reorder)
     return TorchGeoDataset(data, [SO2SAT_BANDS[n] for n in names], names, So2Sat.classes, img_size, transform, None,
                            cache_file=Path(root) / STATS_FILE,
                            cache_description={"dataset": "So2Sat", "version": version, "bands": names}, **options)
