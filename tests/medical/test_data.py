@@ -418,3 +418,22 @@ def test_recipe_data_sections_become_preprocessing_and_unused_keys_are_named(cap
         xray = preprocessing_from(recipe("thorax_mae_pretrain")["data"], "xray", 2)
     assert xray.crop_scale == (0.5, 1.0) and xray.hflip
     assert "datasets, interpolation, normalization" in caplog.text     # named, not silently dropped
+
+
+def test_oct_volume_as_a_tiff_stack(tmp_path):
+    import tifffile
+
+    (tmp_path / "oct").mkdir()
+    stack = np.zeros((8, 32, 32), np.uint8)
+    stack[:, 10:14] = 255                                    # a bright retinal layer in every B-scan
+    tifffile.imwrite(tmp_path / "oct" / "eye.tif", stack)
+    pre = preprocessing_from({"img_size": [8, 16, 16]}, "oct", 3)
+    dataset = build_dataset(tmp_path / "oct", "folder", pre, patch_size=8, train=False, mean=[0.0], std=[1.0])
+    assert probe_input(tmp_path / "oct" / "eye.tif").shape == (8, 32, 32)
+    volume = dataset._prepared(0)["image"]
+    assert volume.shape == (1, 8, 32, 32) and float(volume.max()) == 1.0       # uint8 / 255
+    assert dataset[0]["image"].shape == (1, 8, 16, 16)
+    # a TIFF states no voxel size, so resampling it would invent one: refused, by name
+    resample = preprocessing_from({"img_size": [8, 16, 16], "spacing": 0.5}, "oct", 3)
+    with pytest.raises(DataError, match="states no voxel spacing"):
+        build_dataset(tmp_path / "oct", "folder", resample, patch_size=8, strict=True)
