@@ -142,7 +142,7 @@ def segmentation_dice(model: nn.Module, test_set, num_classes: int, roi_size: Se
     from monai.metrics import DiceMetric
 
     device = device or next(model.parameters()).device
-    metric = DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=True)
+    metric = DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=True, get_not_nans=True)
     was_training = model.training
     model.eval()
     try:
@@ -157,11 +157,12 @@ def segmentation_dice(model: nn.Module, test_set, num_classes: int, roi_size: Se
                 metric(predicted, truth)
     finally:
         model.train(was_training)
-    per_class = metric.aggregate().cpu()
+    per_class, counted = (t.cpu() for t in metric.aggregate())
     metric.reset()
-    present = per_class[~torch.isnan(per_class)]
-    return {"dice_mean": float(present.mean()) if len(present) else float("nan"),
-            "dice_per_class": [None if math.isnan(v) else round(float(v), 4) for v in per_class.tolist()],
+    # a class absent from every test volume's ground truth has no Dice (MONAI reports 0 for it): leave it out
+    present = counted > 0
+    return {"dice_mean": float(per_class[present].mean()) if present.any() else float("nan"),
+            "dice_per_class": [round(float(v), 4) if ok else None for v, ok in zip(per_class, present)],
             "num_test": len(test_set)}
 
 

@@ -1252,9 +1252,12 @@ def write_synthetic_organs(root: str | Path, cases: int = 8, size: int = 32, cla
     entries = []
     affine = np.diag([spacing, spacing, spacing, 1.0])
     for case in range(cases):
-        image, label = create_test_image_3d(size, size, size, num_objs=4, rad_max=max(3, size // 5),
-                                            rad_min=max(2, size // 10), noise_max=0.1, num_seg_classes=classes,
-                                            random_state=rs)
+        for _ in range(50):  # redraw until every organ class is present, so each test case scores every class
+            image, label = create_test_image_3d(size, size, size, num_objs=max(4, classes + 1),
+                                                rad_max=max(3, size // 5), rad_min=max(2, size // 10), noise_max=0.1,
+                                                num_seg_classes=classes, random_state=rs)
+            if len(np.unique(label)) == classes + 1:
+                break
         xx, yy = np.mgrid[0:size, 0:size] / (size - 1) - 0.5
         body = np.broadcast_to(((xx / 0.48) ** 2 + (yy / 0.42) ** 2 < 1)[..., None], label.shape)
         hu = np.where(body, -60.0 + 40.0 * rs.rand(*label.shape), -1000.0)
