@@ -143,3 +143,23 @@ def test_run_task_on_synthetic_chest_xrays_reports_percent_auc(synthetic):
     assert row["details"]["auc_classes_used"] == 3               # the three drawn findings; the others are absent
     with pytest.raises(ConfigError, match="does not score anomalies"):
         run_task("synthetic-anomaly", method, synthetic["anomaly"])
+
+
+def test_dice_of_a_perfect_prediction_leaves_out_classes_absent_from_the_ground_truth():
+    from mimkit.medical.bench import segmentation_dice
+
+    class Oracle(torch.nn.Module):
+        """Logits that are the one-hot labels carried in the image's channels."""
+
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.tensor(10.0))
+
+        def forward(self, x):
+            return x * self.scale
+
+    label = torch.zeros(1, 20, 20, 20, dtype=torch.long)
+    label[0, 2:8, 2:8, 2:8], label[0, 10:18, 10:18, 10:18] = 1, 3        # class 2 never appears
+    image = torch.nn.functional.one_hot(label[0], 4).movedim(-1, 0).float()
+    result = segmentation_dice(Oracle(), [{"image": image, "label": label}], num_classes=4, roi_size=(16, 16, 16))
+    assert result["dice_per_class"] == [1.0, None, 1.0] and result["dice_mean"] == 1.0
