@@ -384,4 +384,11 @@ def make_loader(dataset: Dataset, batch_size: int, num_workers: int = 0, sampler
         sampler = ResumableSampler(len(dataset), seed=seed, stop=len(dataset))
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=drop_last,
                       num_workers=num_workers, persistent_workers=num_workers > 0,
-                      pin_memory=torch.cuda.is_available())
+                      pin_memory=torch.cuda.is_available(), worker_init_fn=single_threaded_worker)
+
+
+def single_threaded_worker(worker_id: int) -> None:
+    """One thread per loader process: OpenCV's and torch's thread pools in every worker would fight the
+    training threads for the same cores (measured: 5x slower steps on 2 cores)."""
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
