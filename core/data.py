@@ -143,12 +143,75 @@ def center_crop_transform(img_size: int | Sequence[int]) -> A.Compose:
 _TRANSFORMS = {"train": mae_train_transform, "eval": eval_transform, "center_crop": center_crop_transform}
 
 
+class ChannelStats:
+    """Per-channel mean / std of pixels, accumulated in float64 so large images do not lose precision."""
+
+    def __init__(self, channels: int, constant_below: float = 1e-6):
+        self.total = np.zeros(channels)
+        self.squares = np.zeros(channels)
+        self.count = 0
+        self.constant_below = constant_below
+
+    def add(self, pixels) -> None:
+        """Adds an array (C, ...) of pixels: channels first, any number of pixel axes."""
+        pixels = np.asarray(pixels).astype(np.float64)
+        axes = tuple(range(1, pixels.ndim))
+        self.total += pixels.sum(axis=axes)
+        self.squares += (pixels ** 2).sum(axis=axes)
+        self.count += pixels[0].size
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, std) per channel; a channel whose std is below `constant_below` gets std 1."""
+        mean = self.total / self.count
+        std = np.sqrt(np.maximum(self.squares / self.count - mean ** 2, 0))
+        std[std < self.constant_below] = 1.0  # a constant channel: centre it, do not divide by zero
+        return mean, std
+
+
+def per_channel(name: str, values, channels: int, what: str | None = None) -> np.ndarray:
+    """`values` as float32, one per channel: a single value is repeated, another count is a ConfigError.
+
+    `what` ends the error message, saying what has `channels` channels (default: "the images have N channels").
+    """
+    values = np.asarray(values, np.float32).reshape(-1)
+    if values.size == 1:
+        values = np.repeat(values, channels)
+    if values.size != channels:
+        raise ConfigError(f"{name} has {values.size} values but {what or f'the images have {channels} channels'}")
+    return values
+
+
+def normalisation_stats(mean, std, channels: int, what: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel float32 (mean, std) from one value or one per channel (see per_channel); std must be positive."""
+    mean, std = per_channel("mean", mean, channels, what), per_channel("std", std, channels, what)
+    if (std <= 0).any():
+        raise ConfigError(f"std must be positive, got {std.tolist()}")
+    return mean, std
+
+
+class NormalisedDataset(Dataset):
+    """A dataset whose images are normalised per channel with float32 `mean` / `std`, labelled from `classes`."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    classes: list
+
+    @property
+    def stats(self) -> tuple[list[float], list[float]]:
+        """Per-channel (mean, std) used for normalisation."""
+        return self.mean.tolist(), self.std.tolist()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
 def _list_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
-class ImageFolderDataset(Dataset):
+class ImageFolderDataset(NormalisedDataset):
     """Images from class subfolders (labelled) or a flat folder searched recursively (unlabelled).
 
     `dataset[i]` (fixed augmentation seed i) or `dataset[(i, sample_seed)]` (from ResumableSampler) returns
@@ -254,44 +317,20 @@ class ImageFolderDataset(Dataset):
         if (mean is None) != (std is None):
             raise ConfigError("give both mean and std, or neither (then they are computed from the data)")
         if mean is None:
-            # Evenly spaced files, raw (un-augmented) pixels; float64 sums so large images do not lose precision.
+            # Evenly spaced files, raw (un-augmented) pixels.
             picks = np.unique(np.linspace(0, len(self.files) - 1, min(stats_images, len(self.files))).round())
-            total, squares, count = np.zeros(self.in_chans), np.zeros(self.in_chans), 0
+            accumulator = ChannelStats(self.in_chans)
             for i in picks.astype(int):
                 try:
-                    image = self._read(int(i)).astype(np.float64)
+                    image = self._read(int(i))
                 except DataError as error:
                     self._skip(self.files[int(i)], str(error))
                     continue
-                total += image.sum(axis=(1, 2))
-                squares += (image ** 2).sum(axis=(1, 2))
-                count += image.shape[1] * image.shape[2]
-            if not count:
+                accumulator.add(image)
+            if not accumulator.count:
                 raise DataError(f"no image under {self.root} could be decoded to compute mean/std")
-            mean = total / count
-            std = np.sqrt(np.maximum(squares / count - mean ** 2, 0))
-            std[std < 1e-6] = 1.0  # a constant channel: centre it, do not divide by zero
-        mean, std = self._per_channel("mean", mean), self._per_channel("std", std)
-        if (std <= 0).any():
-            raise ConfigError(f"std must be positive, got {std.tolist()}")
-        return mean, std
-
-    def _per_channel(self, name: str, values) -> np.ndarray:
-        values = np.asarray(values, np.float32).reshape(-1)
-        if values.size == 1:
-            values = np.repeat(values, self.in_chans)
-        if values.size != self.in_chans:
-            raise ConfigError(f"{name} has {values.size} values but the images have {self.in_chans} channels")
-        return values
-
-    @property
-    def stats(self) -> tuple[list[float], list[float]]:
-        """Per-channel (mean, std) used for normalisation, on the [0, 1] scale."""
-        return self.mean.tolist(), self.std.tolist()
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
+            mean, std = accumulator.result()
+        return normalisation_stats(mean, std, self.in_chans)
 
     def __len__(self) -> int:
         return len(self.files)

@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from monai.transforms import MapTransform, Randomizable, Transform
 from torch.utils.data import Dataset
 
-from mimkit.core.data import IMAGE_SUFFIXES, probe_image, read_image, to_unit_range
+from mimkit.core.data import (IMAGE_SUFFIXES, ChannelStats, NormalisedDataset, normalisation_stats, probe_image,
+                              read_image, to_unit_range)
 from mimkit.core.errors import ConfigError, DataError, MimkitError
 from mimkit.core.tokens import as_tuple
 
@@ -718,7 +719,7 @@ def _key(key) -> tuple[int, int]:
     return int(key), int(key)
 
 
-class MedicalDataset(Dataset):
+class MedicalDataset(NormalisedDataset):
     """Medical images or volumes through MONAI dictionary transforms, cached, with per-sample random seeds.
 
     `items` are dicts {"image": path, "label": class index | multi-hot list | label-map path (optional)}.
@@ -864,45 +865,20 @@ class MedicalDataset(Dataset):
             mean, std = [0.0] * self.in_chans, [1.0] * self.in_chans
         if mean is None:
             picks = np.unique(np.linspace(0, len(self.items) - 1, min(samples, len(self.items))).round().astype(int))
-            total, squares, count = np.zeros(self.in_chans), np.zeros(self.in_chans), 0
+            accumulator = ChannelStats(self.in_chans)
             for i in picks:
                 prepared = self._prepared(int(i))
                 if "error" in prepared:
                     self._skip(self.items[int(i)]["image"], prepared["error"])
                     continue
-                image = torch.as_tensor(prepared["image"]).double().flatten(1)
-                total += image.sum(1).numpy()
-                squares += (image ** 2).sum(1).numpy()
-                count += image.shape[1]
-            if not count:
+                accumulator.add(torch.as_tensor(prepared["image"]).double().flatten(1).numpy())
+            if not accumulator.count:
                 raise DataError(f"no input{f' under {self.root}' if self.root else ''} could be decoded to compute "
                                 f"mean/std; first problem: {self.skipped[0][1] if self.skipped else 'unknown'}")
-            mean = total / count
-            std = np.sqrt(np.maximum(squares / count - mean ** 2, 0))
-            std[std < 1e-6] = 1.0  # a constant channel: centre it, do not divide by zero
-        mean, std = self._per_channel("mean", mean), self._per_channel("std", std)
-        if (std <= 0).any():
-            raise ConfigError(f"std must be positive, got {std.tolist()}")
-        return mean, std
-
-    def _per_channel(self, name: str, values) -> np.ndarray:
-        values = np.asarray(values, np.float32).reshape(-1)
-        if values.size == 1:
-            values = np.repeat(values, self.in_chans)
-        if values.size != self.in_chans:
-            raise ConfigError(f"{name} has {values.size} values but the inputs have {self.in_chans} channels")
-        return values
+            mean, std = accumulator.result()
+        return normalisation_stats(mean, std, self.in_chans, f"the inputs have {self.in_chans} channels")
 
     # ------------------------------------------------------------------ access
-    @property
-    def stats(self) -> tuple[list[float], list[float]]:
-        """Per-channel (mean, std) subtracted and divided after the intensity transforms."""
-        return self.mean.tolist(), self.std.tolist()
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
     @property
     def targets(self) -> list:
         """Class indices of single-label items (for stratified subsets)."""

@@ -39,7 +39,8 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 from torch.utils.data import Dataset
 
-from mimkit.core.data import center_crop_transform, eval_transform, mae_train_transform
+from mimkit.core.data import (ChannelStats, NormalisedDataset, center_crop_transform, eval_transform,
+                              mae_train_transform, normalisation_stats)
 from mimkit.core.errors import ConfigError, DataError
 from mimkit.core.tokens import as_tuple, grid_shape
 
@@ -382,27 +383,6 @@ def write_tiles(scenes: Sequence[str | Path], out: str | Path, tile_size: int | 
 
 
 # ---------------------------------------------------------------------------------------------- statistics
-class BandStatistics:
-    """Per-band mean / std of scaled valid pixels, accumulated in float64 and cached in a JSON file by key."""
-
-    def __init__(self, channels: int):
-        self.total = np.zeros(channels)
-        self.squares = np.zeros(channels)
-        self.count = 0
-
-    def add(self, image: np.ndarray, valid: np.ndarray) -> None:
-        pixels = image[:, valid].astype(np.float64)
-        self.total += pixels.sum(1)
-        self.squares += (pixels ** 2).sum(1)
-        self.count += pixels.shape[1]
-
-    def result(self) -> tuple[list[float], list[float]]:
-        mean = self.total / self.count
-        std = np.sqrt(np.maximum(self.squares / self.count - mean ** 2, 0))
-        std[std < 1e-8] = 1.0  # a constant band: centre it, do not divide by zero
-        return mean.tolist(), std.tolist()
-
-
 def cache_key(description: dict) -> str:
     return hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
@@ -455,7 +435,7 @@ def _scaled(image: np.ndarray, scale: float | None, offset: float) -> np.ndarray
     return image
 
 
-class GeoTiffDataset(Dataset):
+class GeoTiffDataset(NormalisedDataset):
     """GeoTIFF / COG tiles from a folder (flat = unlabelled, class subfolders = labelled) or a list of files.
 
     With `tile_size`, every file is a scene cut into windows of that size (read window by window, never whole);
@@ -634,43 +614,23 @@ class GeoTiffDataset(Dataset):
             if found is not None:
                 mean, std = found
             else:
-                accumulator = BandStatistics(self.in_chans)
+                accumulator = ChannelStats(self.in_chans, constant_below=1e-8)
                 for i in picks:
                     try:
                         image, valid = self._read(int(i))
                     except DataError as error:
                         self._skip(self.files[self.items[int(i)][0]], str(error))
                         continue
-                    accumulator.add(image, valid)
+                    accumulator.add(image[:, valid])
                 if not accumulator.count:
                     raise DataError(f"no valid pixel under {self.root} to compute band statistics from")
                 mean, std = accumulator.result()
                 store_stats(self.cache_file, key, mean, std, {"bands": list(self.selection.names),
                                                               "scale": self.scale, "tiles": len(picks)})
-        mean, std = self._per_band("mean", mean), self._per_band("std", std)
-        if (std <= 0).any():
-            raise ConfigError(f"std must be positive, got {std.tolist()}")
-        return mean, std
-
-    def _per_band(self, name: str, values) -> np.ndarray:
-        values = np.asarray(values, np.float32).reshape(-1)
-        if values.size == 1:
-            values = np.repeat(values, self.in_chans)
-        if values.size != self.in_chans:
-            raise ConfigError(f"{name} has {values.size} values but {self.in_chans} bands are read "
-                              f"({', '.join(self.selection.names)})")
-        return values
+        return normalisation_stats(mean, std, self.in_chans,
+                                   f"{self.in_chans} bands are read ({', '.join(self.selection.names)})")
 
     # ------------------------------------------------------------------ public attributes
-    @property
-    def stats(self) -> tuple[list[float], list[float]]:
-        """Per-band (mean, std) of the scaled values, used for normalisation."""
-        return self.mean.tolist(), self.std.tolist()
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
     @property
     def band_names(self) -> list[str]:
         return list(self.selection.names)
@@ -749,7 +709,7 @@ class GeoTiffDataset(Dataset):
 
 
 # ---------------------------------------------------------------------------------------------- torchgeo
-class TorchGeoDataset(Dataset):
+class TorchGeoDataset(NormalisedDataset):
     """A torchgeo classification dataset read from a local root, turned into mimkit samples.
 
     Its images are scaled to reflectance (`scale`), normalised per band with statistics of the training split
@@ -777,10 +737,10 @@ class TorchGeoDataset(Dataset):
             key = cache_key({**(cache_description or {}), "scale": scale, "items": stats_items, "size": len(dataset)})
             found = cached_stats(cache_file, key)
             if found is None:
-                accumulator = BandStatistics(self.in_chans)
+                accumulator = ChannelStats(self.in_chans, constant_below=1e-8)
                 for i in np.unique(np.linspace(0, len(dataset) - 1, min(stats_items, len(dataset))).round()):
                     image = self._raw(int(i))[0]
-                    accumulator.add(image, np.isfinite(image).all(0))
+                    accumulator.add(image[:, np.isfinite(image).all(0)])
                 found = accumulator.result()
                 store_stats(cache_file, key, *found, {"bands": self.band_names, "scale": scale,
                                                       **(cache_description or {})})
@@ -790,14 +750,6 @@ class TorchGeoDataset(Dataset):
         if self.mean.size != self.in_chans or self.std.size != self.in_chans:
             raise ConfigError(f"mean/std need {self.in_chans} values (bands {', '.join(self.band_names)}), got "
                               f"{self.mean.size} and {self.std.size}")
-
-    @property
-    def stats(self) -> tuple[list[float], list[float]]:
-        return self.mean.tolist(), self.std.tolist()
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
 
     @property
     def targets(self) -> list[int]:
