@@ -11,11 +11,12 @@ from functools import partial
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 from torch import nn
 
 from .errors import ConfigError, DataError
-from .tokens import as_tuple, grid_shape, sincos_pos_embed
+from .tokens import as_tuple, grid_shape, patchify, sincos_pos_embed
 
 
 @dataclass(frozen=True)
@@ -68,9 +69,19 @@ class PatchEmbed(nn.Module):
                             f"set --in-chans {x.shape[1]} or convert the images")
         return grid_shape(x.shape[2:], self.patch_size)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ids_keep: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, N, D) tokens, or (B, K, D) for the patches at `ids_keep` only.
+
+        The convolution is computed as one matrix product over the patch pixels (the same weights, timm's
+        layout), so that masked patches are never embedded: MAE discards 75% of them anyway.
+        """
         self.check(x)
-        return self.proj(x).flatten(2).transpose(1, 2)
+        patches = patchify(x, self.patch_size)  # (B, N, prod(patch) * C), pixels (patch..., C) inside
+        if ids_keep is not None:
+            patches = gather_tokens(patches, ids_keep)
+        weight = self.proj.weight  # (D, C, *patch) -> (D, *patch, C) to match the patch pixel order
+        weight = weight.permute(0, *range(2, weight.ndim), 1).reshape(weight.shape[0], -1)
+        return F.linear(patches, weight, self.proj.bias)
 
 
 class ViTEncoder(nn.Module):
@@ -160,6 +171,11 @@ class ViTEncoder(nn.Module):
     def forward_visible(self, x: torch.Tensor, ids_keep: torch.Tensor | None,
                         return_layers: Sequence[int] | None = None):
         """Encode only the tokens at `ids_keep` (B, K); returns (B, prefix + K, D)."""
+        if ids_keep is not None and isinstance(self.patch_embed, PatchEmbed):  # embed visible patches only
+            grid = self.patch_embed.check(x)
+            positions = self.positions(grid).expand(x.shape[0], -1, -1)
+            tokens = self.patch_embed(x, ids_keep) + gather_tokens(positions, ids_keep)
+            return self.forward_tokens(tokens, return_layers)
         tokens = self.embed(x)
         if ids_keep is not None:
             tokens = gather_tokens(tokens, ids_keep)
