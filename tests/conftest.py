@@ -35,6 +35,12 @@ def make_pngs():
     return write_pngs
 
 
+@pytest.fixture(scope="module")
+def make_pngs_module():
+    """`write_pngs` for module-scoped fixtures."""
+    return write_pngs
+
+
 @pytest.fixture
 def image_folder(tmp_path) -> Path:
     return write_pngs(tmp_path / "images", 24)
