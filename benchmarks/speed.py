@@ -43,7 +43,7 @@ import torch
 from torch import nn
 from torch.utils import flop_counter
 
-from mimkit.core.encoders import vit_size
+from mimkit.core.encoders import set_fused_attention, vit_size
 from mimkit.core.errors import ConfigError, TrainingError
 
 from .reference_mae import ReferenceMAE
@@ -96,6 +96,9 @@ class MimkitRunner(nn.Module):
             norm_pix_loss=True, spatial_dims=arch.spatial_dims)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        # as mimkit's training does (core.train.MIMModule.on_fit_start)
+        set_fused_attention(self.model, images.device.type, torch.is_autocast_enabled(images.device.type)
+                            and torch.get_autocast_dtype(images.device.type) == torch.bfloat16)
         return self.model({"image": images}).loss
 
 
@@ -153,6 +156,8 @@ class SelectiveRunner(nn.Module):
             decoder_num_heads=arch.decoder_heads, mlp_ratio=arch.mlp_ratio)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        set_fused_attention(self.model, images.device.type, torch.is_autocast_enabled(images.device.type)
+                            and torch.get_autocast_dtype(images.device.type) == torch.bfloat16)
         return self.model({"image": images}).loss
 
 

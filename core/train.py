@@ -22,6 +22,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import nn
 
+from .encoders import set_fused_attention
 from .errors import ConfigError, TrainingError
 from .methods.base import MIMMethod
 from .registry import build_method
@@ -117,6 +118,9 @@ class MIMModule(L.LightningModule):
         super().__init__()
         self.method, self.config = method, config
         self.last_loss: float | None = None
+
+    def on_fit_start(self) -> None:
+        set_fused_attention(self.method, self.device.type, "bf16" in str(self.trainer.precision))
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         torch.manual_seed(step_seed(self.config.seed, self.global_step * self.config.accumulate_grad_batches
