@@ -257,9 +257,9 @@ def evaluate_encoders(encoders: dict, protocols: Sequence[str], train_set, test_
             train = finetune_set if (protocol == "finetune" and finetune_set is not None) else train_set
             result = evaluate(encoder, protocol, train, test_set, **options.get(protocol, {}))
             for metric in ("accuracy", "balanced_accuracy", "auc_macro"):
-                if metric in result:
+                if result.get(metric) is not None:  # in percent, as papers (and the published registry) print them
                     rows.append({"protocol": protocol, "init": init, "metric": metric,
-                                 "value": round(float(result[metric]), 4), "num_train": len(train)})
+                                 "value": round(100 * float(result[metric]), 2), "num_train": len(train)})
     return rows
 
 

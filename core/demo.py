@@ -102,7 +102,8 @@ def run_demo(out: str | Path = "runs/demo", steps: int | None = None, quick: boo
         f"{summary['images_per_second']} images/s, final loss {summary['final_loss']:.4f}.",
         f"Data: {len(dataset)} unlabelled training images (pretraining), {len(train_set)} labelled for kNN / "
         f"linear probe, {len(few)} ({LABELS_PER_CLASS} per class) for fine-tuning, {len(test_set)} test images.",
-        f"Total time {minutes:.1f} min.", "", markdown_table(table, ["protocol", "metric", "pretrained", "random", "gain"]),
+        f"Total time {minutes:.1f} min.", "",
+        markdown_table(table, ["protocol", "metric (%)", "pretrained", "random", "gain"]),
         "", "Reconstructions: run/pictures/reconstruction.png; loss curve: run/pictures/loss_curve.png.", ""])
     (out / "report.md").write_text(report)
     print(report)
@@ -120,11 +121,12 @@ def pivot(rows: list[dict]) -> list[dict]:
     """Rows (protocol, init, metric, value) -> one row per (protocol, metric) with both inits side by side."""
     table: dict[tuple, dict] = {}
     for row in rows:
-        entry = table.setdefault((row["protocol"], row["metric"]), {"protocol": row["protocol"], "metric": row["metric"]})
+        entry = table.setdefault((row["protocol"], row["metric"]),
+                                 {"protocol": row["protocol"], "metric (%)": row["metric"]})
         entry[row["init"]] = row["value"]
     for entry in table.values():
         if "pretrained" in entry and "random" in entry:
-            entry["gain"] = round(entry["pretrained"] - entry["random"], 4)
+            entry["gain"] = round(entry["pretrained"] - entry["random"], 2)
     return list(table.values())
 
 

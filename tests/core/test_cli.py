@@ -37,7 +37,7 @@ def test_common_path_pretrain_evaluate_reconstruct_export(tmp_path, labelled_fol
     assert "| knn | pretrained | accuracy |" in printed and "| knn | random | accuracy |" in printed
     results = json.loads((run / "metrics.json").read_text())["results"]
     assert {(r["protocol"], r["init"]) for r in results} == {("knn", "pretrained"), ("knn", "random")}
-    assert all(0.0 <= r["value"] <= 1.0 and r["num_train"] == 30 for r in results)
+    assert all(0.0 <= r["value"] <= 100.0 and r["num_train"] == 30 for r in results)  # percent
 
     picture = tmp_path / "recon.png"
     assert main(["reconstruct", "--run", str(run), "--data", str(test), "--out", str(picture), "--count", "3"]) == 0

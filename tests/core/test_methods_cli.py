@@ -50,7 +50,7 @@ def test_pretrain_then_knn_from_the_command_line(name, folders, teacher, tmp_pat
     assert main(["evaluate", "--run", str(run), "--protocol", "knn", "--train", str(train), "--test", str(test),
                  "--k", "3"]) == 0
     results = json.loads((run / "metrics.json").read_text())["results"]
-    assert [r["protocol"] for r in results] == ["knn", "knn"] and 0 <= results[0]["value"] <= 1
+    assert [r["protocol"] for r in results] == ["knn", "knn"] and 0 <= results[0]["value"] <= 100
 
 
 def test_teacher_methods_refuse_a_missing_teacher_file(folders, tmp_path, capsys):

@@ -1,0 +1,26 @@
+"""The demo's data and report: real digits written in the layout a user's data takes."""
+from PIL import Image
+
+from mimkit.core.data import ImageFolderDataset
+from mimkit.core.demo import TEST_FRACTION, pivot, write_digits
+
+
+def test_digits_are_written_as_pretrain_train_and_test_folders(tmp_path):
+    folders = write_digits(tmp_path)
+    pretrain = sorted(folders["pretrain"].glob("*.png"))
+    train = ImageFolderDataset(folders["train"], img_size=32, patch_size=4, transform="eval", labelled=True)
+    test = ImageFolderDataset(folders["test"], img_size=32, patch_size=4, transform="eval", labelled=True)
+    assert len(pretrain) + len(test) == 1797 and len(train) == len(pretrain)
+    assert abs(len(test) / 1797 - TEST_FRACTION) < 0.01
+    assert train.classes == [str(d) for d in range(10)] and test.classes == train.classes
+    # pretraining images carry no labels, and no test image is among them
+    assert {p.name for p in pretrain}.isdisjoint(p.name for p in test.files)
+    image = Image.open(pretrain[0])
+    assert image.size == (32, 32) and image.mode == "L"
+
+
+def test_pivot_puts_both_initialisations_side_by_side():
+    rows = [{"protocol": "knn", "init": "pretrained", "metric": "accuracy", "value": 84.6},
+            {"protocol": "knn", "init": "random", "metric": "accuracy", "value": 75.4}]
+    assert pivot(rows) == [{"protocol": "knn", "metric (%)": "accuracy", "pretrained": 84.6, "random": 75.4,
+                            "gain": 9.2}]
