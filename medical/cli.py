@@ -262,7 +262,7 @@ def cmd_finetune(args) -> None:
         for init, encoder in encoders.items():
             result = finetune_segmentation(encoder, train, test, **options)
             rows.append({"protocol": "segmentation", "init": init, "metric": "dice_mean",
-                         "value": round(result["dice_mean"], 4), "num_train": len(train), "steps": options["steps"],
+                         "value": round(100 * result["dice_mean"], 2), "num_train": len(train), "steps": options["steps"],
                          "dice_per_class": result["dice_per_class"]})
         _finish(args, rows, ["protocol", "init", "metric", "value", "num_train", "steps"])
         return
@@ -344,7 +344,7 @@ def cmd_anomaly(args) -> None:
                        normal=int((labels == 0).sum()))
         if auc is not None:
             update_metrics(args.run, {"results": [{"protocol": "anomaly", "init": "pretrained", "metric": "auroc",
-                                                   "value": round(auc, 4), "data": root.resolve().name}]})
+                                                   "value": round(100 * auc, 2), "data": root.resolve().name}]})
     print(json.dumps(summary, indent=2))
 
 

@@ -65,7 +65,7 @@ def test_ct_pretraining_stores_its_preprocessing_then_segments(tmp_path, data, c
                  "--compare-random-init"]) == 0
     results = json.loads((run / "metrics.json").read_text())["results"]
     assert {(r["protocol"], r["init"]) for r in results} == {("segmentation", "pretrained"), ("segmentation", "random")}
-    assert all(0.0 <= r["value"] <= 1.0 and len(r["dice_per_class"]) == 3 for r in results)
+    assert all(0.0 <= r["value"] <= 100.0 and len(r["dice_per_class"]) == 3 for r in results)
 
     capsys.readouterr()
     assert main(["bench", "--task", "synthetic-organs-segmentation", "--root", str(data["organs"]), "--run", str(run),
