@@ -26,10 +26,8 @@ DATA_KEYS = ("img_size", "crop_scale", "hflip", "mean", "std", "crop_pct")
 
 
 # ------------------------------------------------------------------------------------------ recipes
-def read_recipe(path: str | Path | None) -> dict:
-    """A recipe YAML: {method, model: {...}, train: {...}, data: {...}}; a clear error for anything else."""
-    if path is None:
-        return {}
+def read_yaml_mapping(path: str | Path) -> dict:
+    """A YAML file holding a mapping; a clear error naming the file for anything else."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"recipe {path} does not exist")
@@ -37,8 +35,18 @@ def read_recipe(path: str | Path | None) -> dict:
         recipe = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"recipe {path} is not valid YAML: {error}") from None
+    if not isinstance(recipe, dict):
+        raise ConfigError(f"recipe {path} must be a mapping of sections (method, model, train, data)")
+    return recipe
+
+
+def read_recipe(path: str | Path | None) -> dict:
+    """A pretraining recipe: {method, model: {...}, train: {...}, data: {...}}; a clear error for anything else."""
+    if path is None:
+        return {}
+    recipe = read_yaml_mapping(path)
     allowed = {"method", "model", "train", "data", "finetune", "description", "source", "evaluate"}
-    unknown = set(recipe) - allowed if isinstance(recipe, dict) else {"<not a mapping>"}
+    unknown = set(recipe) - allowed
     if unknown:
         raise ConfigError(f"recipe {path}: unknown section(s) {sorted(unknown)}; expected {sorted(allowed)}")
     return recipe

@@ -16,7 +16,7 @@ from typing import Sequence
 import yaml
 
 from mimkit.core.cli import (add_pretrain_arguments, evaluate_encoders, few_labels, load_run, markdown_table,
-                             read_recipe, run_command, run_pretrain)
+                             read_recipe, read_yaml_mapping, run_command, run_pretrain)
 from mimkit.core.errors import ConfigError
 
 from .data import (CACHES, LAYOUTS, MODALITIES, SYNTHETIC_KINDS, UNCERTAINTY_POLICIES, UnifiedDataset,
@@ -227,15 +227,7 @@ def _finetune_recipe(path: str | None, segmentation: bool = False) -> tuple[dict
 
     if path is None:
         return {}, {}
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"recipe {file} does not exist")
-    try:
-        recipe = yaml.safe_load(file.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"recipe {file} is not valid YAML: {error}") from None
-    if not isinstance(recipe, dict):
-        raise ConfigError(f"recipe {file} must be a mapping with a train section")
+    recipe = read_yaml_mapping(path)
     allowed = set(inspect.signature(finetune_segmentation if segmentation else finetune).parameters) - {
         "encoder", "train_set", "test_set", "return_model", "device"}
     train = {k: v for k, v in (recipe.get("train") or recipe.get("finetune") or {}).items() if k in allowed}
