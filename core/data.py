@@ -206,9 +206,33 @@ class NormalisedDataset(Dataset):
         return len(self.classes)
 
 
-def _list_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+def list_files(folder: Path, suffixes: Sequence[str] = IMAGE_SUFFIXES) -> list[Path]:
+    """Files with one of `suffixes` under `folder`, recursively, sorted; hidden files and folders skipped."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in suffixes and p.is_file()
                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def scan_folder(root: Path, suffixes: Sequence[str] = IMAGE_SUFFIXES, labelled: bool | None = None
+                ) -> tuple[list[Path], list[int], list[str], bool]:
+    """(files, class indices, class names, labelled) of a class-subfolder or flat folder.
+
+    `labelled=None` decides from the layout: files directly under `root` mean a flat, unlabelled folder
+    (searched recursively); only subfolders mean one subfolder per class.
+    """
+    top_files = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in suffixes]
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if labelled is None:
+        labelled = not top_files and bool(folders)
+    if not labelled:
+        return list_files(root, suffixes), [], [], False
+    files, targets, classes = [], [], []
+    for folder in folders:
+        found = list_files(folder, suffixes)
+        if found:
+            files += found
+            targets += [len(classes)] * len(found)
+            classes.append(folder.name)
+    return files, targets, classes, True
 
 
 class ImageFolderDataset(NormalisedDataset):
@@ -246,20 +270,7 @@ class ImageFolderDataset(NormalisedDataset):
             raise DataError(f"data folder {self.root} does not exist")
         if not self.root.is_dir():
             raise DataError(f"data path {self.root} is a file; expected a folder of images")
-        top_files = [p for p in self.root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
-        folders = sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        if labelled is None:  # images directly under root mean a flat, unlabelled folder
-            labelled = not top_files and bool(folders)
-        files, targets, classes = [], [], []
-        if labelled:
-            for folder in folders:
-                found = _list_files(folder)
-                if found:
-                    files += found
-                    targets += [len(classes)] * len(found)
-                    classes.append(folder.name)
-        else:
-            files = _list_files(self.root)
+        files, targets, classes, labelled = scan_folder(self.root, IMAGE_SUFFIXES, labelled)
         if not files:
             raise DataError(f"no image files under {self.root} "
                             f"({'class subfolders' if labelled else 'searched recursively'}; "

@@ -39,8 +39,8 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 from torch.utils.data import Dataset
 
-from mimkit.core.data import (ChannelStats, NormalisedDataset, center_crop_transform, eval_transform,
-                              mae_train_transform, normalisation_stats)
+from mimkit.core.data import (ChannelStats, NormalisedDataset, center_crop_transform, eval_transform, list_files,
+                              mae_train_transform, normalisation_stats, scan_folder)
 from mimkit.core.errors import ConfigError, DataError
 from mimkit.core.tokens import as_tuple, grid_shape
 
@@ -310,7 +310,7 @@ def write_tiles(scenes: Sequence[str | Path], out: str | Path, tile_size: int | 
     for scene in scenes:
         scene = Path(scene)
         if scene.is_dir():
-            files += _list_rasters(scene)
+            files += list_files(scene, RASTER_SUFFIXES)
         elif scene.is_file():
             files.append(scene)
         else:
@@ -423,11 +423,6 @@ def _transform(name_or_compose, img_size):
     return "custom", name_or_compose
 
 
-def _list_rasters(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in RASTER_SUFFIXES and p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-
-
 def _scaled(image: np.ndarray, scale: float | None, offset: float) -> np.ndarray:
     image = image.astype(np.float32)
     if scale is not None:
@@ -487,20 +482,9 @@ class GeoTiffDataset(NormalisedDataset):
             raise DataError(f"data path {root} does not exist")
         if root.is_file():
             return root.parent, [root], [], []
-        top = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES]
-        folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        if labelled is None:
-            labelled = not top and bool(folders) and self.mask_root is None
-        files, targets, classes = [], [], []
-        if labelled:
-            for folder in folders:
-                found = _list_rasters(folder)
-                if found:
-                    files += found
-                    targets += [len(classes)] * len(found)
-                    classes.append(folder.name)
-        else:
-            files = _list_rasters(root)
+        if labelled is None and self.mask_root is not None:  # segmentation pairs: images, not classes
+            labelled = False
+        files, targets, classes, labelled = scan_folder(root, RASTER_SUFFIXES, labelled)
         if not files:
             raise DataError(f"no GeoTIFF files (.tif, .tiff) under {root} "
                             f"({'class subfolders' if labelled else 'searched recursively'})")
