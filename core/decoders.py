@@ -22,6 +22,18 @@ def restore_tokens(visible: torch.Tensor, ids_restore: torch.Tensor, mask_token:
     return gather_tokens(filled, ids_restore)
 
 
+def decoder_input(decoder: nn.Module, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+    """A decoder's input: embed the encoder's tokens, put mask tokens at the hidden positions, add the fixed
+    positions. `decoder` has `embed`, `mask_token`, `pos_embed`, `grid` and `num_prefix_tokens` (MAE's layout)."""
+    x = decoder.embed(latent)
+    prefix, visible = x[:, :decoder.num_prefix_tokens], x[:, decoder.num_prefix_tokens:]
+    x = restore_tokens(visible, ids_restore, decoder.mask_token)
+    if ids_restore.shape[1] != decoder.pos_embed.shape[1]:
+        raise DataError(f"the decoder was built for a {decoder.grid} token grid ({decoder.pos_embed.shape[1]} "
+                        f"tokens), got {ids_restore.shape[1]} tokens: use images of the model's size")
+    return torch.cat([prefix, x + decoder.pos_embed], dim=1)
+
+
 class MAEDecoder(nn.Module):
     """MAE's lightweight decoder: embed, insert mask tokens, add sin-cos positions, blocks, predict patches."""
 
@@ -44,14 +56,7 @@ class MAEDecoder(nn.Module):
 
     def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """latent (B, prefix + K, D_enc) -> predictions for every token (B, N, out_dim)."""
-        x = self.embed(latent)
-        prefix, visible = x[:, :self.num_prefix_tokens], x[:, self.num_prefix_tokens:]
-        x = restore_tokens(visible, ids_restore, self.mask_token)
-        pos = self.pos_embed
-        if ids_restore.shape[1] != pos.shape[1]:
-            raise DataError(f"the decoder was built for a {self.grid} token grid ({pos.shape[1]} tokens), "
-                            f"got {ids_restore.shape[1]} tokens: pretrain at the model's image size")
-        x = torch.cat([prefix, x + pos], dim=1)
+        x = decoder_input(self, latent, ids_restore)
         for block in self.blocks:
             x = block(x)
         return self.pred(self.norm(x))[:, self.num_prefix_tokens:]
@@ -189,13 +194,7 @@ class HierarchicalDecoder(nn.Module):
         if len(contexts) != len(self.cross_blocks):
             raise ConfigError(f"the decoder has {len(self.cross_blocks)} cross-attention blocks but got "
                               f"{len(contexts)} encoder layers to read")
-        x = self.embed(latent)
-        prefix, visible = x[:, :self.num_prefix_tokens], x[:, self.num_prefix_tokens:]
-        x = restore_tokens(visible, ids_restore, self.mask_token)
-        if ids_restore.shape[1] != self.pos_embed.shape[1]:
-            raise DataError(f"the decoder was built for a {self.grid} token grid ({self.pos_embed.shape[1]} tokens), "
-                            f"got {ids_restore.shape[1]} tokens: pretrain at the model's image size")
-        x = torch.cat([prefix, x + self.pos_embed], dim=1)
+        x = decoder_input(self, latent, ids_restore)
         for block in self.blocks:
             x = block(x)
         for block, proj, context in zip(self.cross_blocks, self.context_proj, contexts):

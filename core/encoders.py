@@ -158,14 +158,7 @@ class ViTEncoder(nn.Module):
         if self.cls_token is not None:
             cls = (self.cls_token + self.pos_embed[:, :1]).expand(tokens.shape[0], -1, -1)
             tokens = torch.cat([cls, tokens], dim=1)
-        hidden = []
-        wanted = set(return_layers or ())
-        for i, block in enumerate(self.blocks, start=1):
-            tokens = block(tokens)
-            if i in wanted:
-                hidden.append(tokens)
-        out = self.norm(tokens)
-        return (out, hidden) if return_layers is not None else out
+        return run_blocks(self.blocks, self.norm, tokens, return_layers)
 
     # ------------------------------------------------------------------ public interface
     def forward_visible(self, x: torch.Tensor, ids_keep: torch.Tensor | None,
@@ -297,6 +290,19 @@ def set_fused_attention(model: nn.Module, device_type: str, bf16: bool) -> nn.Mo
         if hasattr(module, "fused_attn"):
             module.fused_attn = fused
     return model
+
+
+def run_blocks(blocks: Sequence[nn.Module], norm: nn.Module, tokens: torch.Tensor,
+               return_layers: Sequence[int] | None = None):
+    """Run the blocks and the final norm; with `return_layers` (1-based) also those blocks' outputs."""
+    hidden = []
+    wanted = set(return_layers or ())
+    for i, block in enumerate(blocks, start=1):
+        tokens = block(tokens)
+        if i in wanted:
+            hidden.append(tokens)
+    out = norm(tokens)
+    return (out, hidden) if return_layers is not None else out
 
 
 def gather_tokens(tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -617,14 +623,7 @@ class ChannelViTEncoder(ViTEncoder):
         if self.memory_tokens is not None:
             prefix.append(self.memory_tokens.expand(tokens.shape[0], -1, -1))
         tokens = torch.cat(prefix + [tokens], dim=1)
-        hidden = []
-        wanted = set(return_layers or ())
-        for i, block in enumerate(self.blocks, start=1):
-            tokens = block(tokens)
-            if i in wanted:
-                hidden.append(tokens)
-        out = self.norm(tokens)
-        return (out, hidden) if return_layers is not None else out
+        return run_blocks(self.blocks, self.norm, tokens, return_layers)
 
     def forward_visible(self, x: torch.Tensor, ids_keep: torch.Tensor | None,
                         return_layers: Sequence[int] | None = None, channel_ids=None):

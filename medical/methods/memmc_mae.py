@@ -18,9 +18,9 @@ from timm.layers import Mlp
 from timm.models.vision_transformer import Attention
 from torch import nn
 
-from mimkit.core.decoders import CrossAttention, restore_tokens
+from mimkit.core.decoders import CrossAttention, decoder_input
 from mimkit.core.encoders import LayerNorm, build_encoder, init_weights
-from mimkit.core.errors import ConfigError, DataError
+from mimkit.core.errors import ConfigError
 from mimkit.core.masking import Mask, RandomMasker, RatioSchedule
 from mimkit.core.methods.base import MIMMethod, MIMOutput
 from mimkit.core.registry import register_method
@@ -114,13 +114,7 @@ class MultiLevelDecoder(nn.Module):
         nn.init.normal_(self.mask_token, std=0.02)
 
     def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor, levels: Sequence[torch.Tensor]) -> torch.Tensor:
-        x = self.embed(latent)
-        prefix, visible = x[:, :self.num_prefix_tokens], x[:, self.num_prefix_tokens:]
-        x = restore_tokens(visible, ids_restore, self.mask_token)
-        if x.shape[1] != self.pos_embed.shape[1]:
-            raise DataError(f"the decoder was built for a {self.grid} token grid ({self.pos_embed.shape[1]} tokens), "
-                            f"got {x.shape[1]} tokens: use images of the model's size")
-        x = torch.cat([prefix, x + self.pos_embed], dim=1)
+        x = decoder_input(self, latent, ids_restore)
         for block in self.blocks:
             x = block(x, levels)
         return self.pred(self.norm(x))[:, self.num_prefix_tokens:]
