@@ -3,8 +3,11 @@
 Only figures read in a table of their source are here. SelectiveMAE: the official repository's README table
 "Results on downstream tasks" (the paper's ViT-B / ViT-L models pretrained on OpticalRS-4M and OpticalRS-13M);
 its object-detection columns (DIOR, DIOR-R mAP50) are left out because mimkit has no detection protocol.
-SMARTIES and ChA-MAEViT print their EuroSAT / BigEarthNet / So2Sat figures only in their papers' tables, which we
-could not read in full, so none of their figures is registered yet.
+ChA-MAEViT: the paper's Table 1 ("Comparison of channel adaptive models"; mean of three runs, ViT-S backbone), read
+in a full-text copy of the NeurIPS 2025 paper and matched by an independent paper note; image sizes are those of the
+official repository's training-log configurations (chaudatascience/cha_mae_vit, training_logs/). SMARTIES prints its
+EuroSAT / BigEarthNet figures only in its paper's tables (its README and project page list no numbers), which we
+could not read, so none of its figures is registered yet.
 """
 from __future__ import annotations
 
@@ -41,4 +44,35 @@ SELECTIVE_MAE_RESULTS = [
     *_models("OpticalRS-13M", "ViT-L/16", (97.49, 98.52), (94.73, 96.36), 53.92, 79.48),
 ]
 
+
+CHA_MAE_SOURCE = ("Pham, Caicedo and Plummer, ChA-MAEViT: Unifying Channel-Aware Masked Autoencoders and Multi-Channel "
+                  "Vision Transformers for Improved Cross-Channel Learning, NeurIPS 2025 (arXiv:2503.19331)")
+_CHA_TABLE = "Table 1, Comparison of channel adaptive models"
+# The paper trains its task loss jointly with the reconstruction loss (no separate pretraining stage).
+_CHA_JOINT = "classification loss trained jointly with the reconstruction loss"
+
+
+def _cha(value: float, spread: float, data: str, protocol: str, metric: str, img_size: int, setting: str,
+         note: str) -> PublishedResult:
+    return PublishedResult(value=value, metric=metric, protocol=protocol, model="ViT-S", method="cha_mae", data=data,
+                           source=CHA_MAE_SOURCE, table=_CHA_TABLE, img_size=img_size,
+                           setting=f"{_CHA_JOINT}; {setting}",
+                           note=f"{note}; mean ± {spread} over three runs; encoder of 11 blocks (one removed to fit "
+                                f"the decoder)")
+
+
+CHA_MAE_RESULTS = [
+    _cha(67.44, 0.38, "So2Sat LCZ42", "finetune", "accuracy", 32, "city split, all 18 channels at test (Full)",
+         "top-1 accuracy (%)"),
+    _cha(52.11, 0.49, "So2Sat LCZ42", "finetune", "accuracy", 32,
+         "city split, the 8 Sentinel-1 channels only at test (Partial)", "top-1 accuracy (%)"),
+    _cha(90.73, 0.14, "JUMP-CP", "finetune", "accuracy", 224, "plate BR00116991, all 8 channels at test (Full)",
+         "top-1 accuracy (%), 161 classes"),
+    _cha(68.05, 0.21, "JUMP-CP", "finetune", "accuracy", 224,
+         "plate BR00116991, the 5 fluorescence channels only at test (Partial)", "top-1 accuracy (%), 161 classes"),
+    _cha(74.63, 0.54, "CHAMMI", "knn", "f1", 224, "features scored by the CHAMMI benchmark's nearest-neighbour "
+         "classifier", "average F1 score (%) over the WTC-11 and HPA tasks"),
+]
+
 register_results(SELECTIVE_MAE_RESULTS)
+register_results(CHA_MAE_RESULTS)
