@@ -188,3 +188,29 @@ register_results([
               note="the ICLR 2023 submission's abstract gives 85.8 for MR-MCMAE (with masked convolution stages, "
                    "not in mimkit) and 85.0 for MR-MAE after 200 epochs"),
 ])
+
+
+# ---------------------------------------------------------------------------------------------- DMJD
+DMJD_REPO = ("mx-mark/DMJD, README.md 'Main results on ImageNet-1K', official code of Ma et al., Disjoint Masking with "
+             "Joint Distillation for Efficient Masked Image Modeling, arXiv:2301.00230 (IEEE TMM 2023)")
+_DMJD_TABLE = "Main results on ImageNet-1K (README)"
+
+
+def _dmjd(value: float, protocol: str, model: str, epochs: int, note: str) -> PublishedResult:
+    # `epochs` is the README's ETE column ("effective training epochs", as the paper's abstract calls them).
+    return PublishedResult(value=value, metric="top1", protocol=protocol, model=model, method="dmjd",
+                           data="ImageNet-1K", source=DMJD_REPO, table=_DMJD_TABLE,
+                           setting=f"{epochs} effective training epochs, HOG targets", note=note)
+
+
+_DMJD_VIT = "MaskFeat + DMJD; the README writes 'ViT-B' (its ViT code defaults to 16-pixel patches)"
+_DMJD_CONVIT = "ConvMAE + DMJD on the hybrid convolution-transformer ConViT backbone, not implemented in mimkit"
+
+register_results([
+    _dmjd(84.1, "finetune", "ViT-B/16", 1600, _DMJD_VIT),
+    _dmjd(71.9, "linear", "ViT-B/16", 1600, _DMJD_VIT),
+    _dmjd(85.2, "finetune", "ConViT-B", 800, _DMJD_CONVIT),
+    _dmjd(76.7, "linear", "ConViT-B", 800, _DMJD_CONVIT),
+    _dmjd(86.3, "finetune", "ConViT-L", 800, _DMJD_CONVIT),
+    _dmjd(79.7, "linear", "ConViT-L", 800, _DMJD_CONVIT),
+])
