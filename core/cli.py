@@ -91,6 +91,9 @@ def add_pretrain_arguments(parser: argparse.ArgumentParser, default_method: str 
     parser.add_argument("--out", required=True, help="run folder to create (or continue with --resume)")
     parser.add_argument("--method", default=None, help=f"method name (default {default_method}; see `mimkit methods`)")
     parser.add_argument("--config", help="recipe YAML with method/model/train/data sections")
+    parser.add_argument("--pretrained", metavar="PATH",
+                        help="start from local weights: a mimkit run's model.safetensors, an official MAE checkpoint "
+                        "(with or without decoder) or a timm ViT state dict (format detected; nothing downloaded)")
     model = parser.add_argument_group("model")
     model.add_argument("--img-size", type=int, nargs="+", help="image size: one value, or H W (or D H W for 3D)")
     model.add_argument("--patch-size", type=int, nargs="+", help="patch size (default 16)")
@@ -201,9 +204,10 @@ def run_pretrain(args, dataset_builder: Callable = build_pretrain_dataset, defau
     print(f"mimkit: pretraining {run['method']} on {len(dataset)} images from {args.data}"
           f"{f' ({skipped} unreadable files skipped)' if skipped else ''}; effective batch {config.effective_batch}, "
           f"lr {config.learning_rate:.3g}, {config.max_steps} steps -> {out}", file=sys.stderr)
+    source = {"data": str(args.data), **({"pretrained": str(args.pretrained)} if args.pretrained else {})}
     summary = pretrain(run["method"], dataset, out, config, method_config=model, resume=args.resume,
                        run_config={"method": run["method"], "model": model, "train": train, "data": run["data"],
-                                   "source": {"data": str(args.data)}})
+                                   "source": source}, pretrained=args.pretrained)
     if summary:
         print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
     return summary
@@ -391,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "and fine-tuning with 10 labels per class. Writes report.md, metrics.json and pictures.")
     demo.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     demo.add_argument("--steps", type=int, help="pretraining steps (default 1200)")
-    demo.add_argument("--quick", action="store_true", help="a 2-minute smoke run with fewer steps and epochs")
+    demo.add_argument("--quick", action="store_true", help="a smoke run: 60 steps and short evaluations (its numbers mean nothing)")
     demo.add_argument("--precision", choices=["32", "bf16-mixed"], default="32")
     demo.add_argument("--num-workers", type=int, default=1)
     demo.set_defaults(func=cmd_demo)

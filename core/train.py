@@ -225,13 +225,32 @@ def save_reconstruction(method: MIMMethod, batch: dict | None, path: Path) -> Pa
         method.train(was_training)
 
 
+def load_initial_weights(method: MIMMethod, path: str | Path) -> dict:
+    """Start from a local file: the whole method when the file has it (mimkit, official MAE with decoder),
+    else the encoder alone (timm, encoder-only MAE) with the rest freshly initialised. Returns the report."""
+    from .checkpoints import load_encoder, load_method_weights
+    from .errors import CheckpointError
+
+    try:
+        return load_method_weights(method, path, strict=True)
+    except CheckpointError as whole_error:
+        try:
+            report = load_encoder(method.encoder, path, strict=True)
+        except CheckpointError as encoder_error:
+            raise CheckpointError(f"{path} fits neither the whole {getattr(method, 'method_name', 'method')} "
+                                  f"({whole_error}) nor its encoder ({encoder_error})") from None
+        log.info("initialised the encoder from %s; the other parts start fresh", path)
+        return {**report, "scope": "encoder"}
+
+
 def pretrain(method: str | MIMMethod, dataset, out_dir: str | Path, config: TrainConfig | None = None, *,
              method_config: dict | None = None, resume: bool = False, callbacks: Sequence[Callback] = (),
-             run_config: dict | None = None) -> dict[str, Any]:
+             run_config: dict | None = None, pretrained: str | Path | None = None) -> dict[str, Any]:
     """Pretrain `method` (a name or a built method) on `dataset` and write one run folder.
 
     The folder holds `config.yaml` (written by the caller or from `run_config`), `metrics.json`,
     `checkpoints/` (Lightning checkpoints, `last.ckpt` for --resume), `model.safetensors` and `pictures/`.
+    `pretrained` starts a new run from a local weights file (see `load_initial_weights`).
     Returns the training summary that is also stored under "train" in metrics.json.
     """
     from .checkpoints import save_method
@@ -252,6 +271,8 @@ def pretrain(method: str | MIMMethod, dataset, out_dir: str | Path, config: Trai
         raise ConfigError(f"--resume: no checkpoint to resume from at {last}")
     if not resume and last.exists():
         raise ConfigError(f"{out_dir} already holds a run; pass --resume to continue it or choose another --out")
+    if pretrained is not None and not resume:  # a resumed run restores its own weights
+        load_initial_weights(method, pretrained)
     out_dir.mkdir(parents=True, exist_ok=True)
     if run_config is not None:
         import yaml

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 import timm
 import yaml
@@ -125,3 +126,28 @@ def test_methods_and_help_from_the_installed_command():
     assert "--resume" in helped.stdout and "--strict-data" in helped.stdout and "--max-time" in helped.stdout
     args = subprocess.run([Path(sys.executable).parent / "mimkit", "methods", "mae"], capture_output=True, text=True)
     assert "mask_ratio = 0.75" in args.stdout and "norm_pix_loss = True" in args.stdout
+
+
+def test_pretrained_starts_a_new_run_from_local_weights(tmp_path, image_folder, capsys):
+    first = tmp_path / "first"
+    assert pretrain(image_folder, first, "--max-steps", "2") == 0
+    # lr 0: the second run's weights stay exactly those it started from
+    second = tmp_path / "second"
+    assert pretrain(image_folder, second, "--max-steps", "1", "--lr", "0", "--pretrained",
+                    str(first / "model.safetensors")) == 0
+    a, b = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert yaml.safe_load((second / "config.yaml").read_text())["source"]["pretrained"].endswith("model.safetensors")
+    # an encoder-only timm file initialises the encoder; the decoder starts fresh
+    exported = tmp_path / "encoder.safetensors"
+    assert main(["export", "--run", str(first), "--out", str(exported)]) == 0
+    third = tmp_path / "third"
+    assert pretrain(image_folder, third, "--max-steps", "1", "--lr", "0", "--pretrained", str(exported)) == 0
+    c = load_file(third / "model.safetensors")
+    assert all(torch.equal(a[k], c[k]) for k in a if k.startswith("encoder."))
+    # a file that fits nothing is one clear error
+    bad = tmp_path / "bad.safetensors"
+    from safetensors.torch import save_file
+    save_file({"something": torch.zeros(3)}, str(bad))
+    assert pretrain(image_folder, tmp_path / "fourth", "--max-steps", "1", "--pretrained", str(bad)) == 2
+    assert "bad.safetensors" in capsys.readouterr().err
