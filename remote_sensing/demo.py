@@ -92,7 +92,7 @@ def run_demo(out: str | Path = "runs/rs-demo", quick: bool = False, steps: int |
         f"Data: {len(dataset)} unlabelled tiles (EuroSAT-shaped synthetic copy, training split), "
         f"{segmentation_tiles} segmentation tiles per split; values are percentages.",
         f"Total time {minutes:.1f} min.", "",
-        markdown_table(table, ["protocol", "metric", "pretrained", "random", "gain"]), "",
+        markdown_table(table, ["protocol", "metric (%)", "pretrained", "random", "gain"]), "",
         f"Reconstructions (RGB = B04, B03, B02): {picture or 'run/pictures/reconstruction.png'}; "
         "loss curve: run/pictures/loss_curve.png.", ""])
     (out / "report.md").write_text(report)
