@@ -69,6 +69,9 @@ def _torch_load(path: Path):
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        if "Unsupported operand" in str(error) or "invalid load key" in str(error):
+            raise CheckpointError(f"checkpoint {path} is not a PyTorch or safetensors file (corrupt, or another "
+                                  f"format)") from None
         raise CheckpointError(
             f"checkpoint {path} holds objects other than tensors and plain containers, so it is refused: "
             f"unpickling them could run code (mimkit loads with torch.load(weights_only=True)); "

@@ -238,3 +238,13 @@ def test_strict_false_reports_missing(tmp_path):
         load_encoder(tiny_mae(1).encoder, tmp_path / "partial.pth")
     report = load_encoder(tiny_mae(1).encoder, tmp_path / "partial.pth", strict=False)
     assert report["missing"] and all(k.startswith("blocks.1.") for k in report["missing"])
+
+
+def test_a_text_file_is_named_as_not_a_checkpoint(tmp_path):
+    from mimkit.core.checkpoints import read_state_dict
+    from mimkit.core.errors import CheckpointError
+
+    path = tmp_path / "notes.pth"
+    path.write_text("these are notes, not weights\n")
+    with pytest.raises(CheckpointError, match="notes.pth is not a PyTorch or safetensors file"):
+        read_state_dict(path)
