@@ -244,7 +244,11 @@ def test_a_text_file_is_named_as_not_a_checkpoint(tmp_path):
     from mimkit.core.checkpoints import read_state_dict
     from mimkit.core.errors import CheckpointError
 
-    path = tmp_path / "notes.pth"
-    path.write_text("these are notes, not weights\n")
-    with pytest.raises(CheckpointError, match="notes.pth is not a PyTorch or safetensors file"):
-        read_state_dict(path)
+    for name, text in (("word.pth", "garbage\n"), ("notes.pth", "these are notes, not weights\n")):
+        path = tmp_path / name
+        path.write_text(text)
+        with pytest.raises(CheckpointError) as error:
+            read_state_dict(path)
+        message = str(error.value)
+        assert name in message and "refused" not in message  # not mistaken for an unsafe pickle
+        assert "is not a PyTorch or safetensors file" in message or "cannot be read as a PyTorch file" in message
