@@ -54,7 +54,7 @@ def run_demo(out: str | Path = "runs/demo", steps: int | None = None, quick: boo
     """Pretrain, evaluate against random init, and write report.md / metrics.json / pictures."""
     import torch
 
-    from .cli import evaluate_encoders, few_labels, labelled_dataset, markdown_table
+    from .cli import evaluate_encoders, few_labels, labelled_dataset
     from .data import ImageFolderDataset, mae_train_transform
     from .registry import build_method
     from .train import TrainConfig, pretrain, update_metrics
@@ -94,17 +94,26 @@ def run_demo(out: str | Path = "runs/demo", steps: int | None = None, quick: boo
     for row in rows:
         row["data"] = "sklearn-digits-32px"
     update_metrics(run_dir, {"results": rows})
-    table = pivot(rows)
+    data_line = (f"Data: {len(dataset)} unlabelled training images (pretraining), {len(train_set)} labelled for kNN "
+                 f"/ linear probe, {len(few)} ({LABELS_PER_CLASS} per class) for fine-tuning, {len(test_set)} test "
+                 f"images.")
+    return write_report(out, "mimkit demo: MAE on real handwritten digits (scikit-learn), pretrained vs random init",
+                        summary, data_line, rows, started, "Reconstructions: run/pictures/reconstruction.png")
+
+
+def write_report(out: Path, title: str, summary: dict, data_line: str, rows: list[dict], started: float,
+                 pictures_line: str) -> dict:
+    """A demo's report.md (printed too): the pretraining summary, the data, and pretrained vs random init."""
+    from .cli import markdown_table
+
     minutes = (time.perf_counter() - started) / 60
     report = "\n".join([
-        "# mimkit demo: MAE on real handwritten digits (scikit-learn), pretrained vs random init", "",
+        f"# {title}", "",
         f"Pretraining: {summary['steps']} steps, effective batch {summary['effective_batch']}, "
         f"{summary['images_per_second']} images/s, final loss {summary['final_loss']:.4f}.",
-        f"Data: {len(dataset)} unlabelled training images (pretraining), {len(train_set)} labelled for kNN / "
-        f"linear probe, {len(few)} ({LABELS_PER_CLASS} per class) for fine-tuning, {len(test_set)} test images.",
-        f"Total time {minutes:.1f} min.", "",
-        markdown_table(table, ["protocol", "metric (%)", "pretrained", "random", "gain"]),
-        "", "Reconstructions: run/pictures/reconstruction.png; loss curve: run/pictures/loss_curve.png.", ""])
+        data_line, f"Total time {minutes:.1f} min.", "",
+        markdown_table(pivot(rows), ["protocol", "metric (%)", "pretrained", "random", "gain"]), "",
+        f"{pictures_line}; loss curve: run/pictures/loss_curve.png.", ""])
     (out / "report.md").write_text(report)
     print(report)
     return {"summary": summary, "results": rows, "report": str(out / "report.md")}
@@ -130,4 +139,4 @@ def pivot(rows: list[dict]) -> list[dict]:
     return list(table.values())
 
 
-__all__ = ["write_digits", "run_demo", "DEMO_MODEL", "DEMO_TRAIN"]
+__all__ = ["write_digits", "run_demo", "write_report", "pivot", "DEMO_MODEL", "DEMO_TRAIN"]

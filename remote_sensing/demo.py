@@ -24,9 +24,8 @@ def run_demo(out: str | Path = "runs/rs-demo", quick: bool = False, steps: int |
     from torchgeo.datasets import EuroSAT
 
     from mimkit.benchmarks.tasks import get_task
-    from mimkit.core.cli import markdown_table
     from mimkit.core.data import mae_train_transform
-    from mimkit.core.demo import pivot
+    from mimkit.core.demo import write_report
     from mimkit.core.registry import build_method
     from mimkit.core.train import TrainConfig, pretrain, update_metrics
 
@@ -83,21 +82,11 @@ def run_demo(out: str | Path = "runs/rs-demo", quick: bool = False, steps: int |
                          "data": task.dataset, "method": "mae", "model": "ViT(dim 64, depth 4, patch 8)",
                          "num_train": row["num_train"]})
     update_metrics(run_dir, {"results": rows})
-    table = pivot(rows)
-    minutes = (time.perf_counter() - started) / 60
-    report = "\n".join([
-        "# mimkit-rs demo: MAE on synthetic 13-band Sentinel-2 tiles, pretrained vs random init", "",
-        f"Pretraining: {summary['steps']} steps, effective batch {summary['effective_batch']}, "
-        f"{summary['images_per_second']} images/s, final loss {summary['final_loss']:.4f}.",
-        f"Data: {len(dataset)} unlabelled tiles (EuroSAT-shaped synthetic copy, training split), "
-        f"{segmentation_tiles} segmentation tiles per split; values are percentages.",
-        f"Total time {minutes:.1f} min.", "",
-        markdown_table(table, ["protocol", "metric (%)", "pretrained", "random", "gain"]), "",
-        f"Reconstructions (RGB = B04, B03, B02): {picture or 'run/pictures/reconstruction.png'}; "
-        "loss curve: run/pictures/loss_curve.png.", ""])
-    (out / "report.md").write_text(report)
-    print(report)
-    return {"summary": summary, "results": rows, "report": str(out / "report.md")}
+    data_line = (f"Data: {len(dataset)} unlabelled tiles (EuroSAT-shaped synthetic copy, training split), "
+                 f"{segmentation_tiles} segmentation tiles per split; values are percentages.")
+    return write_report(out, "mimkit-rs demo: MAE on synthetic 13-band Sentinel-2 tiles, pretrained vs random init",
+                        summary, data_line, rows, started,
+                        f"Reconstructions (RGB = B04, B03, B02): {picture or 'run/pictures/reconstruction.png'}")
 
 
 __all__ = ["run_demo", "DEMO_MODEL", "DEMO_TRAIN"]

@@ -24,3 +24,18 @@ def test_pivot_puts_both_initialisations_side_by_side():
             {"protocol": "knn", "init": "random", "metric": "accuracy", "value": 75.4}]
     assert pivot(rows) == [{"protocol": "knn", "metric (%)": "accuracy", "pretrained": 84.6, "random": 75.4,
                             "gain": 9.2}]
+
+
+def test_report_lists_both_initialisations_and_is_written(tmp_path, capsys):
+    import time
+
+    from mimkit.core.demo import write_report
+
+    rows = [{"protocol": "knn", "init": "pretrained", "metric": "accuracy", "value": 80.0},
+            {"protocol": "knn", "init": "random", "metric": "accuracy", "value": 70.0}]
+    summary = {"steps": 10, "effective_batch": 8, "images_per_second": 5.0, "final_loss": 0.5}
+    out = write_report(tmp_path, "title", summary, "Data: 3 images.", rows, time.perf_counter(), "Pictures: here")
+    report = (tmp_path / "report.md").read_text()
+    assert out["report"] == str(tmp_path / "report.md") and report.startswith("# title")
+    assert "| knn | accuracy | 80.0 | 70.0 | 10.0 |" in report and "Data: 3 images." in report
+    assert "Pictures: here; loss curve" in report and report in capsys.readouterr().out
