@@ -4,7 +4,7 @@ Tasks: multi-label chest X-ray classification (ChestX-ray14, CheXpert; macro ROC
 segmentation with a UNETR-style decoder over the pretrained ViT (BTCV, any Decathlon task; mean Dice in
 percent, MONAI's DiceMetric), OCT / fundus classification (accuracy in percent) and anomaly detection
 (image-level ROC-AUC in percent, MemMC-MAE). Each reads a local copy of the public dataset in its usual
-layout (see mimkit.medical.data); the `synthetic-*` tasks read the small data that
+layout (see mimkit.medical.layouts); the `synthetic-*` tasks read the small data that
 `mimkit-medical synthetic` writes, for tests and the demo. Importing this module also registers the
 medical papers' published figures (mimkit.medical.published).
 """
@@ -25,7 +25,8 @@ from mimkit.benchmarks.tasks import Task, get_task, register_task
 from mimkit.core.encoders import VIT_SIZES
 from mimkit.core.errors import ConfigError, DataError, TrainingError
 from mimkit.medical import published  # noqa: F401  (registers the medical papers' published figures)
-from mimkit.medical.data import CHEXPERT_COMPETITION, build_dataset, preprocessing_from
+from mimkit.medical.data import build_dataset, preprocessing_from
+from mimkit.medical.layouts import CHEXPERT_COMPETITION
 
 
 # ============================================================================================ segmentation

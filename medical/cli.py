@@ -19,8 +19,9 @@ from mimkit.core.cli import (add_pretrain_arguments, evaluate_encoders, few_labe
                              read_recipe, read_yaml_mapping, run_command, run_pretrain)
 from mimkit.core.errors import ConfigError
 
-from .data import (CACHES, LAYOUTS, MODALITIES, SYNTHETIC_KINDS, UNCERTAINTY_POLICIES, UnifiedDataset,
-                   build_dataset, preprocessing_from, write_synthetic)
+from .data import CACHES, MODALITIES, UnifiedDataset, build_dataset, preprocessing_from
+from .layouts import LAYOUTS, UNCERTAINTY_POLICIES
+from .synthetic import SYNTHETIC_KINDS, write_synthetic
 
 # The method each modality pretrains with unless --method says otherwise.
 DEFAULT_METHODS = {"ct": "hiend_mae", "mr": "hiend_mae", "xray": "thorax_mae", "oct": "uni4eye", "fundus": "uni4eye"}

@@ -12,7 +12,7 @@ from mimkit.core.encoders import build_encoder
 from mimkit.core.errors import ConfigError
 from mimkit.medical.bench import (InterpolateUpBlock, ViTSegmenter, anomaly_auc, finetune_segmentation, model_name,
                                   run_task)
-from mimkit.medical.data import write_synthetic
+from mimkit.medical.synthetic import write_synthetic
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ import yaml
 
 from mimkit.core.checkpoints import load_method
 from mimkit.medical.cli import build_parser, main
-from mimkit.medical.data import write_synthetic
+from mimkit.medical.synthetic import write_synthetic
 
 TINY = ["--embed-dim", "32", "--depth", "2", "--num-heads", "2", "--batch-size", "4", "--num-workers", "0",
         "--no-progress", "--accelerator", "cpu", "--max-steps", "3"]

@@ -1,4 +1,4 @@
-"""mimkit.medical.data: readers (NIfTI, DICOM, 16-bit PNG), MONAI pipelines, caching, per-sample seeds,
+"""mimkit.medical data, readers, transforms and layouts: readers (NIfTI, DICOM, 16-bit PNG), MONAI pipelines, caching, per-sample seeds,
 layouts, and bad input (wrong dimensions, mixed DICOM series, NaN voxels, impossible spacing) as clear errors
 or counted skips."""
 import csv
@@ -12,9 +12,10 @@ from PIL import Image
 
 from mimkit.core.data import ResumableSampler, make_loader
 from mimkit.core.errors import ConfigError, DataError
-from mimkit.medical import data as medical_data
-from mimkit.medical.data import (CHESTXRAY14_CLASSES, CHEXPERT_CLASSES, MedicalDataset, UnifiedDataset,
-                                 build_dataset, chexpert_items, preprocessing_from, probe_input)
+from mimkit.medical import transforms as medical_transforms
+from mimkit.medical.data import MedicalDataset, UnifiedDataset, build_dataset, preprocessing_from
+from mimkit.medical.layouts import CHESTXRAY14_CLASSES, CHEXPERT_CLASSES, chexpert_items
+from mimkit.medical.readers import probe_input
 
 
 @pytest.fixture(autouse=True)
@@ -238,8 +239,8 @@ def test_random_crops_follow_the_sample_seed(tmp_path):
 def test_memory_cache_decodes_each_file_once(tmp_path, monkeypatch):
     folder = volumes(tmp_path, count=3)
     calls = []
-    original = medical_data.read_input
-    monkeypatch.setattr(medical_data, "read_input", lambda *a, **k: calls.append(a[0]) or original(*a, **k))
+    original = medical_transforms.read_input
+    monkeypatch.setattr(medical_transforms, "read_input", lambda *a, **k: calls.append(a[0]) or original(*a, **k))
     dataset = build_dataset(folder, "folder", ct(size=16), patch_size=8, cache="memory")
     decoded = len(calls)
     assert decoded == 3
@@ -255,8 +256,8 @@ def test_disk_cache_is_reused_by_a_new_dataset(tmp_path, monkeypatch):
     reference = [first[(i, 7)]["image"] for i in range(2)]
     assert len(list((tmp_path / "cache").rglob("*.pt"))) == 2
     calls = []
-    original = medical_data.read_input
-    monkeypatch.setattr(medical_data, "read_input", lambda *a, **k: calls.append(a[0]) or original(*a, **k))
+    original = medical_transforms.read_input
+    monkeypatch.setattr(medical_transforms, "read_input", lambda *a, **k: calls.append(a[0]) or original(*a, **k))
     second = build_dataset(folder, "folder", ct(size=16), **options)
     assert all(torch.equal(second[(i, 7)]["image"], reference[i]) for i in range(2))
     assert calls == []                                       # read back from the cache, not decoded
