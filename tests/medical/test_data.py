@@ -1,6 +1,6 @@
-"""mimkit.medical data, readers, transforms and layouts: readers (NIfTI, DICOM, 16-bit PNG), MONAI pipelines, caching, per-sample seeds,
-layouts, and bad input (wrong dimensions, mixed DICOM series, NaN voxels, impossible spacing) as clear errors
-or counted skips."""
+"""mimkit.medical's data, readers, transforms and layouts: readers (NIfTI, DICOM, 16-bit PNG), MONAI pipelines,
+caching, per-sample seeds, layouts, and bad input (wrong dimensions, mixed DICOM series, NaN voxels, impossible
+spacing) as clear errors or counted skips."""
 import csv
 import json
 
