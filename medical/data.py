@@ -203,7 +203,8 @@ class MedicalDataset(NormalisedDataset):
             raise DataError(f"no images or volumes found{f' under {self.root}' if self.root else ''}")
         self.in_chans = self._probe_all(in_chans)
         self.store_index = list(range(len(self.items)))
-        self.prepare, self.augment, self.evaluate = build_pipelines(preprocessing, self.in_chans, label_kind, whole_volume)
+        self.prepare, self.augment, self.evaluate = build_pipelines(preprocessing, self.in_chans, label_kind,
+                                                                    whole_volume)
         self.store = self._build_store(cache, cache_dir, cache_workers)
         self.mean, self.std = self._stats(mean, std, stats_samples)
 
