@@ -191,6 +191,12 @@ class ViTEncoder(nn.Module):
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed", "cls_token"}
 
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups by layer, as timm's VisionTransformer: for timm.optim.param_groups_layer_decay."""
+        return dict(stem=r"^cls_token|pos_embed|patch_embed",
+                    blocks=r"^blocks\.(\d+)" if coarse else [(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
+
 
 class UnifiedPatchEmbed(nn.Module):
     """One patch embedding for 2D images and 3D volumes (Uni4Eye's unified patch embedding).
