@@ -2,28 +2,28 @@
 
 kNN follows DINO (Caron et al., 2021) and InstDisc (Wu et al., 2018); the linear probe and fine-tuning
 follow the MAE paper's code (He et al., 2022, "Masked Autoencoders Are Scalable Vision Learners"),
-including BEiT's layer-wise learning-rate decay. Datasets yield dicts {"image": tensor, "label": int or
+including BEiT's layer-wise learning-rate decay, and train through core.finetune's FineTuneModule on the
+Lightning Trainer (these functions keep the simple signatures; `core.finetune.finetune` adds the validation
+split, checkpoints, resume, loggers and devices). Datasets yield dicts {"image": tensor, "label": int or
 multi-hot float tensor, ...}; multi-hot labels switch the linear probe and fine-tuning to multi-label.
 """
 from __future__ import annotations
 
-import copy
 import inspect
-import math
 import sys
 import warnings
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from typing import Callable
 
 import numpy as np
 import torch
-from timm.layers import DropPath
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .encoders import LayerNorm
-from .errors import ConfigError, DataError, TrainingError
+from .errors import ConfigError, DataError
+from .finetune import as_labels, classification_metrics, device_settings, epoch_means
+from .finetune import finetune as finetune_run
 
 PROTOCOLS = ("knn", "linear", "finetune")
 POOLS = ("token", "avg")
@@ -57,41 +57,6 @@ def _autocast(device: torch.device, precision: str):
 def _bar(iterable, desc: str, progress: bool | None):
     # Default: show a bar only when a person is watching the terminal.
     return tqdm(iterable, desc=desc, disable=not (sys.stderr.isatty() if progress is None else progress))
-
-
-@contextmanager
-def _seeded(seed: int, device: torch.device):
-    """Seed torch for a block and restore the caller's random state afterwards."""
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        yield
-
-
-def _lr_at(epoch: float, epochs: int, warmup_epochs: float, lr: float, min_lr: float) -> float:
-    """MAE's schedule, per iteration: linear warmup, then a half-cycle cosine down to `min_lr`."""
-    if epoch < warmup_epochs:
-        return lr * epoch / warmup_epochs
-    return min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * (epoch - warmup_epochs) / (epochs - warmup_epochs)))
-
-
-def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)
-
-
-def _as_labels(labels, where: str = "labels") -> torch.Tensor:
-    """Class indices (N,) as int64, or multi-hot (N, C) as float32."""
-    labels = torch.as_tensor(labels)
-    if labels.ndim == 1:
-        if labels.is_floating_point() and not torch.equal(labels, labels.round()):
-            raise DataError(f"{where}: expected integer class indices or multi-hot vectors, got fractional values")
-        return labels.long()
-    if labels.ndim == 2:
-        if not torch.isin(labels, torch.tensor([0, 1], dtype=labels.dtype)).all():
-            raise DataError(f"{where}: multi-hot labels must hold only 0 and 1")
-        return labels.float()
-    raise DataError(f"{where}: expected a class index or a multi-hot vector per sample, "
-                    f"got shape {tuple(labels.shape)}")
 
 
 def _collate(items: list) -> dict:
@@ -133,10 +98,10 @@ def _forward_all(fn: Callable, loader, device, precision, progress, desc) -> tup
         labels.append(batch_labels)
     if not outputs:
         raise DataError("the evaluation dataset is empty")
-    return torch.cat(outputs), _as_labels(torch.cat(labels))
+    return torch.cat(outputs), as_labels(torch.cat(labels))
 
 
-# ---------------------------------------------------------------------------------------- features, metrics
+# ---------------------------------------------------------------------------------------- features
 def extract_features(encoder: nn.Module, data, *, batch_size: int = 64, pool: str = "token",
                      precision: str = "fp32", device=None, num_workers: int = 0,
                      progress: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,37 +122,6 @@ def extract_features(encoder: nn.Module, data, *, batch_size: int = 64, pool: st
                             "features")
     finally:
         encoder.train(was_training).to(home)
-
-
-def classification_metrics(scores, labels) -> dict:
-    """Accuracy and balanced accuracy from class scores (N, C), or macro ROC-AUC for multi-hot labels (N, C)."""
-    scores = torch.as_tensor(scores).float().cpu()
-    labels = _as_labels(torch.as_tensor(labels).cpu())
-    if scores.ndim != 2 or scores.shape[0] != labels.shape[0]:
-        raise DataError(f"expected scores shaped (N, classes) for {labels.shape[0]} labels, got {tuple(scores.shape)}")
-    if labels.ndim == 2:
-        return multilabel_metrics(scores, labels)
-    from sklearn.metrics import balanced_accuracy_score
-
-    predicted, true = scores.argmax(1).numpy(), labels.numpy()
-    with warnings.catch_warnings():  # sklearn warns when a predicted class is absent from the labels
-        warnings.simplefilter("ignore")
-        balanced = balanced_accuracy_score(true, predicted)
-    return {"accuracy": float((predicted == true).mean()), "balanced_accuracy": float(balanced),
-            "num_samples": len(true)}
-
-
-def multilabel_metrics(scores, labels) -> dict:
-    """Macro ROC-AUC and average precision over the classes that have both label values in `labels`."""
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
-    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
-    # A class whose labels are all 0 (or all 1) has no ROC curve: skip it and say how many were skipped.
-    used = [c for c in range(labels.shape[1]) if len(np.unique(labels[:, c])) == 2]
-    auc = float(np.mean([roc_auc_score(labels[:, c], scores[:, c]) for c in used])) if used else None
-    ap = float(np.mean([average_precision_score(labels[:, c], scores[:, c]) for c in used])) if used else None
-    return {"auc_macro": auc, "average_precision_macro": ap, "auc_classes_used": len(used),
-            "auc_classes_skipped": labels.shape[1] - len(used), "num_samples": labels.shape[0]}
 
 
 # ---------------------------------------------------------------------------------------- kNN
@@ -214,7 +148,7 @@ def knn_scores(train_features: torch.Tensor, train_labels: torch.Tensor, test_fe
     """
     _single_label_for_knn(train_labels)
     _check_knn_options(k, temperature)
-    train_labels = _as_labels(train_labels)
+    train_labels = as_labels(train_labels)
     k = min(k, len(train_features))
     num_classes = num_classes or int(train_labels.max()) + 1
     train = nn.functional.normalize(train_features.float(), dim=1)
@@ -244,48 +178,42 @@ def knn_evaluate(encoder: nn.Module, train_set, test_set, *, k: int = 20, temper
 
 
 # ---------------------------------------------------------------------------------------- linear probe
-def linear_probe_head(in_features: int, num_outputs: int) -> nn.Sequential:
-    """MAE's linear-probe head: BatchNorm without affine parameters (eps 1e-6), then a Linear layer."""
-    linear = nn.Linear(in_features, num_outputs)
-    nn.init.trunc_normal_(linear.weight, std=0.01)  # MAE, following MoCo v3
-    nn.init.zeros_(linear.bias)
-    return nn.Sequential(nn.BatchNorm1d(in_features, affine=False, eps=1e-6), linear)
+def _trainer_settings(batch_size: int, precision: str, seed: int, device, num_workers: int,
+                      progress: bool | None) -> dict:
+    """The FineTuneConfig settings these protocols share, from their arguments."""
+    _choice("precision", precision, PRECISIONS)
+    return dict(batch_size=batch_size, precision="bf16-mixed" if precision == "bf16" else "32", seed=seed,
+                num_workers=num_workers, progress=sys.stderr.isatty() if progress is None else progress,
+                **device_settings(device))
 
 
 def fit_linear_probe(features: torch.Tensor, labels: torch.Tensor, *, num_classes: int | None = None,
                      epochs: int = 90, base_lr: float = 0.1, lr: float | None = None, min_lr: float = 0.0,
                      batch_size: int = 256, warmup_epochs: float = 10, seed: int = 0, device=None,
-                     progress: bool | None = None) -> nn.Sequential:
-    """Train `linear_probe_head` on precomputed features with SGD (momentum 0.9, no weight decay).
+                     progress: bool | None = None) -> nn.Module:
+    """Train MAE's linear-probe head ("bn_linear": BatchNorm without affine, Linear) on precomputed features with
+    SGD (momentum 0.9, no weight decay) through FineTuneModule; returns the head in eval mode.
 
     MAE trains this head with LARS at batch 16384; on the small data sets this toolkit meets, plain SGD
     with the same lr rule (lr = base_lr * batch_size / 256), warmup and cosine decay is the simpler choice.
     """
     _positive(epochs=epochs, batch_size=batch_size)
-    labels = _as_labels(labels)
+    labels = as_labels(labels)
     if len(features) < 2:
         raise DataError(f"a linear probe needs at least 2 training samples, got {len(features)}")
-    multilabel = labels.ndim == 2
-    num_outputs = labels.shape[1] if multilabel else (num_classes or int(labels.max()) + 1)
-    device = default_device(device)
-    lr = base_lr * batch_size / 256 if lr is None else lr
-    x, y = features.float().to(device), labels.to(device)
-    loss_fn = nn.BCEWithLogitsLoss() if multilabel else nn.CrossEntropyLoss()
-    order_rng = torch.Generator().manual_seed(seed)
-    with _seeded(seed, device):
-        head = linear_probe_head(x.shape[1], num_outputs).to(device)
-        optimizer = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=0.0)  # MAE: no wd
-        for epoch in _bar(range(epochs), "linear probe", progress):
-            batches = torch.randperm(len(x), generator=order_rng).split(batch_size)
-            if len(batches) > 1 and len(batches[-1]) < 2:  # BatchNorm cannot train on a single sample
-                batches = batches[:-1]
-            for i, index in enumerate(batches):
-                _set_lr(optimizer, _lr_at(epoch + i / len(batches), epochs, warmup_epochs, lr, min_lr))
-                loss = loss_fn(head(x[index.to(device)]), y[index.to(device)])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-    return head.eval()
+    num_outputs = labels.shape[1] if labels.ndim == 2 else (num_classes or int(labels.max()) + 1)
+    items = [{"features": x, "label": y} for x, y in zip(features.float(), labels)]
+    row = finetune_run(None, items, head="bn_linear", num_outputs=num_outputs, val_fraction=0, return_model=True,
+                       **_probe_settings(epochs, base_lr, lr, min_lr, warmup_epochs),
+                       **_trainer_settings(batch_size, "fp32", seed, device, 0, progress))
+    return row["model"].head
+
+
+def _probe_settings(epochs, base_lr, lr, min_lr, warmup_epochs) -> dict:
+    # MAE's linear probe: no weight decay, no layer decay, no drop path, no label smoothing
+    return dict(freeze_encoder=True, optimizer="sgd", momentum=0.9, weight_decay=0.0, layer_decay=1.0,
+                drop_path=0.0, label_smoothing=0.0, epochs=epochs, base_lr=base_lr, lr=lr, min_lr=min_lr,
+                warmup_epochs=warmup_epochs)
 
 
 def _sklearn_probe(train_x, train_y, test_x, num_outputs: int, seed: int, max_iter: int) -> torch.Tensor:
@@ -313,10 +241,18 @@ def linear_probe(encoder: nn.Module, train_set, test_set, *, method: str = "sgd"
                  base_lr: float = 0.1, lr: float | None = None, batch_size: int = 256,
                  warmup_epochs: float = 10, max_iter: int = 1000, pool: str = "token", precision: str = "fp32",
                  seed: int = 0, device=None, num_workers: int = 0, progress: bool | None = None) -> dict:
-    """Linear probe on frozen features extracted once (MAE protocol, `method="sgd"`) or scikit-learn's
-    logistic regression (`method="sklearn"`); the encoder is never changed."""
+    """Linear probe on frozen features (MAE protocol, `method="sgd"`: FineTuneModule with the "bn_linear" head on
+    features encoded once) or scikit-learn's logistic regression (`method="sklearn"`); the encoder is never changed."""
     _choice("method", method, ("sgd", "sklearn"))
+    _choice("pool", pool, POOLS)
     _positive(epochs=epochs, batch_size=batch_size, max_iter=max_iter)
+    result = {"protocol": "linear", "method": method, "pool": pool}
+    if method == "sgd":
+        row = finetune_run(encoder, train_set, test_set, head="bn_linear", head_options={"pool": pool}, val_fraction=0,
+                           **_probe_settings(epochs, base_lr, lr, 0.0, warmup_epochs),
+                           **_trainer_settings(batch_size, precision, seed, device, num_workers, progress))
+        return {**result, "num_train": row["num_train"], "epochs": epochs, "lr": row["learning_rate"],
+                **row["test"]}
     extract = dict(batch_size=batch_size, pool=pool, precision=precision, device=device,
                    num_workers=num_workers, progress=progress)
     train_x, train_y = extract_features(encoder, train_set, **extract)
@@ -325,155 +261,34 @@ def linear_probe(encoder: nn.Module, train_set, test_set, *, method: str = "sgd"
         raise DataError(f"train and test labels differ in kind: shapes {tuple(train_y.shape)} "
                         f"and {tuple(test_y.shape)}")
     num_outputs = train_y.shape[1] if train_y.ndim == 2 else int(max(train_y.max(), test_y.max())) + 1
-    result = {"protocol": "linear", "method": method, "pool": pool, "num_train": len(train_x)}
-    if method == "sklearn":
-        scores = _sklearn_probe(train_x, train_y, test_x, num_outputs, seed, max_iter)
-    else:
-        head = fit_linear_probe(train_x, train_y, num_classes=num_outputs, epochs=epochs, base_lr=base_lr, lr=lr,
-                                batch_size=batch_size, warmup_epochs=warmup_epochs, seed=seed, device=device,
-                                progress=progress)
-        with torch.no_grad():
-            scores = head(test_x.to(next(head.parameters()).device)).float().cpu()
-        result.update(epochs=epochs, lr=base_lr * batch_size / 256 if lr is None else lr)
-    return {**result, **classification_metrics(scores, test_y)}
+    scores = _sklearn_probe(train_x, train_y, test_x, num_outputs, seed, max_iter)
+    return {**result, "num_train": len(train_x), **classification_metrics(scores, test_y)}
 
 
 # ---------------------------------------------------------------------------------------- fine-tuning
-def set_drop_path(encoder: nn.Module, rate: float) -> nn.Module:
-    """Stochastic depth rising linearly from 0 (first block) to `rate` (last block), timm's rule; in place."""
-    if not 0 <= rate < 1:
-        raise ConfigError(f"drop_path must be in [0, 1), got {rate!r}")
-    for block, p in zip(encoder.blocks, torch.linspace(0, rate, len(encoder.blocks)).tolist()):
-        # timm builds an Identity when the rate is 0, so both slots are replaced, never edited.
-        block.drop_path1 = DropPath(p) if p > 0 else nn.Identity()
-        block.drop_path2 = DropPath(p) if p > 0 else nn.Identity()
-    return encoder
-
-
-class FineTuneModel(nn.Module):
-    """A deep copy of a pretrained encoder with a classification head (MAE fine-tuning).
-
-    pool="avg" (MAE's default): mean of patch tokens, then a LayerNorm (fc_norm, replacing the encoder's
-    final norm) and a Linear head; pool="token": the normed class token and a Linear head.
-    """
-
-    def __init__(self, encoder: nn.Module, num_outputs: int, *, pool: str = "avg", drop_path: float = 0.1):
-        super().__init__()
-        _choice("pool", pool, POOLS)
-        self.pool = pool
-        self.encoder = set_drop_path(copy.deepcopy(encoder), drop_path)
-        self.fc_norm = nn.Identity()
-        if pool == "avg":
-            self.encoder.norm = nn.Identity()
-            self.fc_norm = LayerNorm(encoder.embed_dim)
-        self.head = nn.Linear(encoder.embed_dim, num_outputs)
-        nn.init.trunc_normal_(self.head.weight, std=2e-5)  # MAE fine-tuning's head init
-        nn.init.zeros_(self.head.bias)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.fc_norm(self.encoder.pool(self.encoder.forward_features(images), self.pool)))
-
-    def no_weight_decay(self) -> set[str]:
-        return {f"encoder.{name}" for name in self.encoder.no_weight_decay()}
-
-
-def layer_id(name: str, depth: int) -> int:
-    """BEiT/MAE layer of a parameter: 0 for patch embedding, class token and positions, i + 1 for block i,
-    depth + 1 for everything after the blocks (norms, head)."""
-    name = name.removeprefix("encoder.")
-    if name in ("cls_token", "pos_embed") or name.startswith("patch_embed"):
-        return 0
-    if name.startswith("blocks."):
-        return int(name.split(".")[1]) + 1
-    return depth + 1
-
-
-def layer_decay_param_groups(model: FineTuneModel, *, lr: float, weight_decay: float = 0.05,
-                             layer_decay: float = 0.75) -> list[dict]:
-    """Optimizer parameter groups with layer-wise lr decay (BEiT; MAE fine-tuning).
-
-    A parameter of layer l gets lr * layer_decay ** (depth + 1 - l) (stored as "lr_scale"); biases, norms,
-    other 1-D parameters, the class token and positions get no weight decay.
-    """
-    if not 0 < layer_decay <= 1:
-        raise ConfigError(f"layer_decay must be in (0, 1], got {layer_decay!r}")
-    depth = len(model.encoder.blocks)
-    no_decay = model.no_weight_decay()
-    groups: dict[tuple[int, bool], dict] = {}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:  # fixed sin-cos positions
-            continue
-        layer = layer_id(name, depth)
-        decay = param.ndim > 1 and name not in no_decay
-        scale = layer_decay ** (depth + 1 - layer)
-        group = groups.setdefault((layer, decay), {
-            "params": [], "names": [], "layer": layer, "lr_scale": scale, "lr": lr * scale,
-            "weight_decay": weight_decay if decay else 0.0})
-        group["params"].append(param)
-        group["names"].append(name)
-    return list(groups.values())
-
-
-def _output_size(data, num_classes: int | None) -> tuple[int, bool]:
-    """(number of outputs, multi-label?) from the first label, `num_classes`, `.classes` or one label pass."""
-    dataset = data.dataset if isinstance(data, DataLoader) else data
-    if len(dataset) == 0:
-        raise DataError("the training dataset is empty")
-    first = torch.as_tensor(_collate([dataset[0]])["label"][0])
-    if first.ndim == 1:
-        if num_classes not in (None, first.numel()):
-            raise ConfigError(f"num_classes={num_classes} but the multi-hot labels have {first.numel()} entries")
-        return first.numel(), True
-    if num_classes:
-        return num_classes, False
-    if getattr(dataset, "classes", None) is not None:
-        return len(dataset.classes), False
-    return int(max(int(dataset[i]["label"]) for i in range(len(dataset)))) + 1, False
-
-
 def finetune(encoder: nn.Module, train_set, test_set, *, num_classes: int | None = None, epochs: int = 50,
              base_lr: float = 1e-3, lr: float | None = None, min_lr: float = 1e-6, batch_size: int = 64,
              warmup_epochs: float = 5, weight_decay: float = 0.05, layer_decay: float = 0.75,
              drop_path: float = 0.1, label_smoothing: float = 0.1, pool: str = "avg", precision: str = "fp32",
              seed: int = 0, device=None, num_workers: int = 0, progress: bool | None = None,
-             return_model: bool = False) -> dict:
-    """Fine-tune a copy of the encoder end to end (MAE recipe: AdamW, layer-wise lr decay, warmup + cosine,
-    drop path, label smoothing) and score it on `test_set`; the given encoder is not modified."""
+             return_model: bool = False, mixup: float = 0.0, cutmix: float = 0.0, rand_augment: str | None = None,
+             random_erasing: float = 0.0, val_fraction: float = 0.0) -> dict:
+    """Fine-tune a copy of the encoder end to end with MAE's recipe (core.finetune: AdamW, layer-wise lr decay,
+    warmup + cosine, drop path, label smoothing; mixup/cutmix, RandAugment, random erasing when asked) and score it
+    on `test_set`; the given encoder is not modified. `val_fraction` > 0 keeps the best validation checkpoint."""
     _positive(epochs=epochs, batch_size=batch_size)
-    device = default_device(device)
-    num_outputs, multilabel = _output_size(train_set, num_classes)
-    loader = _loader(train_set, batch_size, shuffle=True, seed=seed, num_workers=num_workers)
-    lr = base_lr * batch_size / 256 if lr is None else lr  # MAE: absolute lr = base lr * batch / 256
-    loss_fn = nn.BCEWithLogitsLoss() if multilabel else nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-    history = []
-    with _seeded(seed, device):
-        model = FineTuneModel(encoder, num_outputs, pool=pool, drop_path=drop_path).to(device)
-        optimizer = torch.optim.AdamW(
-            layer_decay_param_groups(model, lr=lr, weight_decay=weight_decay, layer_decay=layer_decay), lr=lr)
-        for epoch in _bar(range(epochs), "fine-tune", progress):
-            model.train()
-            total, seen = 0.0, 0
-            for i, batch in enumerate(loader):
-                images, labels = _batch(batch)
-                labels = _as_labels(labels, "training labels").to(device)
-                _set_lr(optimizer, _lr_at(epoch + i / len(loader), epochs, warmup_epochs, lr, min_lr))
-                with _autocast(device, precision):
-                    logits = model(images.to(device))
-                loss = loss_fn(logits.float(), labels)
-                if not torch.isfinite(loss):
-                    raise TrainingError(f"fine-tuning loss became {loss.item()} at epoch {epoch}; lower lr/base_lr")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total, seen = total + loss.item() * len(images), seen + len(images)
-            history.append(total / seen)
-    model.eval()
-    scores, test_labels = _forward_all(model, _loader(test_set, batch_size, num_workers=num_workers), device,
-                                       precision, progress, "fine-tune test")
-    result = {"protocol": "finetune", "pool": pool, "epochs": epochs, "lr": lr, "num_train": len(loader.dataset),
-              "train_loss": history, **classification_metrics(scores, test_labels)}
+    _choice("pool", pool, POOLS)
+    row = finetune_run(encoder, train_set, test_set, head="linear", head_options={"pool": pool},
+                       num_outputs=num_classes, val_fraction=val_fraction, return_model=return_model,
+                       epochs=epochs, base_lr=base_lr, lr=lr, min_lr=min_lr, warmup_epochs=warmup_epochs,
+                       weight_decay=weight_decay, layer_decay=layer_decay, drop_path=drop_path,
+                       label_smoothing=label_smoothing, mixup=mixup, cutmix=cutmix, rand_augment=rand_augment,
+                       random_erasing=random_erasing,
+                       **_trainer_settings(batch_size, precision, seed, device, num_workers, progress))
+    result = {"protocol": "finetune", "pool": pool, "epochs": epochs, "lr": row["learning_rate"],
+              "num_train": row["num_train"], "train_loss": epoch_means(row), **row["test"]}
     if return_model:
-        result["model"] = model
+        result["model"] = row["model"]
     return result
 
 
@@ -496,7 +311,9 @@ def evaluate(encoder: nn.Module, protocol: str, train_set, test_set, **options) 
       absolute lr (default base_lr * batch_size / 256), batch_size=256, warmup_epochs=10, seed=0.
     - "finetune" (MAE): epochs=50, base_lr=1e-3 or lr, min_lr=1e-6, batch_size=64, warmup_epochs=5,
       weight_decay=0.05, layer_decay=0.75, drop_path=0.1, label_smoothing=0.1, pool="avg", seed=0,
-      num_classes (default: from the labels), return_model=False (True adds the fine-tuned "model").
+      num_classes (default: from the labels), return_model=False (True adds the fine-tuned "model");
+      MAE's augmentations when asked: mixup=0.8, cutmix=1.0, rand_augment="rand-m9-mstd0.5-inc1",
+      random_erasing=0.25; val_fraction > 0 scores the best checkpoint on a held-out validation split.
 
     Multi-hot labels: linear and finetune train with BCE-with-logits and report auc_macro (classes with a
     single label value skipped, counted in auc_classes_skipped) and average_precision_macro.

@@ -7,8 +7,7 @@ from torch import nn
 
 from mimkit.core.encoders import build_encoder
 from mimkit.core.errors import ConfigError
-from mimkit.core.evaluate import (FineTuneModel, classification_metrics, evaluate, extract_features,
-                                  fit_linear_probe, knn_scores, layer_decay_param_groups)
+from mimkit.core.evaluate import classification_metrics, evaluate, extract_features, fit_linear_probe, knn_scores
 
 
 def tiny_encoder(seed=0, **overrides):
@@ -83,7 +82,7 @@ def test_linear_probe_head_separates_a_linearly_separable_feature_set():
         predicted = head(features).argmax(1)
     assert (predicted[:200] == labels[:200]).all()
     assert (predicted[200:] == labels[200:]).float().mean() >= 0.95
-    assert isinstance(head[0], nn.BatchNorm1d) and not head[0].affine
+    assert isinstance(head.norm, nn.BatchNorm1d) and not head.norm.affine
 
 
 def test_linear_probe_is_deterministic_under_a_seed_and_sklearn_agrees():
@@ -94,34 +93,11 @@ def test_linear_probe_is_deterministic_under_a_seed_and_sklearn_agrees():
     assert evaluate(encoder, "linear", train, test, method="sklearn")["accuracy"] >= 0.95
 
 
-def test_layer_decay_scales_patch_embed_middle_block_and_head():
-    encoder = tiny_encoder(depth=4, pos_embed="learned")
-    model = FineTuneModel(encoder, 3)
-    groups = layer_decay_param_groups(model, lr=1.0, weight_decay=0.05, layer_decay=0.5)
-    optimizer = torch.optim.AdamW(groups)
-    group_of = {id(p): group for group in optimizer.param_groups for p in group["params"]}
-
-    def lr(param):
-        return group_of[id(param)]["lr"]
-
-    # scale = decay ** (depth + 1 - layer): patch embedding layer 0, block i layer i + 1, head layer depth + 1
-    assert lr(model.encoder.patch_embed.proj.weight) == pytest.approx(0.5 ** 5)
-    assert lr(model.encoder.pos_embed) == pytest.approx(0.5 ** 5)
-    assert lr(model.encoder.blocks[1].attn.qkv.weight) == pytest.approx(0.5 ** 3)
-    assert lr(model.head.weight) == pytest.approx(1.0)
-    assert lr(model.fc_norm.weight) == pytest.approx(1.0)
-    # no weight decay on biases, norms, class token and positions
-    assert group_of[id(model.encoder.blocks[1].attn.qkv.weight)]["weight_decay"] == 0.05
-    for param in (model.encoder.blocks[1].attn.qkv.bias, model.encoder.blocks[1].norm1.weight,
-                  model.encoder.cls_token, model.encoder.pos_embed, model.head.bias):
-        assert group_of[id(param)]["weight_decay"] == 0.0
-    assert sum(len(g["params"]) for g in groups) == sum(p.requires_grad for p in model.parameters())
-
-
 def test_drop_path_follows_the_linear_rule_on_a_copy():
     encoder = tiny_encoder(depth=4)
     before = state(encoder)
-    model = FineTuneModel(encoder, 3, drop_path=0.3)
+    model = evaluate(encoder, "finetune", pattern_set(8, 1), pattern_set(8, 2), epochs=1, drop_path=0.3,
+                     return_model=True)["model"]
     blocks = model.encoder.blocks
     assert isinstance(blocks[0].drop_path1, nn.Identity) and isinstance(blocks[0].drop_path2, nn.Identity)
     for i, expected in [(1, 0.1), (2, 0.2), (3, 0.3)]:
