@@ -15,7 +15,9 @@ import csv
 import sys
 from pathlib import Path
 
-from mimkit.core.cli import labelled_dataset, load_run, markdown_table, quiet_lightning
+from mimkit.core.cli import markdown_table, quiet_lightning
+from mimkit.core.data import labelled_dataset
+from mimkit.core.runs import load_run
 from mimkit.core.data import ImageFolderDataset, mae_train_transform
 from mimkit.core.demo import DEMO_MODEL, write_digits
 from mimkit.core.evaluate import evaluate

@@ -214,67 +214,6 @@ def run_pretrain(args, dataset_builder: Callable = build_pretrain_dataset, defau
 
 
 # ------------------------------------------------------------------------------------------ evaluate
-def load_run(run_dir: str | Path):
-    """A run folder's method (from model.safetensors) and its resolved config."""
-    from .checkpoints import load_method
-
-    run_dir = Path(run_dir)
-    weights = run_dir / "model.safetensors"
-    if not weights.is_file():
-        raise ConfigError(f"{run_dir} is not a finished mimkit run: {weights} is missing "
-                          f"(pretrain first, or --resume an interrupted run)")
-    config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").exists() else {}
-    method, _ = load_method(weights)
-    return method, config
-
-
-def labelled_dataset(folder: str | Path, encoder, data: dict, what: str):
-    from .data import ImageFolderDataset, eval_transform
-
-    img_size = tuple(encoder.img_size)
-    dataset = ImageFolderDataset(folder, img_size=img_size, patch_size=encoder.patch_size, in_chans=encoder.in_chans,
-                                 transform=eval_transform(img_size, crop_pct=data.get("crop_pct", 1.0)),
-                                 mean=data.get("mean"), std=data.get("std"), labelled=True)
-    if not dataset.classes:
-        raise ConfigError(f"--{what} {folder} has no class subfolders: evaluation needs labelled images "
-                          f"(one subfolder per class)")
-    return dataset
-
-
-def few_labels(dataset, per_class: int, seed: int = 0):
-    """A stratified subset with `per_class` labelled images per class (seeded)."""
-    import numpy as np
-    from torch.utils.data import Subset
-
-    rng = np.random.default_rng(seed)
-    targets = np.asarray(dataset.targets)
-    keep = []
-    for label in np.unique(targets):
-        members = np.flatnonzero(targets == label)
-        keep.extend(rng.choice(members, size=min(per_class, len(members)), replace=False).tolist())
-    return Subset(dataset, sorted(keep))
-
-
-PROTOCOL_METRIC = {"knn": "accuracy", "linear": "accuracy", "finetune": "accuracy"}
-
-
-def evaluate_encoders(encoders: dict, protocols: Sequence[str], train_set, test_set, options: dict,
-                      finetune_set=None) -> list[dict]:
-    """Run each protocol on each encoder (e.g. pretrained and random init); rows for metrics.json."""
-    from .evaluate import evaluate
-
-    rows = []
-    for protocol in protocols:
-        for init, encoder in encoders.items():
-            train = finetune_set if (protocol == "finetune" and finetune_set is not None) else train_set
-            result = evaluate(encoder, protocol, train, test_set, **options.get(protocol, {}))
-            for metric in ("accuracy", "balanced_accuracy", "auc_macro"):
-                if result.get(metric) is not None:  # in percent, as papers (and the published registry) print them
-                    rows.append({"protocol": protocol, "init": init, "metric": metric,
-                                 "value": round(100 * float(result[metric]), 2), "num_train": len(train)})
-    return rows
-
-
 def markdown_table(rows: list[dict], columns: Sequence[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
@@ -283,7 +222,9 @@ def markdown_table(rows: list[dict], columns: Sequence[str]) -> str:
 
 def cmd_evaluate(args) -> None:
     from .registry import build_method
-    from .train import update_metrics
+    from .data import few_labels, labelled_dataset
+    from .evaluate import evaluate_encoders
+    from .runs import load_run, update_metrics
 
     method, config = load_run(args.run)
     data = config.get("data", {})
@@ -311,6 +252,7 @@ def cmd_reconstruct(args) -> None:
     import torch
 
     from .data import ImageFolderDataset, eval_transform
+    from .runs import load_run
     from .train import save_reconstruction
 
     method, config = load_run(args.run)

@@ -14,7 +14,7 @@ import numpy as np
 import tifffile
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from .errors import ConfigError, DataError
 from .tokens import as_tuple, grid_shape
@@ -442,3 +442,29 @@ def single_threaded_worker(worker_id: int) -> None:
     training threads for the same cores (measured: 5x slower steps on 2 cores)."""
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
+
+
+def labelled_dataset(folder: str | Path, encoder, data: dict, what: str = "data"):
+    """A class-subfolder image folder prepared for `encoder` (its size and channels) with a run's data settings
+    (mean/std, crop_pct); `what` names the argument in the error for a folder without classes."""
+    img_size = tuple(encoder.img_size)
+    dataset = ImageFolderDataset(folder, img_size=img_size, patch_size=encoder.patch_size, in_chans=encoder.in_chans,
+                                 transform=eval_transform(img_size, crop_pct=data.get("crop_pct", 1.0)),
+                                 mean=data.get("mean"), std=data.get("std"), labelled=True)
+    if not dataset.classes:
+        raise ConfigError(f"--{what} {folder} has no class subfolders: evaluation needs labelled images "
+                          f"(one subfolder per class)")
+    return dataset
+
+
+def few_labels(dataset, per_class: int, seed: int = 0):
+    """A stratified subset with `per_class` labelled images per class (seeded)."""
+    rng = np.random.default_rng(seed)
+    targets = np.asarray(dataset.targets)
+    keep = []
+    for label in np.unique(targets):
+        members = np.flatnonzero(targets == label)
+        keep.extend(rng.choice(members, size=min(per_class, len(members)), replace=False).tolist())
+    return Subset(dataset, sorted(keep))
+
+

@@ -54,10 +54,11 @@ def run_demo(out: str | Path = "runs/demo", steps: int | None = None, quick: boo
     """Pretrain, evaluate against random init, and write report.md / metrics.json / pictures."""
     import torch
 
-    from .cli import evaluate_encoders, few_labels, labelled_dataset
-    from .data import ImageFolderDataset, mae_train_transform
+    from .data import ImageFolderDataset, few_labels, labelled_dataset, mae_train_transform
+    from .evaluate import evaluate_encoders
     from .registry import build_method
-    from .train import TrainConfig, pretrain, update_metrics
+    from .runs import update_metrics
+    from .train import TrainConfig, pretrain
 
     out = Path(out)
     started = time.perf_counter()
@@ -120,7 +121,7 @@ def write_report(out: Path, title: str, summary: dict, data_line: str, rows: lis
 
 
 def summary_method(run_dir: Path):
-    from .cli import load_run
+    from .runs import load_run
 
     method, _ = load_run(run_dir)
     return method

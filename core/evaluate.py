@@ -13,7 +13,7 @@ import inspect
 import sys
 import warnings
 from contextlib import nullcontext
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -329,3 +329,20 @@ def evaluate(encoder: nn.Module, protocol: str, train_set, test_set, **options) 
         raise ConfigError(f"option(s) {', '.join(unknown)} do not apply to protocol {protocol!r}; "
                           f"it takes {', '.join(allowed)}")
     return run(encoder, train_set, test_set, **options)
+
+
+def evaluate_encoders(encoders: dict, protocols: Sequence[str], train_set, test_set, options: dict,
+                      finetune_set=None) -> list[dict]:
+    """Run each protocol on each encoder (e.g. pretrained and random init); rows for metrics.json."""
+    rows = []
+    for protocol in protocols:
+        for init, encoder in encoders.items():
+            train = finetune_set if (protocol == "finetune" and finetune_set is not None) else train_set
+            result = evaluate(encoder, protocol, train, test_set, **options.get(protocol, {}))
+            for metric in ("accuracy", "balanced_accuracy", "auc_macro"):
+                if result.get(metric) is not None:  # in percent, as papers (and the published registry) print them
+                    rows.append({"protocol": protocol, "init": init, "metric": metric,
+                                 "value": round(100 * float(result[metric]), 2), "num_train": len(train)})
+    return rows
+
+

@@ -9,7 +9,7 @@ the position in the run, so a resumed run ends with the same weights as an unint
 """
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import math
 import time
@@ -26,6 +26,7 @@ from .encoders import set_fused_attention
 from .errors import ConfigError, TrainingError
 from .methods.base import MIMMethod
 from .registry import build_method
+from .runs import update_metrics, write_config
 
 log = logging.getLogger("mimkit")
 
@@ -35,7 +36,9 @@ class TrainConfig:
     """Training settings; defaults follow the MAE paper's pretraining recipe where it has one."""
 
     batch_size: int = 64                # per device
-    max_steps: int = 1000               # optimiser steps
+    max_steps: int | None = None        # optimiser steps; None: from `epochs`, else 1000; wins over `epochs`
+    epochs: float | None = None         # passes over the data (papers count epochs), turned into steps
+    warmup_epochs: float | None = None  # turned into warmup_steps when those are not given
     max_time: float | None = None       # seconds; stops early, checkpoint kept
     base_lr: float = 1.5e-4             # MAE: blr 1.5e-4, lr = blr x batch / 256
     lr: float | None = None             # absolute learning rate; overrides base_lr
@@ -60,7 +63,7 @@ class TrainConfig:
         if self.precision not in ("32", "bf16-mixed", "16-mixed", "bf16-true"):
             raise ConfigError(f"precision must be 32 or bf16-mixed, got {self.precision!r}")
         for name in ("batch_size", "max_steps", "accumulate_grad_batches", "checkpoint_every", "devices"):
-            if int(getattr(self, name)) < 1:
+            if getattr(self, name) is not None and int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         self.betas = tuple(self.betas)
 
@@ -79,6 +82,17 @@ class TrainConfig:
     @property
     def warmup(self) -> int:
         return self.warmup_steps if self.warmup_steps is not None else max(1, self.max_steps // 20)
+
+    def for_data(self, num_samples: int) -> "TrainConfig":
+        """Steps from epochs for a data set of `num_samples` (an epoch = the samples / the effective batch)."""
+        steps_per_epoch = max(1, num_samples // self.effective_batch)
+        steps = self.max_steps
+        if steps is None:
+            steps = max(1, round(self.epochs * steps_per_epoch)) if self.epochs else 1000
+        warmup = self.warmup_steps
+        if warmup is None and self.warmup_epochs is not None:
+            warmup = min(steps, round(self.warmup_epochs * steps_per_epoch))
+        return dataclasses.replace(self, max_steps=steps, warmup_steps=warmup)
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -245,20 +259,25 @@ def load_initial_weights(method: MIMMethod, path: str | Path) -> dict:
 
 def pretrain(method: str | MIMMethod, dataset, out_dir: str | Path, config: TrainConfig | None = None, *,
              method_config: dict | None = None, resume: bool = False, callbacks: Sequence[Callback] = (),
-             run_config: dict | None = None, pretrained: str | Path | None = None) -> dict[str, Any]:
+             run_config: dict | None = None, pretrained: str | Path | None = None,
+             trainer: dict | None = None) -> dict[str, Any]:
     """Pretrain `method` (a name or a built method) on `dataset` and write one run folder.
 
     The folder holds `config.yaml` (written by the caller or from `run_config`), `metrics.json`,
     `checkpoints/` (Lightning checkpoints, `last.ckpt` for --resume), `model.safetensors` and `pictures/`.
-    `pretrained` starts a new run from a local weights file (see `load_initial_weights`).
+    `pretrained` starts a new run from a local weights file (see `load_initial_weights`). `trainer` passes other
+    Lightning Trainer options through (logger, callbacks, profiler, gradient clipping, ...; `trainer_options`);
+    the default logger is a CSV logger writing RUN/logs/.
     Returns the training summary that is also stored under "train" in metrics.json.
     """
     from .checkpoints import save_method
     from .viz import loss_curve
 
-    config = config or TrainConfig()
+    config = (config or TrainConfig()).for_data(len(dataset))
     out_dir = Path(out_dir)
     method_config = dict(method_config or {})
+    options = trainer_options(trainer, out_dir)
+    extra_callbacks = options.pop("callbacks")
     if isinstance(method, str):
         L.seed_everything(config.seed, workers=True, verbose=False)
         method = build_method(method, **method_config)
@@ -275,8 +294,7 @@ def pretrain(method: str | MIMMethod, dataset, out_dir: str | Path, config: Trai
         load_initial_weights(method, pretrained)
     out_dir.mkdir(parents=True, exist_ok=True)
     if run_config is not None:
-        import yaml
-        (out_dir / "config.yaml").write_text(yaml.safe_dump(run_config, sort_keys=False))
+        write_config(out_dir, run_config)
 
     picture_batch = _picture_batch(dataset)
     history = History(config, out_dir, picture_batch)
@@ -288,9 +306,9 @@ def pretrain(method: str | MIMMethod, dataset, out_dir: str | Path, config: Trai
         accelerator=config.accelerator, devices=config.devices, num_nodes=config.num_nodes,
         strategy=config.strategy, precision=config.precision,
         accumulate_grad_batches=config.accumulate_grad_batches, use_distributed_sampler=False,
-        callbacks=[checkpointing, history, *callbacks], logger=False, enable_model_summary=False,
+        callbacks=[checkpointing, history, *callbacks, *extra_callbacks], enable_model_summary=False,
         enable_progress_bar=config.progress, log_every_n_steps=config.log_every, num_sanity_val_steps=0,
-        max_epochs=-1)
+        max_epochs=-1, **options)
     module = MIMModule(method, config)
     trainer.fit(module, datamodule=MIMDataModule(dataset, config), ckpt_path=str(last) if resume else None)
     if not trainer.is_global_zero:
@@ -317,6 +335,30 @@ def pretrain(method: str | MIMMethod, dataset, out_dir: str | Path, config: Trai
     return summary
 
 
+# Lightning Trainer options that pass through unchanged; the others are TrainConfig's (declared once, used for the
+# learning-rate rule) or set by mimkit itself (checkpoints, steps, samplers).
+TRAINER_OPTIONS = ("logger", "callbacks", "profiler", "gradient_clip_val", "gradient_clip_algorithm", "detect_anomaly",
+                   "deterministic", "benchmark", "sync_batchnorm", "plugins", "barebones")
+
+
+def trainer_options(options: dict | None, out_dir: Path | None) -> dict:
+    """Check the pass-through Trainer options and fill the defaults: a CSV logger in OUT/logs, no extra callbacks."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(TRAINER_OPTIONS))
+    if unknown:
+        owned = sorted(set(unknown) & set(TrainConfig.__dataclass_fields__))
+        hint = f"; set {', '.join('train.' + k for k in owned)} instead" if owned else ""
+        raise ConfigError(f"trainer option(s) {', '.join(unknown)} are not passed to Lightning here{hint}; "
+                          f"the trainer section takes {', '.join(TRAINER_OPTIONS)}")
+    if options.get("logger") is None or options.get("logger") is True:
+        from lightning.pytorch.loggers import CSVLogger
+
+        options["logger"] = CSVLogger(out_dir, name="logs") if out_dir is not None else False
+    callbacks = options.get("callbacks") or []
+    options["callbacks"] = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+    return {k: v for k, v in options.items() if v is not None}
+
+
 def _picture_batch(dataset, count: int = 8) -> dict | None:
     """A fixed, unaugmented batch for reconstruction pictures (the dataset's eval view when it has one)."""
     view = getattr(dataset, "eval_view", None)
@@ -327,18 +369,5 @@ def _picture_batch(dataset, count: int = 8) -> dict | None:
     return {"image": torch.stack([item["image"] for item in items])}
 
 
-def update_metrics(out_dir: str | Path, values: dict) -> Path:
-    """Merge `values` into RUN/metrics.json (results lists are appended, other keys replaced)."""
-    path = Path(out_dir) / "metrics.json"
-    data = json.loads(path.read_text()) if path.exists() else {}
-    for key, value in values.items():
-        if key == "results":
-            data.setdefault("results", []).extend(value)
-        else:
-            data[key] = value
-    path.write_text(json.dumps(data, indent=2, default=float))
-    return path
-
-
 __all__ = ["TrainConfig", "MIMModule", "MIMDataModule", "pretrain", "parameter_groups", "warmup_cosine",
-           "update_metrics", "save_reconstruction"]
+           "save_reconstruction"]

@@ -15,8 +15,10 @@ from typing import Sequence
 
 import yaml
 
-from mimkit.core.cli import (add_pretrain_arguments, evaluate_encoders, few_labels, load_run, markdown_table,
-                             read_recipe, read_yaml_mapping, run_command, run_pretrain)
+from mimkit.core.cli import add_pretrain_arguments, markdown_table, read_recipe, read_yaml_mapping, run_command, run_pretrain
+from mimkit.core.data import few_labels
+from mimkit.core.evaluate import evaluate_encoders
+from mimkit.core.runs import load_run, update_metrics
 from mimkit.core.errors import ConfigError
 
 from .data import CACHES, MODALITIES, UnifiedDataset, build_dataset, preprocessing_from
@@ -191,7 +193,6 @@ def _encoders(method, config: dict, compare: bool, seed: int) -> dict:
 
 
 def _finish(args, rows: list[dict], columns: Sequence[str]) -> None:
-    from mimkit.core.train import update_metrics
 
     for row in rows:
         row.setdefault("data", f"{Path(args.data).resolve().name} ({args.layout})")
@@ -298,7 +299,6 @@ def _save_map(image, amap, path: Path, score: float) -> None:
 def cmd_anomaly(args) -> None:
     import numpy as np
 
-    from mimkit.core.train import update_metrics
 
     from .bench import _binary_auc, anomaly_scores, normal_labels
 
@@ -345,7 +345,6 @@ def cmd_anomaly(args) -> None:
 def cmd_bench(args) -> None:
     from mimkit.benchmarks.report import compare, markdown_table as report_table, write_report
     from mimkit.benchmarks.tasks import list_tasks
-    from mimkit.core.train import update_metrics
 
     from .bench import model_name, run_task
 

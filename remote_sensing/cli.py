@@ -15,7 +15,8 @@ from typing import Sequence
 
 import torch
 
-from mimkit.core.cli import (add_pretrain_arguments, load_run, markdown_table, resolve_pretrain, run_command,
+from mimkit.core.runs import load_run, update_metrics
+from mimkit.core.cli import (add_pretrain_arguments, markdown_table, resolve_pretrain, run_command,
                              run_pretrain)
 from mimkit.core.errors import CheckpointError, ConfigError, DataError
 
@@ -265,7 +266,6 @@ def _protocol_options(args, protocol: str) -> dict:
 def run_tasks(args, finetuning: bool) -> list[dict]:
     """Evaluate the encoder of --run or --checkpoint (and, if asked, the same architecture at random init) on tasks."""
     from mimkit.core.registry import build_method
-    from mimkit.core.train import update_metrics
 
     from .bench import run_task
 

@@ -27,11 +27,12 @@ def run_demo(out: str | Path = "runs/rs-demo", quick: bool = False, steps: int |
     from mimkit.core.data import mae_train_transform
     from mimkit.core.demo import write_report
     from mimkit.core.registry import build_method
-    from mimkit.core.train import TrainConfig, pretrain, update_metrics
+    from mimkit.core.runs import load_run, update_metrics
+    from mimkit.core.train import TrainConfig, pretrain
 
     from . import synthetic
     from .bench import load_task, run_task
-    from .cli import load_run, save_rgb_reconstruction
+    from .cli import save_rgb_reconstruction
     from .data import GeoTiffDataset
 
     out = Path(out)

@@ -116,6 +116,10 @@ def test_corrupt_file_is_skipped_and_counted_or_stops_with_strict_data(tmp_path,
 def test_evaluate_rejects_unlabelled_folder_and_missing_run(tmp_path, image_folder, capsys):
     assert main(["evaluate", "--run", str(tmp_path / "nope"), "--train", str(image_folder),
                  "--test", str(image_folder)]) == 2
+    assert "nope does not exist" in capsys.readouterr().err
+    (tmp_path / "unfinished").mkdir()
+    assert main(["evaluate", "--run", str(tmp_path / "unfinished"), "--train", str(image_folder),
+                 "--test", str(image_folder)]) == 2
     assert "model.safetensors is missing" in capsys.readouterr().err
 
 
