@@ -15,10 +15,9 @@ from typing import Sequence
 
 import torch
 
+from mimkit.core._argparse_cli import add_pretrain_arguments, resolve_pretrain, run_command, run_pretrain
 from mimkit.core.runs import load_run, update_metrics
-from mimkit.core.cli import (add_pretrain_arguments, markdown_table, resolve_pretrain, run_command,
-                             run_pretrain)
-from mimkit.core.errors import CheckpointError, ConfigError, DataError
+from mimkit.core.errors import CheckpointError, ConfigError
 
 log = logging.getLogger("mimkit")
 
@@ -147,18 +146,6 @@ def cmd_pretrain(args) -> None:
 
 
 # ------------------------------------------------------------------------------------------ evaluate / finetune
-def model_name(encoder) -> str:
-    """"ViT-B/16"-style name when the encoder has a standard size, else its dimensions."""
-    from mimkit.core.encoders import VIT_SIZES
-
-    letters = {"tiny": "Ti", "small": "S", "base": "B", "large": "L", "huge": "H"}
-    patch = encoder.patch_size[0]
-    for name, size in VIT_SIZES.items():
-        if (size.embed_dim, size.depth, size.num_heads) == (encoder.embed_dim, encoder.depth, encoder.num_heads):
-            return f"ViT-{letters[name]}/{patch}"
-    return f"ViT(dim {encoder.embed_dim}, depth {encoder.depth}, patch {patch})"
-
-
 def _data_bands(dataset):
     selection = getattr(dataset, "selection", None)
     return list(selection.bands or ()) if selection is not None else list(getattr(dataset, "bands", ()))
@@ -201,130 +188,83 @@ def checkpoint_encoder(path: str | Path, in_chans: int, img_size, adapt: str | N
     return encoder
 
 
-def _reader_options(args, run_config: dict) -> dict:
-    options = {}
-    data = run_config.get("data", {}) if run_config else {}
-    if args.bands:
-        options["bands"] = args.bands
-    elif data.get("band_names"):
-        options["bands"] = data["band_names"]  # the bands the encoder was pretrained on, in its order
-    return options
+def _reader_options(args, task) -> dict:
+    """The raster flags as reader options (they win over what the pretraining run recorded)."""
+    from .bench import prepare_geotiff
 
-
-def _load_task_data(args, name: str, img_size, patch_size, run_config: dict):
-    from .bench import load_task, segmentation_reader, tiles_reader
-    from mimkit.benchmarks.tasks import get_task
-
-    options = _reader_options(args, run_config)
-    task = get_task(name)
-    geotiff = task.reader in (tiles_reader, segmentation_reader)
-    if geotiff:
-        stored = run_config.get("data", {}) if run_config else {}
-        for key in ("sensor", "scale"):
-            value = getattr(args, key, None) if getattr(args, key, None) is not None else stored.get(key)
-            if value is not None:
-                options[key] = value
-        if args.allow_ungeoreferenced:
-            options["require_georeference"] = False
-        if args.cache_dir:
-            options["cache_dir"] = args.cache_dir
-    try:
-        return load_task(name, args.data, img_size, patch_size, **options)
-    except ConfigError:
-        if args.bands or "bands" not in options:
-            raise
-        # the pretraining bands are not names this dataset knows: read its default bands instead
-        log.info("task %s does not name the pretraining bands %s; reading its default bands", name, options["bands"])
-        options.pop("bands")
-        return load_task(name, args.data, img_size, patch_size, **options)
+    flags = {"--sensor": ("sensor", args.sensor), "--scale": ("scale", args.scale),
+             "--offset": ("offset", args.offset), "--nodata": ("nodata", args.nodata),
+             "--cache-dir": ("cache_dir", args.cache_dir),
+             "--allow-ungeoreferenced": ("require_georeference", False if args.allow_ungeoreferenced else None)}
+    given = {flag: option for flag, option in flags.items() if option[1] is not None}
+    if given and task.prepare is not prepare_geotiff:
+        raise ConfigError(f"{', '.join(given)} read GeoTIFF files; task {task.name} reads {task.dataset} through "
+                          f"torchgeo, which takes --bands only")
+    return {**({"bands": args.bands} if args.bands else {}), **dict(given.values())}
 
 
 def _protocol_options(args, protocol: str) -> dict:
-    options = {"seed": args.seed}
+    options = {}
     if protocol == "knn":
         options["k"] = args.k
-        options.pop("seed")
     if args.epochs is not None and protocol != "knn":
         options["epochs"] = args.epochs
     if args.batch_size is not None:
         options["batch_size"] = args.batch_size
-    if protocol in ("finetune", "segmentation"):
-        for key in ("lr",):
-            if getattr(args, key, None) is not None:
-                options[key] = getattr(args, key)
-    if protocol == "finetune":
-        if getattr(args, "base_lr", None) is not None:
-            options["base_lr"] = args.base_lr
-        if getattr(args, "warmup_epochs", None) is not None:
-            options["warmup_epochs"] = args.warmup_epochs
+    for key in ("lr", "base_lr", "warmup_epochs"):
+        if protocol in ("finetune", "segmentation") and getattr(args, key, None) is not None:
+            options[key] = getattr(args, key)
     if protocol == "segmentation":
-        options["head"] = args.head
-        options["finetune_encoder"] = bool(getattr(args, "finetune_encoder", False))
+        options["freeze_encoder"] = not getattr(args, "finetune_encoder", False)
     return options
 
 
 def run_tasks(args, finetuning: bool) -> list[dict]:
-    """Evaluate the encoder of --run or --checkpoint (and, if asked, the same architecture at random init) on tasks."""
-    from mimkit.core.registry import build_method
+    """Evaluate the encoder of --run or --checkpoint (and, if asked, the same architecture at random init) on tasks
+    through mimkit.benchmarks' runner; `finetuning` keeps each fine-tuned model in OUT/<task>/<init>/."""
+    import dataclasses
 
-    from .bench import run_task
+    from mimkit.benchmarks.report import write_table
+    from mimkit.benchmarks.runner import run_task
+    from mimkit.benchmarks.tasks import get_task
+
+    from .bench import prepare_geotiff
 
     if bool(args.run) == bool(args.checkpoint):
         raise ConfigError("give exactly one of --run (a mimkit-rs pretraining run) and --checkpoint (a timm, "
                           "torchgeo or mimkit weights file)")
-    run_config, method = {}, None
-    if args.run:
-        method, run_config = load_run(args.run)
-        img_size, patch_size = tuple(method.encoder.img_size), tuple(method.encoder.patch_size)
-    else:
-        img_size = tuple(args.img_size) if len(args.img_size) == 2 else (args.img_size[0],) * 2
-        patch_size = None
+    subject, run_config = load_run(args.run) if args.run else (None, None)
     out = Path(args.out) if getattr(args, "out", None) else (Path(args.run) if args.run else None)
     rows = []
     for name in args.task:
-        task, train_set, test_set = _load_task_data(args, name, img_size, patch_size or (16, 16), run_config)
+        task = get_task(name)
         if finetuning and task.protocol not in ("finetune", "segmentation"):
             raise ConfigError(f"`finetune` runs fine-tuning or segmentation tasks; {name} is a {task.protocol} task "
                               f"(use `mimkit-rs evaluate`)")
-        if method is not None:
-            encoders = {"pretrained": method.encoder}
-        else:
-            encoders = {"pretrained": checkpoint_encoder(args.checkpoint, train_set.in_chans, img_size,
-                                                         args.adapt_in_chans, _data_bands(train_set),
-                                                         args.checkpoint_sensor, args.num_heads)}
-        if args.compare_random_init:
-            torch.manual_seed(args.seed)
-            if method is not None:
-                encoders["random"] = build_method(run_config.get("method", method.method_name),
-                                                  **run_config.get("model", {})).encoder
-            else:
-                import copy
-
-                fresh = copy.deepcopy(encoders["pretrained"])
-                fresh.apply(lambda m: m.reset_parameters() if hasattr(m, "reset_parameters") else None)
-                encoders["random"] = fresh
-        options = _protocol_options(args, task.protocol)
-        if finetuning and out is not None:
-            options["return_model"] = True
-        for init, encoder in encoders.items():
-            row = run_task(task, encoder, train_set, test_set, args.labels_per_class, **options)
-            trained = row.pop("trained_model", None)
-            if trained is not None and init == "pretrained":
-                from safetensors.torch import save_file
-
-                from mimkit.core.checkpoints import _unshared
-
-                path = out / f"finetuned-{name}.safetensors"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                save_file(_unshared(trained.state_dict()), str(path),
-                          metadata={"format": "mimkit-finetuned", "task": name, "classes": json.dumps(
-                              list(getattr(train_set, "classes", []) or []))})
-                row["weights"] = str(path)
-            row.update(init=init, model=model_name(encoder), method=run_config.get("method", "checkpoint"))
-            rows.append(row)
+        if task.protocol == "segmentation":
+            task = dataclasses.replace(task, head_options={**task.head_options, "decoder": args.head})
+        reader_options = _reader_options(args, task)
+        encoder = subject
+        if encoder is None:  # the checkpoint's encoder is built for the task's bands: read them first
+            img_size = tuple(args.img_size) if len(args.img_size) == 2 else (args.img_size[0],) * 2
+            geotiff = {"patch_size": (16, 16)} if task.prepare is prepare_geotiff else {}
+            train_set, _ = task.load(args.data, **{"img_size": img_size, **geotiff, **reader_options})
+            encoder = checkpoint_encoder(args.checkpoint, train_set.in_chans, img_size, args.adapt_in_chans,
+                                         _data_bands(train_set), args.checkpoint_sensor, args.num_heads)
+        results = run_task(task, encoder, args.data, run_config=run_config,
+                           compare_random_init=args.compare_random_init, labels_per_class=args.labels_per_class,
+                           seed=args.seed, reader_options=reader_options,
+                           out_dir=out / name if finetuning and out is not None else None,
+                           **_protocol_options(args, task.protocol))
+        for row in results:
+            row["method"] = (run_config or {}).get("method", "checkpoint")
+            weights = row["details"].get("model_path")
+            if weights:
+                row["weights"] = weights
+        rows += results
     if out is not None:
         update_metrics(out, {"results": rows})
-    print(markdown_table(rows, ["task", "init", "metric", "value", "num_train", "num_test"]))
+    print(write_table(rows, ["task", "init", "metric", "value", "num_train", "num_test"]), end="")
     return rows
 
 
@@ -436,7 +376,7 @@ def _add_encoder_source(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .bench import SEGMENTATION_HEADS
+    from mimkit.core.heads import SEGMENTATION_DECODERS
 
     parser = argparse.ArgumentParser(
         prog="mimkit-rs", description="Masked-image-modeling for remote sensing: multispectral GeoTIFFs, "
@@ -464,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
         "`python -m mimkit.benchmarks.report --run RUN` compares them with published figures.")
     _add_encoder_source(ev)
     ev.add_argument("--k", type=int, default=20, help="neighbours for kNN (default 20)")
-    ev.add_argument("--head", choices=SEGMENTATION_HEADS, default="linear", help="segmentation head (default linear)")
+    ev.add_argument("--head", choices=SEGMENTATION_DECODERS, default="linear", help="segmentation head (default linear)")
     ev.add_argument("--lr", type=float, help="fine-tuning / segmentation learning rate")
     ev.add_argument("--out", help="write metrics.json here instead of into the run")
     ev.set_defaults(func=cmd_evaluate)
@@ -480,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--lr", type=float, help="absolute learning rate")
     ft.add_argument("--base-lr", type=float, help="lr = base_lr x batch / 256 (fine-tuning; default 1e-3)")
     ft.add_argument("--warmup-epochs", type=float)
-    ft.add_argument("--head", choices=SEGMENTATION_HEADS, default="linear", help="segmentation head (default linear)")
+    ft.add_argument("--head", choices=SEGMENTATION_DECODERS, default="linear", help="segmentation head (default linear)")
     ft.add_argument("--finetune-encoder", action="store_true", help="segmentation: train the encoder too")
     ft.add_argument("--k", type=int, default=20, help=argparse.SUPPRESS)
     ft.set_defaults(func=cmd_finetune)

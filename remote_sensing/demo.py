@@ -20,18 +20,15 @@ DEMO_TRAIN = dict(batch_size=64, max_steps=600, base_lr=1.5e-3, warmup_steps=30,
 def run_demo(out: str | Path = "runs/rs-demo", quick: bool = False, steps: int | None = None,
              num_workers: int = 1) -> dict:
     """Write the synthetic data, pretrain, evaluate against random init; write report.md, metrics.json, pictures."""
-    import torch
     from torchgeo.datasets import EuroSAT
 
-    from mimkit.benchmarks.tasks import get_task
+    from mimkit.benchmarks.runner import run_task
     from mimkit.core.data import mae_train_transform
     from mimkit.core.demo import write_report
-    from mimkit.core.registry import build_method
     from mimkit.core.runs import load_run, update_metrics
     from mimkit.core.train import TrainConfig, pretrain
 
     from . import synthetic
-    from .bench import load_task, run_task
     from .cli import save_rgb_reconstruction
     from .data import GeoTiffDataset
 
@@ -65,23 +62,19 @@ def run_demo(out: str | Path = "runs/rs-demo", quick: bool = False, steps: int |
     summary = pretrain("mae", dataset, run_dir, TrainConfig(**train), method_config=DEMO_MODEL, resume=resume,
                        run_config={"method": "mae", "model": DEMO_MODEL, "train": train, "data": data})
     picture = save_rgb_reconstruction(run_dir, dataset)
-    method, _ = load_run(run_dir)
-    torch.manual_seed(0)
-    encoders = {"pretrained": method.encoder, "random": build_method("mae", **DEMO_MODEL).encoder}
+    method, run_config = load_run(run_dir)
     options = {"eurosat-linear": {"epochs": 20 if quick else 90},
                "eurosat-finetune": {"epochs": 5 if quick else 30, "batch_size": 32, "warmup_epochs": 1 if quick else 3},
                "geotiff-segmentation": {"epochs": 10 if quick else 40, "lr": 1e-2, "batch_size": 8}}
     rows = []
     for name, protocol_options in options.items():
-        roots = {"geotiff-segmentation": seg_root}
-        reader = {} if name == "geotiff-segmentation" else {"bands": bands}
-        task, train_set, test_set = load_task(name, roots.get(name, eurosat_root), (32, 32), (8, 8), **reader)
-        print(f"mimkit-rs demo: {name} ({len(train_set)} training, {len(test_set)} test samples)", file=sys.stderr)
-        for init, encoder in encoders.items():
-            row = run_task(get_task(name), encoder, train_set, test_set, **protocol_options)
-            rows.append({"task": name, "protocol": name, "metric": task.metric, "init": init, "value": row["value"],
-                         "data": task.dataset, "method": "mae", "model": "ViT(dim 64, depth 4, patch 8)",
-                         "num_train": row["num_train"]})
+        root = seg_root if name == "geotiff-segmentation" else eurosat_root
+        print(f"mimkit-rs demo: {name}, pretrained and random init", file=sys.stderr)
+        # the task reads the data as pretraining did (the run's bands, scale and statistics); random init is the
+        # same architecture built from the run's config with seed 0
+        for row in run_task(name, method, root, run_config=run_config, compare_random_init=True, seed=0,
+                            **protocol_options):
+            rows.append({**row, "method": "mae"})
     update_metrics(run_dir, {"results": rows})
     data_line = (f"Data: {len(dataset)} unlabelled tiles (EuroSAT-shaped synthetic copy, training split), "
                  f"{segmentation_tiles} segmentation tiles per split; values are percentages.")

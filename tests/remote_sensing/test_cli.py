@@ -9,6 +9,7 @@ import timm
 import torch
 import yaml
 
+from mimkit.core.finetune import load_finetuned
 from mimkit.remote_sensing import synthetic
 from mimkit.remote_sensing.cli import build_parser, main, recipe_files
 from mimkit.remote_sensing.data import GeoTiffDataset, write_geotiff
@@ -88,10 +89,23 @@ def test_finetune_a_timm_checkpoint_needs_an_explicit_channel_adaptation(data, t
     assert main(common) == 2
     assert "adapt" in capsys.readouterr().err  # the error names the fix
     assert main([*common, "--adapt-in-chans", "select"]) == 0
-    weights = tmp_path / "ft" / "finetuned-eurosat-finetune.safetensors"
-    assert weights.is_file()
+    weights = tmp_path / "ft" / "eurosat-finetune" / "pretrained" / "model.safetensors"
     rows = json.loads((tmp_path / "ft" / "metrics.json").read_text())["results"]
     assert rows[0]["task"] == "eurosat-finetune" and rows[0]["weights"] == str(weights)
+    model, config = load_finetuned(weights)  # encoder and head, rebuilt from the file alone
+    assert config["num_outputs"] == 3 and model(torch.zeros(1, 13, 32, 32)).shape == (1, 3)
+
+
+def test_finetune_segmentation_reads_the_run_bands_with_the_chosen_head(mae_run, data, tmp_path, capsys):
+    segmentation = synthetic.write_segmentation(data / "segmentation", count=4, size=32)
+    out = tmp_path / "seg"
+    assert main(["finetune", "--run", str(mae_run), "--task", "geotiff-segmentation", "--data", str(segmentation),
+                 "--head", "conv", "--epochs", "2", "--batch-size", "4", "--out", str(out)]) == 0
+    row, = json.loads((out / "metrics.json").read_text())["results"]
+    assert row["settings"]["head_options"] == {"decoder": "conv"} and row["settings"]["freeze_encoder"]
+    assert row["metric"] == "miou" and row["num_train"] == 4 and 0 <= row["value"] <= 100
+    assert (out / "geotiff-segmentation" / "pretrained" / "model.safetensors").is_file()
+    assert "| geotiff-segmentation | pretrained | miou |" in capsys.readouterr().out
 
 
 def test_tile_cuts_a_scene_into_georeferenced_shards(tmp_path, capsys):
@@ -143,3 +157,8 @@ def test_bad_input_is_one_clear_line(tmp_path, data, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "12 band(s) but sensor 'sentinel2' describes 13" in err and "Traceback" not in err
     assert main(["evaluate", "--run", str(tmp_path / "nope"), "--task", "eurosat-knn", "--data", "x"]) == 2
+    capsys.readouterr()
+    # a GeoTIFF flag on a torchgeo task would be dropped: refused, naming the flag
+    assert main(["evaluate", "--checkpoint", str(source), "--task", "eurosat-knn", "--data", str(data / "eurosat"),
+                 "--sensor", "landsat8"]) == 2
+    assert "--sensor read GeoTIFF files" in capsys.readouterr().err

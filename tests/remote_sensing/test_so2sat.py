@@ -6,9 +6,10 @@ import torch
 
 h5py = pytest.importorskip("h5py")
 
+from mimkit.benchmarks.runner import run_task  # noqa: E402
 from mimkit.core.encoders import ViTEncoder  # noqa: E402
 from mimkit.core.evaluate import linear_probe  # noqa: E402
-from mimkit.remote_sensing.bench import evaluate_task, so2sat_reader  # noqa: E402
+from mimkit.remote_sensing.bench import so2sat_reader  # noqa: E402
 from mimkit.remote_sensing.data import so2sat  # noqa: E402
 
 PER_SPLIT = 12
@@ -93,7 +94,7 @@ def test_registered_so2sat_task_runs_the_linear_protocol(copy):
     torch.manual_seed(0)
     encoder = ViTEncoder(in_chans=18, img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
     options = dict(epochs=30, lr=0.05, batch_size=12)
-    row = evaluate_task("so2sat-linear", encoder, root, **options)
+    row, = run_task("so2sat-linear", encoder, root, **options)
     assert (row["data"], row["protocol"], row["metric"]) == ("So2Sat LCZ42", "linear", "accuracy")
     assert (row["num_train"], row["num_test"], row["details"]["num_samples"]) == (PER_SPLIT, PER_SPLIT, PER_SPLIT)
     accuracy = row["details"]["accuracy"]
