@@ -305,13 +305,15 @@ def load_method_weights(method: nn.Module, path: str | Path, strict: bool = True
 
 # ---------------------------------------------------------------------------------------------- mimkit files
 def save_method(method: nn.Module, path: str | Path, config: dict) -> Path:
-    """Save a method's full state dict as safetensors, with its registry name and constructor config."""
+    """Save a method's full state dict as safetensors, with its registry name and constructor config (JSON; the
+    encoder's fields nested under "encoder"). Files with a flat config, written before, load too."""
     path = Path(path)
     name = getattr(method, "method_name", None)
     if name is None:
         raise ConfigError(f"{type(method).__name__} is not a registered method (no method_name); cannot save it")
     if path.suffix != ".safetensors":
         raise ConfigError(f"save path {path} must end in .safetensors")
+    config = _stored_config(name, config)
     for key, value in config.items():
         try:
             json.dumps(value)
@@ -322,6 +324,17 @@ def save_method(method: nn.Module, path: str | Path, config: dict) -> Path:
     save_file(_unshared(method.state_dict()), str(path),
               metadata={"format": "mimkit", "method": name, "config": json.dumps(config)})
     return path
+
+
+def _stored_config(name: str, config: dict) -> dict:
+    """A registered method's config as stored: its encoder fields (flat or not) as one nested "encoder" mapping."""
+    from .encoders import EncoderConfig
+    from .registry import list_methods, method_config  # late: the registry imports every methods package
+
+    if name not in list_methods():
+        return dict(config)
+    config = method_config(name, config)
+    return {k: (dict(vars(v)) if isinstance(v, EncoderConfig) else v) for k, v in config.items()}
 
 
 def load_method(path: str | Path) -> tuple[nn.Module, dict]:

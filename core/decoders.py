@@ -22,44 +22,72 @@ def restore_tokens(visible: torch.Tensor, ids_restore: torch.Tensor, mask_token:
     return gather_tokens(filled, ids_restore)
 
 
-def decoder_input(decoder: nn.Module, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
-    """A decoder's input: embed the encoder's tokens, put mask tokens at the hidden positions, add the fixed
-    positions. `decoder` has `embed`, `mask_token`, `pos_embed`, `grid` and `num_prefix_tokens` (MAE's layout)."""
-    x = decoder.embed(latent)
-    prefix, visible = x[:, :decoder.num_prefix_tokens], x[:, decoder.num_prefix_tokens:]
-    x = restore_tokens(visible, ids_restore, decoder.mask_token)
-    if ids_restore.shape[1] != decoder.pos_embed.shape[1]:
-        raise DataError(f"the decoder was built for a {decoder.grid} token grid ({decoder.pos_embed.shape[1]} "
-                        f"tokens), got {ids_restore.shape[1]} tokens: use images of the model's size")
-    return torch.cat([prefix, x + decoder.pos_embed], dim=1)
+class MaskedTokenDecoder(nn.Module):
+    """The start MAE-style decoders share: embed the encoder's tokens, mask tokens at the hidden positions, fixed
+    sin-cos positions, blocks, a final norm and a linear prediction per token.
 
+    Subclasses give the blocks and run them in `forward` between `tokens` and `predict`. `in_dim=None` leaves out
+    the embedding (for decoders that build their own queries); `store_positions=False` keeps the positions as a
+    buffer outside the state dict instead of MAE's frozen `pos_embed` parameter.
+    """
 
-class MAEDecoder(nn.Module):
-    """MAE's lightweight decoder: embed, insert mask tokens, add sin-cos positions, blocks, predict patches."""
-
-    def __init__(self, grid: Sequence[int], in_dim: int, out_dim: int, decoder_embed_dim: int = 512,
-                 decoder_depth: int = 8, decoder_num_heads: int = 16, mlp_ratio: float = 4.0,
-                 num_prefix_tokens: int = 1):
+    def __init__(self, grid: Sequence[int], in_dim: int | None, out_dim: int, decoder_embed_dim: int,
+                 blocks: Sequence[nn.Module], num_prefix_tokens: int = 1, store_positions: bool = True):
         super().__init__()
         self.grid, self.num_prefix_tokens = tuple(grid), num_prefix_tokens
-        self.embed = nn.Linear(in_dim, decoder_embed_dim)
+        if in_dim is not None:
+            self.embed = nn.Linear(in_dim, decoder_embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
-        self.pos_embed = nn.Parameter(sincos_pos_embed(decoder_embed_dim, self.grid).unsqueeze(0),
-                                      requires_grad=False)
-        self.blocks = nn.ModuleList([
-            Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True, norm_layer=LayerNorm)
-            for _ in range(decoder_depth)])
+        positions = sincos_pos_embed(decoder_embed_dim, self.grid).unsqueeze(0)
+        if store_positions:
+            self.pos_embed = nn.Parameter(positions, requires_grad=False)
+        else:
+            self.register_buffer("pos_embed", positions, persistent=False)
+        self.blocks = nn.ModuleList(blocks)
         self.norm = LayerNorm(decoder_embed_dim)
         self.pred = nn.Linear(decoder_embed_dim, out_dim)
         self.apply(init_weights)
         nn.init.normal_(self.mask_token, std=0.02)
 
+    def tokens(self, latent: torch.Tensor, ids_restore: torch.Tensor, positions: torch.Tensor | None = None,
+               grid: Sequence[int] | None = None) -> torch.Tensor:
+        """The blocks' input: the embedded encoder tokens (B, prefix + K, D_enc) back in place among mask tokens,
+        plus the positions (`pos_embed` of `grid` unless others are given): (B, prefix + N, D)."""
+        positions = self.pos_embed if positions is None else positions
+        x = self.embed(latent)
+        prefix, visible = x[:, :self.num_prefix_tokens], x[:, self.num_prefix_tokens:]
+        if ids_restore.shape[1] != positions.shape[1]:
+            raise DataError(f"the decoder was built for a {tuple(grid or self.grid)} token grid ({positions.shape[1]} "
+                            f"tokens), got {ids_restore.shape[1]} tokens: use images of the model's size")
+        x = restore_tokens(visible, ids_restore, self.mask_token)
+        return torch.cat([prefix, x + positions], dim=1)
+
+    def predict(self, x: torch.Tensor, head: nn.Module | None = None) -> torch.Tensor:
+        """Final norm and prediction (`pred` unless another head is given) of every non-prefix token."""
+        return (head or self.pred)(self.norm(x))[:, self.num_prefix_tokens:]
+
+
+def decoder_blocks(dim: int, depth: int, num_heads: int, mlp_ratio: float) -> list[nn.Module]:
+    """`depth` pre-norm self-attention blocks of an MAE decoder (timm's Block, qkv bias, LayerNorm eps 1e-6)."""
+    return [Block(dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=LayerNorm) for _ in range(depth)]
+
+
+class MAEDecoder(MaskedTokenDecoder):
+    """MAE's lightweight decoder: embed, insert mask tokens, add sin-cos positions, blocks, predict patches."""
+
+    def __init__(self, grid: Sequence[int], in_dim: int, out_dim: int, decoder_embed_dim: int = 512,
+                 decoder_depth: int = 8, decoder_num_heads: int = 16, mlp_ratio: float = 4.0,
+                 num_prefix_tokens: int = 1):
+        super().__init__(grid, in_dim, out_dim, decoder_embed_dim,
+                         decoder_blocks(decoder_embed_dim, decoder_depth, decoder_num_heads, mlp_ratio),
+                         num_prefix_tokens)
+
     def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """latent (B, prefix + K, D_enc) -> predictions for every token (B, N, out_dim)."""
-        x = decoder_input(self, latent, ids_restore)
+        x = self.tokens(latent, ids_restore)
         for block in self.blocks:
             x = block(x)
-        return self.pred(self.norm(x))[:, self.num_prefix_tokens:]
+        return self.predict(x)
 
 
 class LinearHead(nn.Module):
@@ -158,7 +186,7 @@ class CrossAttentionBlock(nn.Module):
         return x + self.drop_path(self.ls_mlp(self.mlp(self.norm_mlp(x))))
 
 
-class HierarchicalDecoder(nn.Module):
+class HierarchicalDecoder(MaskedTokenDecoder):
     """An MAE decoder whose later blocks read intermediate encoder layers (Hi-End-MAE's hierarchical decoding).
 
     The final encoder tokens plus mask tokens, with sin-cos positions, go through `self_depth` self-attention
@@ -169,24 +197,14 @@ class HierarchicalDecoder(nn.Module):
     def __init__(self, grid: Sequence[int], in_dim: int, out_dim: int, num_contexts: int,
                  decoder_embed_dim: int = 512, self_depth: int = 2, decoder_num_heads: int = 16,
                  mlp_ratio: float = 4.0, num_prefix_tokens: int = 1, context_dim: int | None = None):
-        super().__init__()
-        self.grid, self.num_prefix_tokens = tuple(grid), num_prefix_tokens
-        self.embed = nn.Linear(in_dim, decoder_embed_dim)
+        super().__init__(grid, in_dim, out_dim, decoder_embed_dim,
+                         decoder_blocks(decoder_embed_dim, self_depth, decoder_num_heads, mlp_ratio), num_prefix_tokens)
         self.context_proj = nn.ModuleList([nn.Linear(context_dim or in_dim, decoder_embed_dim)
                                            for _ in range(num_contexts)])
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
-        self.pos_embed = nn.Parameter(sincos_pos_embed(decoder_embed_dim, self.grid).unsqueeze(0),
-                                      requires_grad=False)
-        self.blocks = nn.ModuleList([
-            Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True, norm_layer=LayerNorm)
-            for _ in range(self_depth)])
+        self.context_proj.apply(init_weights)
         self.cross_blocks = nn.ModuleList([
             CrossAttentionBlock(decoder_embed_dim, decoder_num_heads, mlp_ratio, self_attention=True)
             for _ in range(num_contexts)])
-        self.norm = LayerNorm(decoder_embed_dim)
-        self.pred = nn.Linear(decoder_embed_dim, out_dim)
-        self.apply(init_weights)
-        nn.init.normal_(self.mask_token, std=0.02)
 
     def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor,
                 contexts: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -194,9 +212,9 @@ class HierarchicalDecoder(nn.Module):
         if len(contexts) != len(self.cross_blocks):
             raise ConfigError(f"the decoder has {len(self.cross_blocks)} cross-attention blocks but got "
                               f"{len(contexts)} encoder layers to read")
-        x = decoder_input(self, latent, ids_restore)
+        x = self.tokens(latent, ids_restore)
         for block in self.blocks:
             x = block(x)
         for block, proj, context in zip(self.cross_blocks, self.context_proj, contexts):
             x = block(x, proj(context))
-        return self.pred(self.norm(x))[:, self.num_prefix_tokens:]
+        return self.predict(x)

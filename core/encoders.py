@@ -6,9 +6,9 @@ The state dict of a 2D `ViTEncoder` has exactly the keys of timm's `VisionTransf
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from functools import partial
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +44,73 @@ def vit_size(name: str) -> ViTSize:
         return VIT_SIZES[name]
     except KeyError:
         raise ConfigError(f"unknown model size {name!r}; choose one of {', '.join(VIT_SIZES)}") from None
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """The ViT encoder's shape, one object for every method (`--model.encoder.embed_dim 384` on the command line).
+
+    `size` (tiny, small, base, large, huge), when given, sets `embed_dim`, `depth` and `num_heads` to that named
+    size, overriding the three. Sizes are one int for every axis or one per axis ((H, W) or (D, H, W)).
+    """
+
+    img_size: int | tuple[int, ...] = 224
+    patch_size: int | tuple[int, ...] = 16
+    in_chans: int | None = 3  # None: the method derives it (SMARTIES: from its default bands)
+    size: str | None = None
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    drop_path_rate: float = 0.0
+    spatial_dims: int = 2
+    pos_embed: str = "sincos"  # "sincos" (fixed) or "learned"
+    class_token: bool = True
+
+    def __post_init__(self):
+        # lists (from JSON / YAML) become tuples, so that configs compare and hash alike
+        for name in ("img_size", "patch_size"):
+            value = getattr(self, name)
+            if isinstance(value, (list, tuple)):
+                object.__setattr__(self, name, tuple(int(v) for v in value))
+        if self.size is not None:
+            named = vit_size(self.size)
+            for name in ("embed_dim", "depth", "num_heads"):
+                object.__setattr__(self, name, getattr(named, name))
+
+    def encoder_arguments(self) -> dict:
+        """Keyword arguments of `ViTEncoder` (every field but `size`, which is already applied)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "size"}
+
+
+ENCODER_FIELDS = tuple(f.name for f in fields(EncoderConfig))
+
+
+def encoder_config(config: EncoderConfig | Mapping | None = None, base: EncoderConfig | None = None,
+                   **overrides) -> EncoderConfig:
+    """An EncoderConfig from a config, a mapping of its fields (applied over `base`) or nothing, plus overrides."""
+    if config is None:
+        config = base or EncoderConfig()
+    elif isinstance(config, Mapping):
+        overrides = {**config, **overrides}
+        config = base or EncoderConfig()
+    elif not isinstance(config, EncoderConfig):
+        raise ConfigError(f"encoder must be an EncoderConfig or a mapping of its fields, got {type(config).__name__}")
+    unknown = sorted(set(overrides) - set(ENCODER_FIELDS))
+    if unknown:
+        raise ConfigError(f"encoder has no field(s) {', '.join(unknown)}; its fields: {', '.join(ENCODER_FIELDS)}")
+    numbers = [k for k in ("embed_dim", "depth", "num_heads") if k in overrides]
+    if overrides.get("size") is not None:
+        named = vit_size(overrides["size"])
+        clash = [f"{k}={overrides[k]}" for k in numbers if overrides[k] != getattr(named, k)]
+        if clash:
+            raise ConfigError(f"encoder.size={overrides['size']!r} sets embed_dim={named.embed_dim}, depth="
+                              f"{named.depth}, num_heads={named.num_heads}; got {', '.join(clash)} too: "
+                              f"give one or the other")
+    elif numbers and "size" not in overrides:
+        overrides["size"] = None  # explicit numbers replace a named size of the base config
+    return replace(config, **overrides) if overrides else config
 
 
 class PatchEmbed(nn.Module):
@@ -105,7 +172,7 @@ class ViTEncoder(nn.Module):
         self.grid = grid_shape(self.img_size, self.patch_size)
         self.num_patches = int(torch.tensor(self.grid).prod())
         self.in_chans, self.embed_dim, self.num_features = in_chans, embed_dim, embed_dim
-        self.depth, self.num_heads = depth, num_heads
+        self.depth, self.num_heads, self.mlp_ratio = depth, num_heads, mlp_ratio
         self.num_prefix_tokens = 1 if class_token else 0
         self.patch_embed = patch_embed or PatchEmbed(self.patch_size, in_chans, embed_dim, spatial_dims)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if class_token else None
@@ -250,7 +317,8 @@ class UnifiedViTEncoder(ViTEncoder):
     def __init__(self, img_size: int | Sequence[int] = 224, patch_size: int | Sequence[int] = 16,
                  in_chans: int = 3, volume_size: int | Sequence[int] = (112, 224, 224),
                  volume_patch_size: int | Sequence[int] | None = None, volume_chans: int | None = None,
-                 embed_dim: int = 768, pos_embed: str = "sincos", **kwargs):
+                 embed_dim: int = 768, pos_embed: str = "sincos", spatial_dims: int = 2, **kwargs):
+        require_2d(spatial_dims, "a unified 2D/3D encoder (3D volumes enter through volume_size)")
         embedder = UnifiedPatchEmbed(patch_size, in_chans, embed_dim, volume_patch_size, volume_chans)
         super().__init__(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
                          pos_embed=pos_embed, spatial_dims=2, patch_embed=embedder, **kwargs)
@@ -311,6 +379,12 @@ def run_blocks(blocks: Sequence[nn.Module], norm: nn.Module, tokens: torch.Tenso
     return (out, hidden) if return_layers is not None else out
 
 
+def require_2d(spatial_dims: int, what: str) -> None:
+    """Refuse a 3D configuration for an encoder that reads 2D images only."""
+    if spatial_dims != 2:
+        raise ConfigError(f"{what} reads 2D images: encoder.spatial_dims must be 2, got {spatial_dims}")
+
+
 def gather_tokens(tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """tokens (B, N, D), ids (B, K) -> (B, K, D)."""
     return torch.gather(tokens, 1, ids.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
@@ -327,12 +401,22 @@ def init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-def build_encoder(size: str | None = None, **kwargs) -> ViTEncoder:
-    """A ViTEncoder from a named size (tiny/small/base/large/huge) plus any overrides, or free sizes."""
-    if size is not None:
-        s = vit_size(size)
-        kwargs = {"embed_dim": s.embed_dim, "depth": s.depth, "num_heads": s.num_heads, **kwargs}
-    return ViTEncoder(**kwargs)
+def build_encoder(config: EncoderConfig | Mapping | str | None = None, encoder_class: type[ViTEncoder] | None = None,
+                  **overrides) -> ViTEncoder:
+    """A ViT encoder from an EncoderConfig (or a mapping of its fields) plus field overrides.
+
+    A string is a named size whose embed_dim, depth and num_heads the overrides may still change
+    (`build_encoder("tiny", depth=1)`). Keys that are not EncoderConfig fields go to `encoder_class`
+    (default ViTEncoder), e.g. a ChannelViTEncoder's `num_memory_tokens`.
+    """
+    if isinstance(config, str):
+        named = vit_size(config)
+        config = EncoderConfig(embed_dim=named.embed_dim, depth=named.depth, num_heads=named.num_heads)
+    config = encoder_config(config, **{k: v for k, v in overrides.items() if k in ENCODER_FIELDS})
+    if config.in_chans is None:
+        raise ConfigError("encoder.in_chans is not set: give the number of input channels")
+    extra = {k: v for k, v in overrides.items() if k not in ENCODER_FIELDS}
+    return (encoder_class or ViTEncoder)(**config.encoder_arguments(), **extra)
 
 
 # ----------------------------------------------------------------------------- spectrum-aware patch embedding
@@ -484,7 +568,10 @@ class SpectralViTEncoder(ViTEncoder):
     def __init__(self, ranges: Sequence[SpectralRange], wavelengths: Sequence[float],
                  bandwidths: Sequence[float] | None = None, band_names: Sequence[str] | None = None,
                  img_size: int | Sequence[int] = 224, patch_size: int | Sequence[int] = 16, embed_dim: int = 768,
-                 projection_scale: float = 1.0, **kwargs):
+                 projection_scale: float = 1.0, in_chans: int | None = None, spatial_dims: int = 2, **kwargs):
+        require_2d(spatial_dims, "a spectrum-aware encoder")
+        if in_chans is not None and in_chans != len(wavelengths):
+            raise ConfigError(f"in_chans={in_chans} but the encoder's default bands are {len(wavelengths)}")
         embedder = SpectralPatchEmbed(ranges, patch_size, embed_dim, projection_scale)
         super().__init__(img_size=img_size, patch_size=patch_size, in_chans=len(wavelengths), embed_dim=embed_dim,
                          spatial_dims=2, patch_embed=embedder, **kwargs)
@@ -592,7 +679,9 @@ class ChannelViTEncoder(ViTEncoder):
     """
 
     def __init__(self, img_size: int | Sequence[int] = 224, patch_size: int | Sequence[int] = 16,
-                 in_chans: int = 3, embed_dim: int = 768, num_memory_tokens: int = 0, **kwargs):
+                 in_chans: int = 3, embed_dim: int = 768, num_memory_tokens: int = 0, spatial_dims: int = 2,
+                 **kwargs):
+        require_2d(spatial_dims, "a per-channel encoder")
         embedder = ChannelPatchEmbed(patch_size, in_chans, embed_dim)
         super().__init__(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
                          spatial_dims=2, patch_embed=embedder, **kwargs)

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..errors import DataError
+from ..encoders import EncoderConfig, ViTEncoder, build_encoder, encoder_config
+from ..errors import ConfigError, DataError
 
 
 @dataclass
@@ -24,6 +25,19 @@ class MIMMethod(nn.Module):
     """Base of all methods: `self.encoder` is the transferable backbone; `forward(batch) -> MIMOutput`."""
 
     encoder: nn.Module
+    # the encoder.spatial_dims a method trains on: (2, 3) for methods that also take (B, C, D, H, W) volumes
+    supported_dims: tuple[int, ...] = (2,)
+
+    def build_encoder(self, config: EncoderConfig, encoder_class: type[ViTEncoder] | None = None,
+                      **extra) -> ViTEncoder:
+        """The method's encoder from its EncoderConfig; a dimensionality the method does not train on is refused."""
+        config = encoder_config(config)
+        if config.spatial_dims not in self.supported_dims:
+            name = getattr(self, "method_name", type(self).__name__)
+            raise ConfigError(f"{name} trains on {' or '.join(f'{d}D' for d in self.supported_dims)} images: "
+                              f"encoder.spatial_dims must be {' or '.join(map(str, self.supported_dims))}, "
+                              f"got {config.spatial_dims}")
+        return build_encoder(config, encoder_class, **extra)
 
     def images(self, batch: dict) -> torch.Tensor:
         """The batch's images, checked against the encoder's expectations."""

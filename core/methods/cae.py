@@ -12,7 +12,6 @@ the issue asks: loss = reconstruction + 2 x alignment (the official `--align_los
 from __future__ import annotations
 
 import math
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +19,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from ..decoders import CrossAttentionBlock
-from ..encoders import LayerNorm, build_encoder, gather_tokens, init_weights
+from ..encoders import EncoderConfig, LayerNorm, gather_tokens, init_weights
 from ..masking import BlockMasker, Mask, RatioSchedule
 from ..registry import register_method
 from ..targets import PixelTarget
@@ -51,21 +50,16 @@ class CAEDecoder(nn.Module):
 class CAE(MIMMethod):
     """Context autoencoder: regress masked latents from visible ones, align them, decode pixels from them."""
 
-    def __init__(self, img_size: int | Sequence[int] = 224, patch_size: int | Sequence[int] = 16,
-                 in_chans: int = 3, embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
+    def __init__(self,
+                 encoder: EncoderConfig = EncoderConfig(drop_path_rate=0.1),  # paper: ViT-B/16; --drop_path 0.1
                  decoder_embed_dim: int = 768, regressor_depth: int = 4, decoder_depth: int = 4,  # paper: 4 and 4
-                 decoder_num_heads: int = 12, mlp_ratio: float = 4.0,
+                 decoder_num_heads: int = 12,
                  mask_ratio: float | RatioSchedule = 0.5,  # paper: 98 of 196 patches, BEiT block masking
                  alignment_weight: float = 2.0,  # official --align_loss_weight 2
                  layer_scale: float | None = 0.1,  # official --decoder_layer_scale_init_value 0.1 (base)
-                 norm_pix_loss: bool = True, size: str | None = None,
-                 drop_path_rate: float = 0.1):  # official --drop_path 0.1
+                 norm_pix_loss: bool = True):
         super().__init__()
-        # Defaults are the paper's ViT-B/16; `size` picks another named encoder size.
-        self.encoder = build_encoder(size, img_size=img_size, patch_size=patch_size, in_chans=in_chans,
-                                     **({} if size else dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads)),
-                                     mlp_ratio=mlp_ratio, drop_path_rate=drop_path_rate)
-        enc = self.encoder
+        self.encoder = enc = self.build_encoder(encoder)
         self.alignment_weight = float(alignment_weight)
         self.masker = BlockMasker(mask_ratio, grid=enc.grid)
         self.target = PixelTarget(enc.patch_size, normalize=norm_pix_loss)
@@ -76,11 +70,11 @@ class CAE(MIMMethod):
         self.pos_embed = nn.Parameter(sincos_pos_embed(dim, enc.grid).unsqueeze(0), requires_grad=False)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.regressor = nn.ModuleList([
-            CrossAttentionBlock(dim, decoder_num_heads, mlp_ratio, init_values=layer_scale)
+            CrossAttentionBlock(dim, decoder_num_heads, enc.mlp_ratio, init_values=layer_scale)
             for _ in range(regressor_depth)])
         self.regressor_norm = LayerNorm(dim)
-        self.decoder = CAEDecoder(dim, math.prod(enc.patch_size) * in_chans, decoder_depth, decoder_num_heads,
-                                  mlp_ratio, layer_scale)
+        self.decoder = CAEDecoder(dim, math.prod(enc.patch_size) * enc.in_chans, decoder_depth, decoder_num_heads,
+                                  enc.mlp_ratio, layer_scale)
         self.to_regressor.apply(init_weights)
         nn.init.trunc_normal_(self.mask_token, std=0.02)
 

@@ -17,7 +17,7 @@ from torch import nn
 from torchvision.ops import roi_align
 
 from ..decoders import CrossAttentionBlock, restore_tokens
-from ..encoders import LayerNorm, build_encoder, init_weights
+from ..encoders import EncoderConfig, LayerNorm, init_weights
 from ..errors import ConfigError
 from ..masking import RandomMasker, RatioSchedule
 from ..registry import register_method
@@ -55,23 +55,17 @@ def random_boxes(width: torch.Tensor, height: torch.Tensor, scale: Sequence[floa
 class CropMAE(MIMMethod):
     """Reconstruct a 98.5%-masked local crop from itself and the whole global crop it was cut from."""
 
-    def __init__(self, img_size: int | Sequence[int] = 224, patch_size: int | Sequence[int] = 16,
-                 in_chans: int = 3, embed_dim: int = 384, depth: int = 12, num_heads: int = 6,  # official: ViT-S/16
+    def __init__(self,
+                 encoder: EncoderConfig = EncoderConfig(embed_dim=384, depth=12, num_heads=6),  # official: ViT-S/16
                  decoder_embed_dim: int = 256, decoder_depth: int = 4, decoder_num_heads: int = 8,  # official
-                 mlp_ratio: float = 4.0, mask_ratio: float | RatioSchedule = 0.985,  # paper: 98.5%
+                 mask_ratio: float | RatioSchedule = 0.985,  # paper: 98.5%
                  global_scale: Sequence[float] = (0.2, 1.0),  # official argument default
                  local_scale: Sequence[float] = (0.2, 1.0),  # official argument default (of the global view)
                  aspect_ratio: Sequence[float] = (3 / 4, 4 / 3),  # official
                  flip_prob: float = 0.5,  # official: each view flipped independently
-                 norm_pix_loss: bool = True,  # official ImageNet script: --norm_pix_loss
-                 size: str | None = None, drop_path_rate: float = 0.0):
+                 norm_pix_loss: bool = True):  # official ImageNet script: --norm_pix_loss
         super().__init__()
-        self.encoder = build_encoder(size, img_size=img_size, patch_size=patch_size, in_chans=in_chans,
-                                     **({} if size else dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads)),
-                                     mlp_ratio=mlp_ratio, drop_path_rate=drop_path_rate)
-        enc = self.encoder
-        if enc.spatial_dims != 2:
-            raise ConfigError("CropMAE crops 2D images; it has no 3D form")
+        self.encoder = enc = self.build_encoder(encoder)  # CropMAE crops 2D images; it has no 3D form
         for name, pair in (("global_scale", global_scale), ("local_scale", local_scale), ("aspect_ratio", aspect_ratio)):
             if len(pair) != 2 or not 0 < pair[0] <= pair[1] or (name != "aspect_ratio" and pair[1] > 1):
                 raise ConfigError(f"{name} must be (low, high) with 0 < low <= high{' <= 1' if name != 'aspect_ratio' else ''}, "
@@ -86,9 +80,10 @@ class CropMAE(MIMMethod):
         self.decoder_pos_embed = nn.Parameter(sincos_pos_embed(dim, enc.grid, cls_token=enc.num_prefix_tokens > 0)
                                               .unsqueeze(0), requires_grad=False)
         self.decoder_blocks = nn.ModuleList([
-            CrossAttentionBlock(dim, decoder_num_heads, mlp_ratio, self_attention=True) for _ in range(decoder_depth)])
+            CrossAttentionBlock(dim, decoder_num_heads, enc.mlp_ratio, self_attention=True)
+            for _ in range(decoder_depth)])
         self.decoder_norm = LayerNorm(dim)
-        self.decoder_pred = nn.Linear(dim, math.prod(enc.patch_size) * in_chans)
+        self.decoder_pred = nn.Linear(dim, math.prod(enc.patch_size) * enc.in_chans)
         for module in (self.decoder_embed, self.decoder_norm, self.decoder_pred):
             module.apply(init_weights)
         nn.init.normal_(self.mask_token, std=0.02)

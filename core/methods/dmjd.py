@@ -10,15 +10,12 @@ The official code pairs this with a ConvViT encoder; here the encoder is the pla
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..decoders import MAEDecoder
-from ..encoders import LayerNorm, build_encoder, gather_tokens, init_weights
-from ..errors import ConfigError
+from ..encoders import EncoderConfig, LayerNorm, gather_tokens, init_weights
 from ..masking import DisjointMasker, RatioSchedule
 from ..registry import register_method
 from ..targets import HOGTarget, masked_mse
@@ -38,30 +35,23 @@ def visible_projector(in_dim: int, dim: int, out_dim: int) -> nn.Sequential:
 class DMJD(MIMMethod):
     """K disjointly masked views per image; HOG of masked tokens (decoder) and of visible tokens (projector)."""
 
-    def __init__(self, img_size: int | Sequence[int] = 224, patch_size: int | Sequence[int] = 16,
-                 in_chans: int = 3, embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
+    def __init__(self, encoder: EncoderConfig = EncoderConfig(),  # ViT-B/16
                  decoder_embed_dim: int = 512, decoder_depth: int = 8, decoder_num_heads: int = 16,  # official
-                 mlp_ratio: float = 4.0, mask_ratio: float | RatioSchedule = 0.75,  # official default
+                 mask_ratio: float | RatioSchedule = 0.75,  # official default
                  num_views: int = 2,  # official: two masked views
                  mask_unit: int = 2,  # official block mode: masks 2x2-patch blocks
                  theta: float = 1.0,  # official weight of the visible branch
                  smooth_l1_beta: float = 2.0,  # official
                  hog_orientations: int = 9, hog_cell_size: int = 8,  # paper: 9 bins, 8x8 cells
-                 hog_normalize: str = "standardize",  # official: per-cell instance standardisation
-                 size: str | None = None, drop_path_rate: float = 0.0):
+                 hog_normalize: str = "standardize"):  # official: per-cell instance standardisation
         super().__init__()
-        self.encoder = build_encoder(size, img_size=img_size, patch_size=patch_size, in_chans=in_chans,
-                                     **({} if size else dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads)),
-                                     mlp_ratio=mlp_ratio, drop_path_rate=drop_path_rate)
-        enc = self.encoder
-        if enc.spatial_dims != 2:
-            raise ConfigError("DMJD's HOG targets are defined for 2D images")
+        self.encoder = enc = self.build_encoder(encoder)  # HOG targets are defined for 2D images only
         self.masker = DisjointMasker(mask_ratio, num_views, grid=enc.grid, mask_unit=mask_unit)
         self.num_views, self.theta, self.beta = int(num_views), float(theta), float(smooth_l1_beta)
         self.target = HOGTarget(enc.patch_size, hog_orientations, hog_cell_size, hog_normalize)
-        target_dim = self.target.dim(in_chans)
+        target_dim = self.target.dim(enc.in_chans)
         self.decoder = MAEDecoder(enc.grid, enc.embed_dim, target_dim, decoder_embed_dim, decoder_depth,
-                                  decoder_num_heads, mlp_ratio, num_prefix_tokens=enc.num_prefix_tokens)
+                                  decoder_num_heads, enc.mlp_ratio, num_prefix_tokens=enc.num_prefix_tokens)
         self.visible_head = visible_projector(enc.embed_dim, decoder_embed_dim, target_dim)
         for layer in self.visible_head:  # the affine-free LayerNorm has no weights to initialise
             if isinstance(layer, nn.Linear):

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
 
 import torch
 
 from ..decoders import MAEDecoder
-from ..encoders import build_encoder
+from ..encoders import EncoderConfig
 from ..masking import RandomMasker, RatioSchedule
 from ..registry import register_method
 from ..targets import PixelTarget, masked_mse
@@ -18,22 +17,19 @@ from .base import MIMMethod, MIMOutput
 class MAE(MIMMethod):
     """Encode the 25% visible patches, decode all with mask tokens, regress the masked patches' pixels."""
 
-    def __init__(self, img_size: int | Sequence[int] = 224, patch_size: int | Sequence[int] = 16,
-                 in_chans: int = 3, embed_dim: int = 1024, depth: int = 24, num_heads: int = 16,
+    supported_dims = (2, 3)
+
+    def __init__(self,
+                 encoder: EncoderConfig = EncoderConfig(embed_dim=1024, depth=24, num_heads=16),  # paper: ViT-L/16
                  decoder_embed_dim: int = 512, decoder_depth: int = 8, decoder_num_heads: int = 16,
-                 mlp_ratio: float = 4.0, mask_ratio: float | RatioSchedule = 0.75,  # paper: 75%
-                 norm_pix_loss: bool = True, spatial_dims: int = 2, size: str | None = None,
-                 drop_path_rate: float = 0.0):
+                 mask_ratio: float | RatioSchedule = 0.75,  # paper: 75%
+                 norm_pix_loss: bool = True):
         super().__init__()
-        # Defaults are the paper's ViT-L/16 (its main model); `size` picks another named encoder size.
-        self.encoder = build_encoder(size, img_size=img_size, patch_size=patch_size, in_chans=in_chans,
-                                     **({} if size else dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads)),
-                                     mlp_ratio=mlp_ratio, spatial_dims=spatial_dims, drop_path_rate=drop_path_rate)
-        enc = self.encoder
+        self.encoder = enc = self.build_encoder(encoder)
         self.masker = RandomMasker(mask_ratio)
         self.target = PixelTarget(enc.patch_size, normalize=norm_pix_loss)
-        self.decoder = MAEDecoder(enc.grid, enc.embed_dim, math.prod(enc.patch_size) * in_chans,
-                                  decoder_embed_dim, decoder_depth, decoder_num_heads, mlp_ratio,
+        self.decoder = MAEDecoder(enc.grid, enc.embed_dim, math.prod(enc.patch_size) * enc.in_chans,
+                                  decoder_embed_dim, decoder_depth, decoder_num_heads, enc.mlp_ratio,
                                   num_prefix_tokens=enc.num_prefix_tokens)
 
     def forward(self, batch: dict, step: int | None = None) -> MIMOutput:

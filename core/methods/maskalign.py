@@ -1,13 +1,11 @@
 """MaskAlign: Xue et al., "Stare at What You See: Masked Image Modeling without Reconstruction", CVPR 2023."""
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..encoders import build_encoder, gather_tokens, init_weights
+from ..encoders import EncoderConfig, gather_tokens, init_weights
 from ..errors import ConfigError
 from ..masking import RandomMasker, RatioSchedule
 from ..registry import register_method
@@ -27,10 +25,8 @@ class MaskAlign(MIMMethod):
     Defaults: the README's ViT-B recipe (github.com/OpenDriveLab/maskalign) with a CLIP ViT-B/16 teacher.
     """
 
-    def __init__(self, img_size: int | Sequence[int] = 224, patch_size: int | Sequence[int] = 16,
-                 in_chans: int = 3, embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
-                 mlp_ratio: float = 4.0, mask_ratio: float | RatioSchedule = 0.7,  # README: --mask_ratio 0.7
-                 size: str | None = None, drop_path_rate: float = 0.1,  # README: --drop_path 0.1 (ViT-B)
+    def __init__(self, encoder: EncoderConfig = EncoderConfig(drop_path_rate=0.1),  # README: ViT-B, --drop_path 0.1
+                 mask_ratio: float | RatioSchedule = 0.7,  # README: --mask_ratio 0.7
                  teacher: str | nn.Module = "open_clip:ViT-B-16-quickgelu",  # README: openai/clip-vit-base-patch16
                  teacher_weights: str | None = None, teacher_img_size: int | None = None,
                  teacher_kwargs: dict | None = None, allow_random_teacher: bool = False,
@@ -38,12 +34,10 @@ class MaskAlign(MIMMethod):
                  attention_masking: bool = True,  # README: --mask_type attention
                  alignment_init: float = 0.01):  # models_pretrain.py: eye(depth) + 0.01
         super().__init__()
-        self.encoder = build_encoder(size, img_size=img_size, patch_size=patch_size, in_chans=in_chans,
-                                     **({} if size else dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads)),
-                                     mlp_ratio=mlp_ratio, drop_path_rate=drop_path_rate)
-        enc = self.encoder
-        self.teacher = build_teacher(teacher, teacher_weights, img_size=teacher_img_size or img_size,
-                                     in_chans=in_chans, allow_random=allow_random_teacher, model_kwargs=teacher_kwargs)
+        self.encoder = enc = self.build_encoder(encoder)
+        self.teacher = build_teacher(teacher, teacher_weights, img_size=teacher_img_size or enc.img_size,
+                                     in_chans=enc.in_chans, allow_random=allow_random_teacher,
+                                     model_kwargs=teacher_kwargs)
         t = self.teacher
         if t.depth is None:
             raise ConfigError("MaskAlign aligns per-layer hidden states: its teacher must be a ViT")

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from ..encoders import LayerNorm, build_encoder
+from ..encoders import EncoderConfig, LayerNorm
 from ..errors import ConfigError
 from ..registry import register_method
 from ..teachers import build_teacher
@@ -52,9 +51,7 @@ class MaskEmbed(MIMMethod):
     encoder does not.
     """
 
-    def __init__(self, img_size: int | Sequence[int] = 224, patch_size: int | Sequence[int] = 16,
-                 in_chans: int = 3, embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
-                 mlp_ratio: float = 4.0, size: str | None = None, drop_path_rate: float = 0.0,
+    def __init__(self, encoder: EncoderConfig = EncoderConfig(),  # reference: ViT-B/16
                  mask_ratio: float = 0.5,  # only for mask_sampling="bernoulli" (reference: 0.5)
                  teacher: str | nn.Module = "vit_base_patch16_224",  # reference: a timm ViT-B/16 (MAE, CLIP, ...)
                  teacher_weights: str | None = None, teacher_kwargs: dict | None = None,
@@ -69,11 +66,8 @@ class MaskEmbed(MIMMethod):
                  antithetical: bool = True,  # reference: each mask's complement too
                  include_null: bool = True):  # reference: the empty mask too (predict the full-image output)
         super().__init__()
-        self.encoder = build_encoder(size, img_size=img_size, patch_size=patch_size, in_chans=in_chans,
-                                     **({} if size else dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads)),
-                                     mlp_ratio=mlp_ratio, drop_path_rate=drop_path_rate)
-        enc = self.encoder
-        self.teacher = build_teacher(teacher, teacher_weights, img_size=img_size, in_chans=in_chans,
+        self.encoder = enc = self.build_encoder(encoder)
+        self.teacher = build_teacher(teacher, teacher_weights, img_size=enc.img_size, in_chans=enc.in_chans,
                                      allow_random=allow_random_teacher, model_kwargs=teacher_kwargs)
         t = self.teacher
         if t.depth is None or t.grid != tuple(enc.grid) or t.num_prefix_tokens != enc.num_prefix_tokens:
@@ -99,7 +93,7 @@ class MaskEmbed(MIMMethod):
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
         self.decoder = MaskEmbedDecoder(enc.num_prefix_tokens, enc.num_patches, dim, t.embed_dim,
-                                        decoder_depth, heads, mlp_ratio, decoder_init_values)
+                                        decoder_depth, heads, enc.mlp_ratio, decoder_init_values)
         # 1 / std of the teacher's masked outputs: unit-variance targets (the reference estimates it once before
         # training on held-out data; here from the first batch seen). 0 = not yet estimated.
         self.register_buffer("target_scale", torch.zeros(()))

@@ -18,14 +18,13 @@ checked against the paper (contrastive temperature, weight and projection head) 
 from __future__ import annotations
 
 import math
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..decoders import MAEDecoder, MLPHead
-from ..encoders import build_encoder, gather_tokens
+from ..encoders import EncoderConfig, gather_tokens
 from ..errors import ConfigError, DataError
 from ..masking import Mask
 from ..registry import register_method
@@ -89,18 +88,14 @@ def homologous_contrastive_loss(features: torch.Tensor, assignment: torch.Tensor
 class MixedAE(MIMMethod):
     """Mix images patch-wise, recognise each image's tokens (TopK attention + contrastive loss), rebuild each image."""
 
-    def __init__(self, img_size: int | Sequence[int] = 224, patch_size: int | Sequence[int] = 16,
-                 in_chans: int = 3, embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
+    def __init__(self, encoder: EncoderConfig = EncoderConfig(),  # ViT-B/16
                  decoder_embed_dim: int = 512, decoder_depth: int = 8, decoder_num_heads: int = 16,  # MAE's decoder
-                 mlp_ratio: float = 4.0, mask_ratio: float | None = None, num_images: int | None = None,
+                 mask_ratio: float | None = None, num_images: int | None = None,
                  homologous_attention: bool = True, segment_embedding: bool = True,
                  contrastive_weight: float = 1.0, temperature: float = 0.1,  # our choice (not checked)
-                 norm_pix_loss: bool = True, size: str | None = None, drop_path_rate: float = 0.0):
+                 norm_pix_loss: bool = True):
         super().__init__()
-        self.encoder = build_encoder(size, img_size=img_size, patch_size=patch_size, in_chans=in_chans,
-                                     **({} if size else dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads)),
-                                     mlp_ratio=mlp_ratio, drop_path_rate=drop_path_rate)
-        enc = self.encoder
+        self.encoder = enc = self.build_encoder(encoder)
         self.num_images = self._num_images(mask_ratio, num_images)
         if enc.num_patches % self.num_images:
             raise ConfigError(f"MixedAE gives each of {self.num_images} images an equal share of the "
@@ -116,8 +111,9 @@ class MixedAE(MIMMethod):
         self.contrastive_head = MLPHead(enc.embed_dim, enc.embed_dim)
         self.target = PixelTarget(enc.patch_size, normalize=norm_pix_loss)
         # the decoder gets one image's own tokens only (no class token: it holds every image of the mix)
-        self.decoder = MAEDecoder(enc.grid, enc.embed_dim, math.prod(enc.patch_size) * in_chans,
-                                  decoder_embed_dim, decoder_depth, decoder_num_heads, mlp_ratio, num_prefix_tokens=0)
+        self.decoder = MAEDecoder(enc.grid, enc.embed_dim, math.prod(enc.patch_size) * enc.in_chans,
+                                  decoder_embed_dim, decoder_depth, decoder_num_heads, enc.mlp_ratio,
+                                  num_prefix_tokens=0)
 
     @staticmethod
     def _num_images(mask_ratio: float | None, num_images: int | None) -> int:

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..decoders import MAEDecoder
-from ..encoders import build_encoder, gather_tokens, init_weights
+from ..encoders import EncoderConfig, gather_tokens, init_weights
 from ..errors import ConfigError
 from ..masking import RandomMasker, RatioSchedule
 from ..registry import register_method
@@ -31,32 +30,28 @@ class MRMAE(MIMMethod):
     visible tokens from the teacher's class-token attention (the paper's "focused mimicking"; off by default).
     """
 
-    def __init__(self, img_size: int | Sequence[int] = 224, patch_size: int | Sequence[int] = 16,
-                 in_chans: int = 3, embed_dim: int = 768, depth: int = 12, num_heads: int = 12,  # "MR-MAE base"
+    def __init__(self, encoder: EncoderConfig = EncoderConfig(),  # "MR-MAE base": ViT-B/16
                  decoder_embed_dim: int = 512, decoder_depth: int = 8, decoder_num_heads: int = 16,  # MAE decoder
-                 mlp_ratio: float = 4.0, mask_ratio: float | RatioSchedule = 0.75,  # paper: 25% visible, 75% masked
+                 mask_ratio: float | RatioSchedule = 0.75,  # paper: 25% visible, 75% masked
                  norm_pix_loss: bool = True,  # MAE's normalised-pixel target
-                 size: str | None = None, drop_path_rate: float = 0.0,
                  teacher: str | nn.Module = "open_clip:ViT-B-16-quickgelu",  # paper: CLIP (or DINO) features
                  teacher_weights: str | None = None, teacher_img_size: int | None = None,
                  teacher_kwargs: dict | None = None, allow_random_teacher: bool = False,
                  mimic_weight: float = 1.0,  # this implementation's choice
                  focused_mimicking: bool = False):
         super().__init__()
-        self.encoder = build_encoder(size, img_size=img_size, patch_size=patch_size, in_chans=in_chans,
-                                     **({} if size else dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads)),
-                                     mlp_ratio=mlp_ratio, drop_path_rate=drop_path_rate)
-        enc = self.encoder
-        self.teacher = build_teacher(teacher, teacher_weights, img_size=teacher_img_size or img_size,
-                                     in_chans=in_chans, allow_random=allow_random_teacher, model_kwargs=teacher_kwargs)
+        self.encoder = enc = self.build_encoder(encoder)
+        self.teacher = build_teacher(teacher, teacher_weights, img_size=teacher_img_size or enc.img_size,
+                                     in_chans=enc.in_chans, allow_random=allow_random_teacher,
+                                     model_kwargs=teacher_kwargs)
         if self.teacher.grid is not None and self.teacher.grid != tuple(enc.grid):
             raise ConfigError(f"the teacher's token grid {self.teacher.grid} differs from the student's "
                               f"{tuple(enc.grid)}; set teacher_img_size so that they match")
         self.focused_mimicking = focused_mimicking
         self.masker = AttentionMasker(mask_ratio) if focused_mimicking else RandomMasker(mask_ratio)
         self.target = PixelTarget(enc.patch_size, normalize=norm_pix_loss)
-        self.decoder = MAEDecoder(enc.grid, enc.embed_dim, math.prod(enc.patch_size) * in_chans,
-                                  decoder_embed_dim, decoder_depth, decoder_num_heads, mlp_ratio,
+        self.decoder = MAEDecoder(enc.grid, enc.embed_dim, math.prod(enc.patch_size) * enc.in_chans,
+                                  decoder_embed_dim, decoder_depth, decoder_num_heads, enc.mlp_ratio,
                                   num_prefix_tokens=enc.num_prefix_tokens)
         self.mimic_head = nn.Linear(enc.embed_dim, self.teacher.embed_dim)
         init_weights(self.mimic_head)

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
 
 import torch
 from torch import nn
 
 from ..decoders import LinearHead
-from ..encoders import build_encoder
+from ..encoders import EncoderConfig
 from ..errors import ConfigError
 from ..masking import GridMasker, RatioSchedule
 from ..registry import register_method
@@ -27,18 +26,15 @@ class SimMIM(MIMMethod):
     position bias and layer scale; mimkit's encoder keeps its fixed sin-cos positions instead.
     """
 
-    def __init__(self, img_size: int | Sequence[int] = 224, patch_size: int | Sequence[int] = 16,
-                 in_chans: int = 3, embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
-                 mlp_ratio: float = 4.0, mask_ratio: float | RatioSchedule = 0.6,  # SimMIM: 0.6
-                 mask_patch_size: int = 32,  # SimMIM: masks 32x32-pixel patches
-                 size: str | None = None, spatial_dims: int = 2,
-                 drop_path_rate: float = 0.1):  # SimMIM ViT-B config: DROP_PATH_RATE 0.1
+    supported_dims = (2, 3)
+
+    def __init__(self,
+                 encoder: EncoderConfig = EncoderConfig(drop_path_rate=0.1),  # ViT-B/16; config: DROP_PATH_RATE 0.1
+                 mask_ratio: float | RatioSchedule = 0.6,  # SimMIM: 0.6
+                 mask_patch_size: int = 32):  # SimMIM: masks 32x32-pixel patches
         super().__init__()
-        self.encoder = build_encoder(size, img_size=img_size, patch_size=patch_size, in_chans=in_chans,
-                                     **({} if size else dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads)),
-                                     mlp_ratio=mlp_ratio, spatial_dims=spatial_dims, drop_path_rate=drop_path_rate)
-        enc = self.encoder
-        mask_patch = as_tuple(mask_patch_size, spatial_dims, "mask_patch_size")
+        self.encoder = enc = self.build_encoder(encoder)
+        mask_patch = as_tuple(mask_patch_size, enc.spatial_dims, "mask_patch_size")
         units = {m // p for m, p in zip(mask_patch, enc.patch_size)}
         if any(m % p for m, p in zip(mask_patch, enc.patch_size)) or len(units) != 1:
             raise ConfigError(f"mask_patch_size {mask_patch_size} must be the same multiple of the patch size "
@@ -48,7 +44,7 @@ class SimMIM(MIMMethod):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, enc.embed_dim))
         nn.init.trunc_normal_(self.mask_token, std=0.02, a=-0.02, b=0.02)
         # SimMIM's head, a 1x1 convolution + pixel shuffle, is one linear map per token to its patch's pixels
-        self.head = LinearHead(enc.embed_dim, math.prod(enc.patch_size) * in_chans)
+        self.head = LinearHead(enc.embed_dim, math.prod(enc.patch_size) * enc.in_chans)
         self.target = PixelTarget(enc.patch_size, normalize=False)  # SimMIM regresses raw (normalised-image) pixels
 
     def forward(self, batch: dict, step: int | None = None) -> MIMOutput:

@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 
 from mimkit.core.decoders import HierarchicalDecoder
-from mimkit.core.encoders import build_encoder
+from mimkit.core.encoders import EncoderConfig
 from mimkit.core.errors import ConfigError
 from mimkit.core.masking import RandomMasker, RatioSchedule
 from mimkit.core.methods.base import MIMMethod, MIMOutput
@@ -27,35 +27,32 @@ from mimkit.core.targets import PixelTarget, masked_mse
 class HiEndMAE(MIMMethod):
     """3D MAE whose decoder cross-attends to encoder layers 9, 6 and 3 in turn after two self-attention blocks."""
 
-    def __init__(self, img_size: int | Sequence[int] = 96,  # official main.py: --img_size 96 (96^3 CT crops)
-                 patch_size: int | Sequence[int] = 12,     # released model: ViT-p12 (p16 also provided)
-                 in_chans: int = 1,                         # official main.py: --in_chans 1
-                 # released model "ViT-p12/1536": 12 blocks, 1536 wide, 16 heads (networks/vit.py vit_large_patch12_96)
-                 embed_dim: int = 1536, depth: int = 12, num_heads: int = 16,
+    supported_dims = (2, 3)
+
+    def __init__(self,
+                 # official main.py: --img_size 96 (96^3 CT crops), --in_chans 1; released model "ViT-p12/1536":
+                 # 12 blocks, 1536 wide, 16 heads (networks/vit.py vit_large_patch12_96; p16 also provided)
+                 encoder: EncoderConfig = EncoderConfig(img_size=96, patch_size=12, in_chans=1, embed_dim=1536,
+                                                        depth=12, num_heads=16, spatial_dims=3),
                  # networks/vit.py decoder_large_patch12_96: 528 wide, 2 self-attention + 3 cross-attention blocks
                  decoder_embed_dim: int = 528, decoder_self_depth: int = 2, decoder_num_heads: int = 16,
                  # Encoder layers (1-based) read by the cross-attention blocks, deep to shallow: the paper's
                  # layers 9, 6, 3 (the official code indexes its list of block outputs from 0, reading 10, 7, 4).
                  decoder_layers: Sequence[int] = (9, 6, 3),
-                 mlp_ratio: float = 4.0,
                  mask_ratio: float | RatioSchedule = 0.75,  # official main.py: --mask_ratio 0.75
-                 norm_pix_loss: bool = True,  # official code: target normalised per patch (affine-free LayerNorm)
-                 spatial_dims: int = 3, size: str | None = None, drop_path_rate: float = 0.0):
+                 norm_pix_loss: bool = True):  # official code: target normalised per patch (affine-free LayerNorm)
         super().__init__()
-        self.encoder = build_encoder(size, img_size=img_size, patch_size=patch_size, in_chans=in_chans,
-                                     **({} if size else dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads)),
-                                     mlp_ratio=mlp_ratio, spatial_dims=spatial_dims, drop_path_rate=drop_path_rate)
-        enc = self.encoder
+        self.encoder = enc = self.build_encoder(encoder)
         self.decoder_layers = tuple(int(layer) for layer in decoder_layers)
         if not self.decoder_layers or any(not 1 <= layer <= enc.depth for layer in self.decoder_layers):
             raise ConfigError(f"decoder_layers must be encoder block numbers between 1 and depth={enc.depth}, "
                               f"got {self.decoder_layers}")
         self.masker = RandomMasker(mask_ratio)
         self.target = PixelTarget(enc.patch_size, normalize=norm_pix_loss)
-        self.decoder = HierarchicalDecoder(enc.grid, enc.embed_dim, math.prod(enc.patch_size) * in_chans,
+        self.decoder = HierarchicalDecoder(enc.grid, enc.embed_dim, math.prod(enc.patch_size) * enc.in_chans,
                                            num_contexts=len(self.decoder_layers), decoder_embed_dim=decoder_embed_dim,
                                            self_depth=decoder_self_depth, decoder_num_heads=decoder_num_heads,
-                                           mlp_ratio=mlp_ratio, num_prefix_tokens=enc.num_prefix_tokens)
+                                           mlp_ratio=enc.mlp_ratio, num_prefix_tokens=enc.num_prefix_tokens)
 
     def forward(self, batch: dict, step: int | None = None) -> MIMOutput:
         images = self.images(batch)

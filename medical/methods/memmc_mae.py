@@ -18,14 +18,14 @@ from timm.layers import Mlp
 from timm.models.vision_transformer import Attention
 from torch import nn
 
-from mimkit.core.decoders import CrossAttention, decoder_input
-from mimkit.core.encoders import LayerNorm, build_encoder, init_weights
+from mimkit.core.decoders import CrossAttention, MaskedTokenDecoder
+from mimkit.core.encoders import EncoderConfig, LayerNorm, init_weights
 from mimkit.core.errors import ConfigError
 from mimkit.core.masking import Mask, RandomMasker, RatioSchedule
 from mimkit.core.methods.base import MIMMethod, MIMOutput
 from mimkit.core.registry import register_method
 from mimkit.core.targets import PixelTarget, masked_mse
-from mimkit.core.tokens import sincos_pos_embed, unpatchify
+from mimkit.core.tokens import unpatchify
 
 
 class MemoryAugmentedAttention(nn.Module):
@@ -93,31 +93,21 @@ class MultiLevelCrossAttentionBlock(nn.Module):
         return x + self.mlp(self.norm_mlp(x))
 
 
-class MultiLevelDecoder(nn.Module):
+class MultiLevelDecoder(MaskedTokenDecoder):
     """MAE-style decoder (mask tokens, sin-cos positions) made of multi-level cross-attention blocks."""
 
     def __init__(self, grid: Sequence[int], in_dim: int, out_dim: int, num_levels: int,
                  decoder_embed_dim: int = 512, decoder_depth: int = 8, decoder_num_heads: int = 16,
                  mlp_ratio: float = 4.0, num_prefix_tokens: int = 1):
-        super().__init__()
-        self.grid, self.num_prefix_tokens = tuple(grid), num_prefix_tokens
-        self.embed = nn.Linear(in_dim, decoder_embed_dim)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
-        self.pos_embed = nn.Parameter(sincos_pos_embed(decoder_embed_dim, self.grid).unsqueeze(0),
-                                      requires_grad=False)
-        self.blocks = nn.ModuleList([
-            MultiLevelCrossAttentionBlock(decoder_embed_dim, decoder_num_heads, num_levels, in_dim, mlp_ratio)
-            for _ in range(decoder_depth)])
-        self.norm = LayerNorm(decoder_embed_dim)
-        self.pred = nn.Linear(decoder_embed_dim, out_dim)
-        self.apply(init_weights)
-        nn.init.normal_(self.mask_token, std=0.02)
+        blocks = [MultiLevelCrossAttentionBlock(decoder_embed_dim, decoder_num_heads, num_levels, in_dim, mlp_ratio)
+                  for _ in range(decoder_depth)]
+        super().__init__(grid, in_dim, out_dim, decoder_embed_dim, blocks, num_prefix_tokens)
 
     def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor, levels: Sequence[torch.Tensor]) -> torch.Tensor:
-        x = decoder_input(self, latent, ids_restore)
+        x = self.tokens(latent, ids_restore)
         for block in self.blocks:
             x = block(x, levels)
-        return self.pred(self.norm(x))[:, self.num_prefix_tokens:]
+        return self.predict(x)
 
 
 @register_method("memmc_mae")
@@ -125,20 +115,17 @@ class MemMCMAE(MIMMethod):
     """Masked autoencoder with memory-augmented encoder attention and multi-level cross-attention decoding,
     scoring anomalies by reconstruction error."""
 
+    supported_dims = (2, 3)
+
     # The paper's network sizes could not be read from a public source; the encoder, decoder and mask ratio
     # default to MAE's ViT-B/16 setting and the memory to the Meshed-Memory Transformer's 40 slots.
-    def __init__(self, img_size: int | Sequence[int] = 224, patch_size: int | Sequence[int] = 16,
-                 in_chans: int = 3, embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
+    def __init__(self, encoder: EncoderConfig = EncoderConfig(),
                  decoder_embed_dim: int = 512, decoder_depth: int = 8, decoder_num_heads: int = 16,
-                 mlp_ratio: float = 4.0, mask_ratio: float | RatioSchedule = 0.75, num_memory: int = 40,
+                 mask_ratio: float | RatioSchedule = 0.75, num_memory: int = 40,
                  cross_levels: Sequence[int] | None = None,  # encoder blocks (1-based) the decoder reads; None: all
-                 norm_pix_loss: bool = False,  # anomaly maps need absolute intensities, not per-patch normalised ones
-                 spatial_dims: int = 2, size: str | None = None, drop_path_rate: float = 0.0):
+                 norm_pix_loss: bool = False):  # anomaly maps need absolute intensities, not per-patch normalised ones
         super().__init__()
-        self.encoder = build_encoder(size, img_size=img_size, patch_size=patch_size, in_chans=in_chans,
-                                     **({} if size else dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads)),
-                                     mlp_ratio=mlp_ratio, spatial_dims=spatial_dims, drop_path_rate=drop_path_rate)
-        enc = self.encoder
+        self.encoder = enc = self.build_encoder(encoder)
         for block in enc.blocks:  # every encoder self-attention gets its own memory
             block.attn = MemoryAugmentedAttention(enc.embed_dim, enc.num_heads, num_memory)
             block.attn.apply(init_weights)
@@ -150,9 +137,9 @@ class MemMCMAE(MIMMethod):
                               f"got {self.cross_levels}")
         self.masker = RandomMasker(mask_ratio)
         self.target = PixelTarget(enc.patch_size, normalize=norm_pix_loss)
-        self.decoder = MultiLevelDecoder(enc.grid, enc.embed_dim, math.prod(enc.patch_size) * in_chans,
+        self.decoder = MultiLevelDecoder(enc.grid, enc.embed_dim, math.prod(enc.patch_size) * enc.in_chans,
                                          len(self.cross_levels), decoder_embed_dim, decoder_depth, decoder_num_heads,
-                                         mlp_ratio, num_prefix_tokens=enc.num_prefix_tokens)
+                                         enc.mlp_ratio, num_prefix_tokens=enc.num_prefix_tokens)
 
     def _predict(self, images: torch.Tensor, mask: Mask) -> torch.Tensor:
         latent, hidden = self.encoder.forward_visible(images, mask.ids_keep, return_layers=self.cross_levels)

@@ -7,8 +7,7 @@ data and fine-tuning settings live in medical/recipes/thorax_mae_pretrain.yaml a
 """
 from __future__ import annotations
 
-from typing import Sequence
-
+from mimkit.core.encoders import EncoderConfig
 from mimkit.core.masking import RatioSchedule
 from mimkit.core.methods.mae import MAE
 from mimkit.core.registry import register_method
@@ -18,17 +17,12 @@ from mimkit.core.registry import register_method
 class ThoraxMAE(MAE):
     """MAE with the chest X-ray pretraining defaults of Xiao et al. (ViT-S/16, mask 90%, 512 x 2 decoder)."""
 
-    def __init__(self, img_size: int | Sequence[int] = 224, patch_size: int | Sequence[int] = 16,
-                 in_chans: int = 3,  # official code: radiographs loaded as RGB with 3-channel normalisation
-                 # PRETRAIN.md: --model mae_vit_small_patch16_dec512d2b (ViT-S/16, decoder 512 wide, 2 blocks)
-                 embed_dim: int = 384, depth: int = 12, num_heads: int = 6,
+    def __init__(self,
+                 # PRETRAIN.md: --model mae_vit_small_patch16_dec512d2b (ViT-S/16, decoder 512 wide, 2 blocks);
+                 # official code: radiographs loaded as RGB with 3-channel normalisation (in_chans 3)
+                 encoder: EncoderConfig = EncoderConfig(embed_dim=384, depth=12, num_heads=6),
                  decoder_embed_dim: int = 512, decoder_depth: int = 2, decoder_num_heads: int = 16,
-                 mlp_ratio: float = 4.0,
                  mask_ratio: float | RatioSchedule = 0.9,  # PRETRAIN.md: --mask_ratio 0.90
-                 norm_pix_loss: bool = False,  # PRETRAIN.md passes no --norm_pix_loss: raw-pixel target
-                 spatial_dims: int = 2, size: str | None = None, drop_path_rate: float = 0.0):
-        super().__init__(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
-                         depth=depth, num_heads=num_heads, decoder_embed_dim=decoder_embed_dim,
-                         decoder_depth=decoder_depth, decoder_num_heads=decoder_num_heads, mlp_ratio=mlp_ratio,
-                         mask_ratio=mask_ratio, norm_pix_loss=norm_pix_loss, spatial_dims=spatial_dims, size=size,
-                         drop_path_rate=drop_path_rate)
+                 norm_pix_loss: bool = False):  # PRETRAIN.md passes no --norm_pix_loss: raw-pixel target
+        super().__init__(encoder=encoder, decoder_embed_dim=decoder_embed_dim, decoder_depth=decoder_depth,
+                         decoder_num_heads=decoder_num_heads, mask_ratio=mask_ratio, norm_pix_loss=norm_pix_loss)

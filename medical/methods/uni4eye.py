@@ -15,11 +15,10 @@ import math
 from typing import Sequence
 
 import torch
-from timm.models.vision_transformer import Block
 from torch import nn
 
-from mimkit.core.decoders import restore_tokens
-from mimkit.core.encoders import LayerNorm, UnifiedViTEncoder, init_weights, vit_size
+from mimkit.core.decoders import MaskedTokenDecoder, decoder_blocks
+from mimkit.core.encoders import EncoderConfig, UnifiedViTEncoder, init_weights
 from mimkit.core.errors import DataError
 from mimkit.core.masking import RandomMasker, RatioSchedule
 from mimkit.core.methods.base import MIMMethod, MIMOutput
@@ -28,80 +27,58 @@ from mimkit.core.targets import GradientTarget, PixelTarget, masked_mse
 from mimkit.core.tokens import sincos_pos_embed
 
 
-class UnifiedDecoderBranch(nn.Module):
+class UnifiedDecoderBranch(MaskedTokenDecoder):
     """One branch of Uni4Eye's decoder: MAE decoder blocks shared by 2D and 3D tokens, with fixed sin-cos
     positions and a prediction head for each dimensionality."""
 
     def __init__(self, grid: Sequence[int], volume_grid: Sequence[int], in_dim: int, out_dim: int,
                  volume_out_dim: int, decoder_embed_dim: int = 512, decoder_depth: int = 8,
                  decoder_num_heads: int = 16, mlp_ratio: float = 4.0, num_prefix_tokens: int = 1):
-        super().__init__()
-        self.grids = {2: tuple(grid), 3: tuple(volume_grid)}
-        self.num_prefix_tokens = num_prefix_tokens
-        self.embed = nn.Linear(in_dim, decoder_embed_dim)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
-        self.pos_embed = nn.Parameter(sincos_pos_embed(decoder_embed_dim, grid).unsqueeze(0), requires_grad=False)
+        super().__init__(grid, in_dim, out_dim, decoder_embed_dim,
+                         decoder_blocks(decoder_embed_dim, decoder_depth, decoder_num_heads, mlp_ratio),
+                         num_prefix_tokens)
+        self.grids = {2: self.grid, 3: tuple(volume_grid)}
         self.pos_embed_3d = nn.Parameter(sincos_pos_embed(decoder_embed_dim, volume_grid).unsqueeze(0),
                                          requires_grad=False)
-        self.blocks = nn.ModuleList([
-            Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True, norm_layer=LayerNorm)
-            for _ in range(decoder_depth)])
-        self.norm = LayerNorm(decoder_embed_dim)
-        self.pred = nn.Linear(decoder_embed_dim, out_dim)
         self.pred_3d = nn.Linear(decoder_embed_dim, volume_out_dim)
-        self.apply(init_weights)
-        nn.init.normal_(self.mask_token, std=0.02)
+        init_weights(self.pred_3d)
 
     def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor, spatial_dims: int) -> torch.Tensor:
         """latent (B, prefix + K, D_enc) of 2D or 3D tokens -> predictions for every token (B, N, out_dim)."""
-        x = self.embed(latent)
-        prefix, visible = x[:, :self.num_prefix_tokens], x[:, self.num_prefix_tokens:]
-        x = restore_tokens(visible, ids_restore, self.mask_token)
-        pos = self.pos_embed if spatial_dims == 2 else self.pos_embed_3d
-        if x.shape[1] != pos.shape[1]:
-            raise DataError(f"the decoder was built for a {self.grids[spatial_dims]} token grid for {spatial_dims}D "
-                            f"inputs ({pos.shape[1]} tokens), got {x.shape[1]} tokens: pretrain at the model's size")
-        x = torch.cat([prefix, x + pos], dim=1)
+        positions = self.pos_embed if spatial_dims == 2 else self.pos_embed_3d
+        x = self.tokens(latent, ids_restore, positions, self.grids[spatial_dims])
         for block in self.blocks:
             x = block(x)
-        head = self.pred if spatial_dims == 2 else self.pred_3d
-        return head(self.norm(x))[:, self.num_prefix_tokens:]
+        return self.predict(x, self.pred if spatial_dims == 2 else self.pred_3d)
 
 
 @register_method("uni4eye")
 class Uni4Eye(MIMMethod):
     """MAE over 2D images and 3D volumes in one ViT; two decoders rebuild the masked pixels and gradient map."""
 
-    def __init__(self, img_size: int | Sequence[int] = 224, patch_size: int | Sequence[int] = 16,
-                 in_chans: int = 3,
+    def __init__(self,
+                 # Uni4Eye++ reference code: ViT-L/16 encoder with MAE's 512-wide, 8-block decoder; the 2D image side
+                 encoder: EncoderConfig = EncoderConfig(embed_dim=1024, depth=24, num_heads=16),
                  # Uni4Eye++ reference code (Davidczy/Uni4Eye_pp): volumes of img x img x img/2 voxels, here (D, H, W)
-                 volume_size: int | Sequence[int] = (112, 224, 224),
-                 volume_patch_size: int | Sequence[int] | None = None, volume_chans: int | None = None,
-                 # Uni4Eye++ reference code: ViT-L/16 encoder with MAE's 512-wide, 8-block decoder
-                 embed_dim: int = 1024, depth: int = 24, num_heads: int = 16,
+                 volume_size: int | tuple[int, ...] = (112, 224, 224),
+                 volume_patch_size: int | tuple[int, ...] | None = None, volume_chans: int | None = None,
                  decoder_embed_dim: int = 512, decoder_depth: int = 8, decoder_num_heads: int = 16,
-                 mlp_ratio: float = 4.0, mask_ratio: float | RatioSchedule = 0.75,  # reference code: 75%
+                 mask_ratio: float | RatioSchedule = 0.75,  # reference code: 75%
                  norm_pix_loss: bool = False,  # reference code: raw-pixel target unless --norm_pix_loss
-                 gradient_loss_weight: float = 1.0,  # image and gradient losses weighted equally
-                 size: str | None = None, drop_path_rate: float = 0.0):
+                 gradient_loss_weight: float = 1.0):  # image and gradient losses weighted equally
         super().__init__()
-        if size is not None:
-            named = vit_size(size)
-            embed_dim, depth, num_heads = named.embed_dim, named.depth, named.num_heads
-        self.encoder = UnifiedViTEncoder(img_size=img_size, patch_size=patch_size, in_chans=in_chans,
-                                         volume_size=volume_size, volume_patch_size=volume_patch_size,
-                                         volume_chans=volume_chans, embed_dim=embed_dim, depth=depth,
-                                         num_heads=num_heads, mlp_ratio=mlp_ratio, drop_path_rate=drop_path_rate)
-        enc = self.encoder
+        # one encoder for 2D images and 3D volumes: 2D by configuration, volumes enter through volume_size
+        self.encoder = enc = self.build_encoder(encoder, UnifiedViTEncoder, volume_size=volume_size,
+                                                volume_patch_size=volume_patch_size, volume_chans=volume_chans)
         self.masker = RandomMasker(mask_ratio)
         self.gradient_loss_weight = float(gradient_loss_weight)
         patches = {2: enc.patch_size, 3: enc.volume_patch_size}
         self.pixel_targets = {d: PixelTarget(p, normalize=norm_pix_loss) for d, p in patches.items()}
         self.gradient_targets = {d: GradientTarget(p, normalize=norm_pix_loss) for d, p in patches.items()}
-        out_2d, out_3d = math.prod(enc.patch_size) * in_chans, math.prod(enc.volume_patch_size) * enc.volume_chans
-        branch = dict(grid=enc.grid, volume_grid=enc.volume_grid, in_dim=embed_dim, out_dim=out_2d,
+        out_2d, out_3d = math.prod(enc.patch_size) * enc.in_chans, math.prod(enc.volume_patch_size) * enc.volume_chans
+        branch = dict(grid=enc.grid, volume_grid=enc.volume_grid, in_dim=enc.embed_dim, out_dim=out_2d,
                       volume_out_dim=out_3d, decoder_embed_dim=decoder_embed_dim, decoder_depth=decoder_depth,
-                      decoder_num_heads=decoder_num_heads, mlp_ratio=mlp_ratio,
+                      decoder_num_heads=decoder_num_heads, mlp_ratio=enc.mlp_ratio,
                       num_prefix_tokens=enc.num_prefix_tokens)
         self.image_decoder = UnifiedDecoderBranch(**branch)
         self.gradient_decoder = UnifiedDecoderBranch(**branch)

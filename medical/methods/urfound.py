@@ -23,7 +23,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from mimkit.core.decoders import MAEDecoder
-from mimkit.core.encoders import LayerNorm, build_encoder, init_weights
+from mimkit.core.encoders import EncoderConfig, LayerNorm, init_weights
 from mimkit.core.errors import ConfigError, DataError
 from mimkit.core.masking import RandomMasker, RatioSchedule
 from mimkit.core.methods.base import MIMMethod, MIMOutput
@@ -78,43 +78,39 @@ class ImageConditionedTextModel(nn.Module):
 class UrFound(MIMMethod):
     """Modality-agnostic MAE whose encoded image also conditions masked-word prediction of its expert caption."""
 
-    def __init__(self, img_size: int | Sequence[int] = 224, patch_size: int | Sequence[int] = 16,
-                 in_chans: int = 3,  # official code: fundus and OCT images read as RGB
-                 # official code `urmodel`: ViT-B/16 encoder, decoder 768 wide, 4 blocks, 6 heads
-                 embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
+    def __init__(self,
+                 # official code `urmodel`: ViT-B/16 encoder; fundus and OCT images read as RGB
+                 encoder: EncoderConfig = EncoderConfig(),
+                 # official code `urmodel`: decoder 768 wide, 4 blocks, 6 heads
                  decoder_embed_dim: int = 768, decoder_depth: int = 4, decoder_num_heads: int = 6,
-                 mlp_ratio: float = 4.0,
                  mask_ratio: float | RatioSchedule = 0.75,  # README pretraining command: --mask_ratio 0.75
                  norm_pix_loss: bool = True,  # README pretraining command: --norm_pix_loss
                  target_scale: int = 2,  # official code: encoder input resized 448 -> 224, decoder predicts 448
                  # official code's BERT text branch: 6 layers, width 384, 6 heads, 1536-wide MLP, 100 tokens
                  text_width: int = 384, text_depth: int = 6, text_num_heads: int = 6, context_length: int = 100,
                  text_mask_ratio: float = 0.5,  # official dataset code: each word masked with probability 0.5
-                 text_loss_weight: float = 1.0,  # official engine: loss = image loss + text loss
-                 size: str | None = None, drop_path_rate: float = 0.0):
+                 text_loss_weight: float = 1.0):  # official engine: loss = image loss + text loss
         super().__init__()
         if int(target_scale) < 1:
             raise ConfigError(f"target_scale must be a positive integer, got {target_scale}")
         if not 0.0 < text_mask_ratio < 1.0:
             raise ConfigError(f"text_mask_ratio must be in (0, 1), got {text_mask_ratio}")
-        self.encoder = build_encoder(size, img_size=img_size, patch_size=patch_size, in_chans=in_chans,
-                                     **({} if size else dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads)),
-                                     mlp_ratio=mlp_ratio, drop_path_rate=drop_path_rate)
-        enc = self.encoder
+        self.encoder = enc = self.build_encoder(encoder)
         self.target_scale = int(target_scale)
         self.input_size = tuple(s * self.target_scale for s in enc.img_size)
         target_patch = tuple(p * self.target_scale for p in enc.patch_size)
         self.output_patch_size = target_patch  # pixels of the input image each token predicts (for pictures)
         self.masker = RandomMasker(mask_ratio)
         self.target = PixelTarget(target_patch, normalize=norm_pix_loss)
-        self.decoder = MAEDecoder(enc.grid, enc.embed_dim, math.prod(target_patch) * in_chans, decoder_embed_dim,
-                                  decoder_depth, decoder_num_heads, mlp_ratio, num_prefix_tokens=enc.num_prefix_tokens)
+        self.decoder = MAEDecoder(enc.grid, enc.embed_dim, math.prod(target_patch) * enc.in_chans, decoder_embed_dim,
+                                  decoder_depth, decoder_num_heads, enc.mlp_ratio,
+                                  num_prefix_tokens=enc.num_prefix_tokens)
         tokenizer = caption_tokenizer(int(context_length))
         self.context_length = int(context_length)
         self.sot_id, self.eot_id = tokenizer.sot_token_id, tokenizer.eot_token_id
         vocab = len(tokenizer.encoder)
         self.text_model = ImageConditionedTextModel(vocab, self.context_length, enc.embed_dim, text_width,
-                                                    text_depth, text_num_heads, mlp_ratio)
+                                                    text_depth, text_num_heads, enc.mlp_ratio)
         # BPE marks the last piece of each word with "</w>": whole words are masked, not word pieces
         word_end = torch.tensor([tokenizer.decoder[i].endswith("</w>") for i in range(vocab)])
         self.register_buffer("word_end", word_end, persistent=False)

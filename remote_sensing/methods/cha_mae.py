@@ -10,8 +10,8 @@ channel-aware decoder (channel embeddings added to the decoder tokens), and pool
 diversity (DiChaViT's regularisers) + 0.01 x classification when the batch has labels (the paper trains
 the supervised term jointly; without labels that term is simply absent).
 
-Batch: "image" (B, C, H, W) with C <= in_chans; optional "channel_ids" (C,) saying which of the model's channels
-the image holds (default: all of them, in order), and "label" (B,) class indices when `num_classes` > 0.
+Batch: "image" (B, C, H, W) with C <= encoder.in_chans; optional "channel_ids" (C,) saying which of the model's
+channels the image holds (default: all of them, in order), and "label" (B,) class indices when `num_classes` > 0.
 """
 from __future__ import annotations
 
@@ -20,17 +20,15 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.models.vision_transformer import Block
 from torch import nn
 
-from mimkit.core.decoders import restore_tokens
-from mimkit.core.encoders import ChannelViTEncoder, LayerNorm, gather_tokens, init_weights, vit_size
+from mimkit.core.decoders import MaskedTokenDecoder, decoder_blocks
+from mimkit.core.encoders import ChannelViTEncoder, EncoderConfig, gather_tokens, init_weights
 from mimkit.core.errors import ConfigError, DataError
 from mimkit.core.masking import ChannelPatchMasker, RatioSchedule
 from mimkit.core.methods.base import MIMMethod, MIMOutput
 from mimkit.core.registry import register_method
 from mimkit.core.targets import masked_mean
-from mimkit.core.tokens import sincos_pos_embed
 
 
 class HybridTokenFusion(nn.Module):
@@ -83,7 +81,7 @@ class ChAMAEEncoder(ChannelViTEncoder):
         return super().pool(features, mode)
 
 
-class ChannelAwareDecoder(nn.Module):
+class ChannelAwareDecoder(MaskedTokenDecoder):
     """MAE decoder over channel-major per-channel tokens: mask tokens, positions and channel embeddings, blocks.
 
     The encoder's channel embeddings, mapped into the decoder width by the encoder-to-decoder projection, are
@@ -92,34 +90,22 @@ class ChannelAwareDecoder(nn.Module):
 
     def __init__(self, grid: Sequence[int], in_dim: int, out_dim: int, decoder_embed_dim: int, decoder_depth: int,
                  decoder_num_heads: int, mlp_ratio: float = 4.0, num_prefix_tokens: int = 1):
-        super().__init__()
-        self.grid, self.num_prefix_tokens = tuple(grid), num_prefix_tokens
-        self.embed = nn.Linear(in_dim, decoder_embed_dim)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
-        self.register_buffer("pos_embed", sincos_pos_embed(decoder_embed_dim, self.grid).unsqueeze(0),
-                             persistent=False)
-        self.blocks = nn.ModuleList([Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True,
-                                           norm_layer=LayerNorm) for _ in range(decoder_depth)])
-        self.norm = LayerNorm(decoder_embed_dim)
-        self.pred = nn.Linear(decoder_embed_dim, out_dim)
-        self.apply(init_weights)
-        nn.init.normal_(self.mask_token, std=0.02)
+        super().__init__(grid, in_dim, out_dim, decoder_embed_dim,
+                         decoder_blocks(decoder_embed_dim, decoder_depth, decoder_num_heads, mlp_ratio),
+                         num_prefix_tokens, store_positions=False)
 
     def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor, channel_embed: torch.Tensor) -> torch.Tensor:
         """latent (B, prefix + K, D_enc), ids_restore (B, C * N), channel_embed (C, D_enc) -> (B, C * N, out)."""
-        x = self.embed(latent)
-        prefix, visible = x[:, :self.num_prefix_tokens], x[:, self.num_prefix_tokens:]
-        x = restore_tokens(visible, ids_restore, self.mask_token)
         chans = channel_embed.shape[0]
         if ids_restore.shape[1] != chans * self.pos_embed.shape[1]:
             raise DataError(f"the decoder was built for a {self.grid} token grid per channel; got "
                             f"{ids_restore.shape[1]} tokens for {chans} channel(s)")
         channels = F.linear(channel_embed, self.embed.weight)                       # (C, D_dec)
         extra = (self.pos_embed[:, None] + channels[None, :, None]).flatten(1, 2)   # (1, C * N, D_dec)
-        x = torch.cat([prefix, x + extra], dim=1)
+        x = self.tokens(latent, ids_restore, extra)
         for block in self.blocks:
             x = block(x)
-        return self.pred(self.norm(x))[:, self.num_prefix_tokens:]
+        return self.predict(x)
 
 
 def patch_diversity_loss(tokens: torch.Tensor, channel_of: torch.Tensor, rows: torch.Tensor | None,
@@ -163,10 +149,9 @@ def fourier_loss(pred: torch.Tensor, target: torch.Tensor, patch_size: Sequence[
 class ChAMAE(MIMMethod):
     """Channel-aware MAE over per-channel tokens with dynamic channel-patch masking and memory tokens."""
 
-    def __init__(self, img_size: int | Sequence[int] = 224, patch_size: int | Sequence[int] = 16,
-                 in_chans: int = 3, embed_dim: int = 384, depth: int = 12, num_heads: int = 6,  # paper: ViT-S
+    def __init__(self, encoder: EncoderConfig = EncoderConfig(embed_dim=384, depth=12, num_heads=6),  # paper: ViT-S
                  decoder_embed_dim: int | None = None, decoder_depth: int = 2,  # official config: 2 blocks
-                 decoder_num_heads: int = 16, mlp_ratio: float = 4.0,
+                 decoder_num_heads: int = 16,
                  mask_ratio: float | RatioSchedule = 0.75,  # official "alternate" setting: 0.75
                  p_patch: float = 0.5, p_channel: float = 0.5, at_least_one_channel: bool = False,
                  num_memory_tokens: int = 4,  # official config: 4 (So2Sat: 8)
@@ -175,27 +160,23 @@ class ChAMAE(MIMMethod):
                  patch_diversity_weight: float = 1e-5, patch_diversity_gammas: Sequence[float] = (1.0, 4.0),
                  channel_diversity_weight: float = 1e-4, channel_diversity_temperature: float = 0.1,
                  num_classes: int = 0, classification_weight: float = 0.01,
-                 classification_temperature: float = 10.0, size: str | None = None, drop_path_rate: float = 0.0):
+                 classification_temperature: float = 10.0):
         super().__init__()
-        if size:
-            s = vit_size(size)
-            embed_dim, depth, num_heads = s.embed_dim, s.depth, s.num_heads
-        self.encoder = ChAMAEEncoder(fusion=fusion, img_size=img_size, patch_size=patch_size, in_chans=in_chans,
-                                     embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
-                                     drop_path_rate=drop_path_rate, num_memory_tokens=num_memory_tokens)
-        enc = self.encoder
+        self.encoder = enc = self.build_encoder(encoder, ChAMAEEncoder, fusion=fusion,
+                                                num_memory_tokens=num_memory_tokens)
+        embed_dim = enc.embed_dim
         self.masker = ChannelPatchMasker(mask_ratio, p_patch, p_channel, at_least_one_channel)
         # the official decoder width is the encoder's
         self.decoder = ChannelAwareDecoder(enc.grid, embed_dim, math.prod(enc.patch_size),
                                            decoder_embed_dim or embed_dim, decoder_depth, decoder_num_heads,
-                                           mlp_ratio, num_prefix_tokens=enc.num_prefix_tokens)
+                                           enc.mlp_ratio, num_prefix_tokens=enc.num_prefix_tokens)
         self.norm_pix_loss = norm_pix_loss
         self.weights = {"reconstruction": reconstruction_weight, "fourier": fourier_weight,
                         "patch_diversity": patch_diversity_weight, "channel_diversity": channel_diversity_weight,
                         "classification": classification_weight}
         self.gammas = tuple(float(g) for g in patch_diversity_gammas)
         # channel-token proxies, orthogonal like the official code
-        self.channel_proxies = nn.Parameter(torch.empty(in_chans, embed_dim))
+        self.channel_proxies = nn.Parameter(torch.empty(enc.in_chans, embed_dim))
         nn.init.orthogonal_(self.channel_proxies)
         self.channel_scale = math.sqrt(1.0 / channel_diversity_temperature)
         self.num_classes, self.classification_temperature = int(num_classes), float(classification_temperature)

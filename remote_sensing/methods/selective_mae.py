@@ -14,36 +14,25 @@ import math
 from typing import Sequence
 
 import torch
-from torch import nn
 
-from mimkit.core.decoders import CrossAttentionBlock
-from mimkit.core.encoders import LayerNorm, build_encoder, gather_tokens, init_weights
+from mimkit.core.decoders import CrossAttentionBlock, MaskedTokenDecoder
+from mimkit.core.encoders import EncoderConfig, gather_tokens
 from mimkit.core.masking import Mask, RatioSchedule, SelectiveMasker
 from mimkit.core.methods.base import MIMMethod, MIMOutput
 from mimkit.core.registry import register_method
 from mimkit.core.targets import PixelTarget, masked_mse, patch_hog_scores
-from mimkit.core.tokens import sincos_pos_embed
 
 
-class CrossAttentionDecoder(nn.Module):
+class CrossAttentionDecoder(MaskedTokenDecoder):
     """Decoder whose queries (mask token + position, one per reconstructed token) only cross-attend to the encoder."""
 
     def __init__(self, grid: Sequence[int], in_dim: int, out_dim: int, decoder_embed_dim: int = 512,
                  decoder_depth: int = 8, decoder_num_heads: int = 16, mlp_ratio: float = 4.0,
                  self_attention: bool = False):
-        super().__init__()
-        self.grid = tuple(grid)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
-        self.register_buffer("pos_embed", sincos_pos_embed(decoder_embed_dim, self.grid).unsqueeze(0),
-                             persistent=False)
-        # keys and values come straight from the encoder's width, as in the official code
-        self.blocks = nn.ModuleList([
-            CrossAttentionBlock(decoder_embed_dim, decoder_num_heads, mlp_ratio, context_dim=in_dim,
-                                self_attention=self_attention) for _ in range(decoder_depth)])
-        self.norm = LayerNorm(decoder_embed_dim)
-        self.pred = nn.Linear(decoder_embed_dim, out_dim)
-        self.apply(init_weights)
-        nn.init.normal_(self.mask_token, std=0.02)
+        # keys and values come straight from the encoder's width, as in the official code (no embedding)
+        blocks = [CrossAttentionBlock(decoder_embed_dim, decoder_num_heads, mlp_ratio, context_dim=in_dim,
+                                      self_attention=self_attention) for _ in range(decoder_depth)]
+        super().__init__(grid, None, out_dim, decoder_embed_dim, blocks, num_prefix_tokens=0, store_positions=False)
 
     def forward(self, latent: torch.Tensor, ids_target: torch.Tensor) -> torch.Tensor:
         """latent (B, prefix + K, D_enc), ids_target (B, R) -> predictions (B, R, out_dim)."""
@@ -51,33 +40,28 @@ class CrossAttentionDecoder(nn.Module):
         x = gather_tokens(pos, ids_target) + self.mask_token
         for block in self.blocks:
             x = block(x, latent)
-        return self.pred(self.norm(x))
+        return self.predict(x)
 
 
 @register_method("selective_mae")
 class SelectiveMAE(MIMMethod):
     """MAE on HOG-selected visible tokens that reconstructs only a selected subset of the hidden tokens."""
 
-    def __init__(self, img_size: int | Sequence[int] = 224, patch_size: int | Sequence[int] = 16,
-                 in_chans: int = 3, embed_dim: int = 768, depth: int = 12, num_heads: int = 12,  # paper: ViT-B/16
+    def __init__(self, encoder: EncoderConfig = EncoderConfig(),  # paper: ViT-B/16
                  decoder_embed_dim: int = 512, decoder_depth: int = 8,  # official train.sh: 8 (README: 12)
-                 decoder_num_heads: int = 16, mlp_ratio: float = 4.0,
+                 decoder_num_heads: int = 16,
                  mask_ratio: float | RatioSchedule = 0.85,  # paper: 85% hidden
                  target_ratio: float = 0.25,  # paper ("kept mask ratio"): 25% of all tokens reconstructed
                  norm_pix_loss: bool = True, total_steps: int | None = None,
                  expansion_schedule: Sequence[float] = (0.35, 0.375, 0.725, 0.75),  # epochs 280/300/580/600 of 800
-                 expansion_rounds: int = 2, hog_orientations: int = 9, decoder_self_attention: bool = False,
-                 size: str | None = None, drop_path_rate: float = 0.0):
+                 expansion_rounds: int = 2, hog_orientations: int = 9, decoder_self_attention: bool = False):
         super().__init__()
-        self.encoder = build_encoder(size, img_size=img_size, patch_size=patch_size, in_chans=in_chans,
-                                     **({} if size else dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads)),
-                                     mlp_ratio=mlp_ratio, drop_path_rate=drop_path_rate)
-        enc = self.encoder
+        self.encoder = enc = self.build_encoder(encoder)
         self.masker = SelectiveMasker(mask_ratio, target_ratio, total_steps, expansion_schedule, expansion_rounds)
         self.target = PixelTarget(enc.patch_size, normalize=norm_pix_loss)
         self.hog_orientations = hog_orientations
-        self.decoder = CrossAttentionDecoder(enc.grid, enc.embed_dim, math.prod(enc.patch_size) * in_chans,
-                                             decoder_embed_dim, decoder_depth, decoder_num_heads, mlp_ratio,
+        self.decoder = CrossAttentionDecoder(enc.grid, enc.embed_dim, math.prod(enc.patch_size) * enc.in_chans,
+                                             decoder_embed_dim, decoder_depth, decoder_num_heads, enc.mlp_ratio,
                                              decoder_self_attention)
 
     def select(self, images: torch.Tensor, tokens: torch.Tensor, step: int | None = None):

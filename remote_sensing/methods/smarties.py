@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from mimkit.core.decoders import MAEDecoder
-from mimkit.core.encoders import SpectralRange, SpectralViTEncoder, gather_tokens, spectral_weights, vit_size
+from mimkit.core.encoders import (EncoderConfig, SpectralRange, SpectralViTEncoder, encoder_config, gather_tokens,
+                                  spectral_weights)
 from mimkit.core.errors import ConfigError, DataError
 from mimkit.core.masking import RandomMasker, RatioSchedule
 from mimkit.core.methods.base import MIMMethod, MIMOutput
@@ -82,40 +83,35 @@ def _names(names) -> list[str] | None:
 class SMARTIES(MIMMethod):
     """Spectrum-aware MAE over two sensors' views with cross-sensor token mixup and a shared random mask."""
 
-    def __init__(self, img_size: int | Sequence[int] = 224, patch_size: int | Sequence[int] = 16,
-                 in_chans: int | None = None, embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
+    def __init__(self,
+                 # the paper's ViT-B/16 (its ViT-L: size="large"); in_chans None: the number of default bands
+                 encoder: EncoderConfig = EncoderConfig(in_chans=None),
                  decoder_embed_dim: int = 512, decoder_depth: int = 8, decoder_num_heads: int = 16,
-                 mlp_ratio: float = 4.0, mask_ratio: float | RatioSchedule = 0.75,  # paper: 75%
+                 mask_ratio: float | RatioSchedule = 0.75,  # paper: 75%
                  norm_pix_loss: bool = True, sensor: str = "sentinel2", bands: Sequence[str] | None = None,
                  second_view: str | None = "rgb", mixup_ratio: float = 0.5,  # paper: half the tokens swapped
                  projection_scale: float = 12.0,  # paper: C_max, 12 bands in pretraining
-                 ranges: Sequence[SpectralRange | Sequence] | None = None, size: str | None = None,
-                 drop_path_rate: float = 0.0):
+                 ranges: Sequence[SpectralRange | Sequence] | None = None):
         super().__init__()
-        # Defaults are the paper's ViT-B/16 (its ViT-L uses size="large"); `size` picks another named size.
-        if size:
-            s = vit_size(size)
-            embed_dim, depth, num_heads = s.embed_dim, s.depth, s.num_heads
         self.ranges = tuple(r if isinstance(r, SpectralRange) else SpectralRange(*r)
                             for r in (ranges or SMARTIES_RANGES))
         default_bands = resolve_bands(sensor, bands)
-        if in_chans is not None and in_chans != len(default_bands):
-            raise ConfigError(f"in_chans={in_chans} but the default bands ({sensor}: "
-                            f"{', '.join(b.name for b in default_bands)}) are {len(default_bands)}")
+        encoder = encoder_config(encoder)
+        if encoder.in_chans is not None and encoder.in_chans != len(default_bands):
+            raise ConfigError(f"encoder.in_chans={encoder.in_chans} but the default bands ({sensor}: "
+                              f"{', '.join(b.name for b in default_bands)}) are {len(default_bands)}")
         self.second_bands: list[Band] | None = resolve_bands(second_view) if second_view else None
         if not 0.0 <= mixup_ratio <= 1.0:
             raise ConfigError(f"mixup_ratio must be in [0, 1], got {mixup_ratio}")
         self.mixup_ratio, self.norm_pix_loss = float(mixup_ratio), norm_pix_loss
-        self.encoder = SpectralViTEncoder(
-            self.ranges, [b.center_nm for b in default_bands], [b.width_nm for b in default_bands],
-            [b.name for b in default_bands], img_size=img_size, patch_size=patch_size, embed_dim=embed_dim,
-            depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, drop_path_rate=drop_path_rate,
-            projection_scale=projection_scale)
-        enc = self.encoder
+        self.encoder = enc = self.build_encoder(
+            encoder, SpectralViTEncoder, in_chans=len(default_bands), ranges=self.ranges,
+            wavelengths=[b.center_nm for b in default_bands], bandwidths=[b.width_nm for b in default_bands],
+            band_names=[b.name for b in default_bands], projection_scale=projection_scale)
         self.masker = RandomMasker(mask_ratio)
         # the MAE decoder up to its last norm; the per-range heads below turn its tokens into band pixels
         self.decoder = MAEDecoder(enc.grid, enc.embed_dim, decoder_embed_dim, decoder_embed_dim, decoder_depth,
-                                  decoder_num_heads, mlp_ratio, num_prefix_tokens=enc.num_prefix_tokens)
+                                  decoder_num_heads, enc.mlp_ratio, num_prefix_tokens=enc.num_prefix_tokens)
         self.decoder.pred = nn.Identity()
         self.heads = SpectralPredictionHeads(self.ranges, decoder_embed_dim, math.prod(enc.patch_size))
 

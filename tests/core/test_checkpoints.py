@@ -57,10 +57,28 @@ def test_save_load_round_trip(tmp_path):
     method = tiny_mae(0)
     path = save_method(method, tmp_path / "mae.safetensors", CONFIG)
     loaded, config = load_method(path)
-    assert config == CONFIG and type(loaded) is type(method)
+    assert type(loaded) is type(method)
+    # the encoder's fields are stored nested, complete (the method's defaults filled in)
+    assert config["decoder_embed_dim"] == 32 and config["encoder"]["embed_dim"] == 32
+    assert config["encoder"]["mlp_ratio"] == 4.0 and config["encoder"]["img_size"] == 32
     assert not torch.equal(mae_output(tiny_mae(1)), mae_output(method))  # a fresh model differs...
     assert torch.equal(mae_output(loaded), mae_output(method))          # ...the loaded one does not
     assert read_state_dict(path)[1] == "mimkit"
+
+
+def test_file_with_a_flat_config_still_loads(tmp_path):
+    """Files written before the encoder fields were nested hold them flat in the metadata."""
+    import json
+
+    from mimkit.core.checkpoints import _unshared
+
+    method = tiny_mae(0)
+    path = tmp_path / "flat.safetensors"
+    save_file(_unshared(method.state_dict()), str(path),
+              metadata={"format": "mimkit", "method": "mae", "config": json.dumps(CONFIG)})
+    loaded, config = load_method(path)
+    assert config == CONFIG and loaded.encoder.embed_dim == 32
+    assert torch.equal(mae_output(loaded), mae_output(method))
 
 
 def test_save_tied_weights(tmp_path):

@@ -13,10 +13,12 @@ TINY = dict(img_size=32, patch_size=8, in_chans=1, embed_dim=32, depth=2, num_he
 def test_registry_lists_and_builds_mae():
     assert "mae" in list_methods()
     args = method_arguments("mae")
-    # the MAE paper's code names and defaults
-    for name in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "decoder_embed_dim",
-                 "decoder_depth", "decoder_num_heads", "mask_ratio", "norm_pix_loss"):
+    # the MAE paper's code names and defaults: a ViT-L/16 encoder
+    for name in ("encoder.img_size", "encoder.patch_size", "encoder.in_chans", "encoder.embed_dim", "encoder.depth",
+                 "encoder.num_heads", "decoder_embed_dim", "decoder_depth", "decoder_num_heads", "mask_ratio",
+                 "norm_pix_loss"):
         assert name in args
+    assert (args["encoder.embed_dim"], args["encoder.depth"], args["encoder.num_heads"]) == (1024, 24, 16)
     assert args["mask_ratio"] == 0.75 and args["decoder_embed_dim"] == 512
     assert args["decoder_depth"] == 8 and args["decoder_num_heads"] == 16
     with pytest.raises(ConfigError, match="no argument"):

@@ -13,7 +13,8 @@ TINY = dict(img_size=32, patch_size=4, in_chans=1, embed_dim=32, depth=2, num_he
 def test_registered_with_paper_defaults():
     assert "simmim" in list_methods()
     args = method_arguments("simmim")
-    assert args["mask_ratio"] == 0.6 and args["mask_patch_size"] == 32 and args["patch_size"] == 16
+    assert args["mask_ratio"] == 0.6 and args["mask_patch_size"] == 32 and args["encoder.patch_size"] == 16
+    assert args["encoder.drop_path_rate"] == 0.1
     with pytest.raises(ConfigError, match="mask_patch_size"):
         build_method("simmim", **{**TINY, "mask_patch_size": 6})
 

@@ -77,7 +77,7 @@ def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(image_folder,
     assert (tmp_path / "full" / "pictures" / "reconstruction.png").exists()
     assert (tmp_path / "full" / "pictures" / "loss_curve.png").exists()
     method, cfg = load_method(tmp_path / "full" / "model.safetensors")
-    assert cfg["embed_dim"] == 32
+    assert cfg["encoder"]["embed_dim"] == 32  # stored nested (core.checkpoints.save_method)
 
 
 def test_existing_run_needs_resume(image_folder, tmp_path):

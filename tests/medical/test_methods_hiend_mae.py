@@ -24,7 +24,7 @@ TINY = dict(img_size=16, patch_size=8, in_chans=1, embed_dim=48, depth=4, num_he
 
 def test_paper_defaults():
     args = method_arguments("hiend_mae")
-    assert args["img_size"] == 96 and args["patch_size"] == 12 and args["spatial_dims"] == 3
+    assert args["encoder.img_size"] == 96 and args["encoder.patch_size"] == 12 and args["encoder.spatial_dims"] == 3
     assert args["mask_ratio"] == 0.75 and args["decoder_layers"] == (9, 6, 3) and args["norm_pix_loss"] is True
     assert args["decoder_self_depth"] == 2
 
@@ -97,7 +97,7 @@ def test_recipe_matches_the_method_defaults():
 
     import yaml
     recipe = yaml.safe_load(resources.files("mimkit.medical").joinpath("recipes", "hiend_mae.yaml").read_text())
-    defaults = method_arguments("hiend_mae")
+    defaults = {k.removeprefix("encoder."): v for k, v in method_arguments("hiend_mae").items()}
     assert recipe["method"] == "hiend_mae" and recipe["data"]["img_size"] == recipe["model"]["img_size"]
     for key, value in recipe["model"].items():
         assert key in defaults and (tuple(value) if isinstance(value, list) else value) == defaults[key], key

@@ -135,7 +135,7 @@ def test_recipe_matches_the_method_defaults():
 
     from mimkit.core.registry import method_arguments
     recipe = yaml.safe_load(resources.files("mimkit.medical").joinpath("recipes", "memmc_mae.yaml").read_text())
-    defaults = method_arguments("memmc_mae")
+    defaults = {k.removeprefix("encoder."): v for k, v in method_arguments("memmc_mae").items()}
     assert recipe["method"] == "memmc_mae" and recipe["data"]["normal_only"] is True
     for key, value in recipe["model"].items():
         assert key in defaults and value == defaults[key], key

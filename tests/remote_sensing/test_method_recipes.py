@@ -16,7 +16,7 @@ def recipe(name):
 def test_recipe_keys_are_method_arguments(name):
     r = recipe(name)
     assert r["method"] == name and set(r) == {"method", "model", "train", "data"}
-    assert set(r["model"]) <= set(method_arguments(name))
+    assert set(r["model"]) <= {k.removeprefix("encoder.") for k in method_arguments(name)}
     assert r["data"]["img_size"] == r["model"]["img_size"]
 
 
