@@ -6,22 +6,23 @@ pretraining budget, and training throughput relative to MAE, all measured in one
 Every method gets the demo's encoder (ViT 128 wide, 6 deep, patch 4 on 32 px digits) and the same steps,
 batch, learning rate and seed. Teacher-based methods (MaskAlign, MR-MAE, MaskEmbed) learn from the MAE
 encoder trained first in the same run, loaded from its local file as a real run would. Writes
-methods.md and methods.csv.
+methods.md, methods.csv and methods.json.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
-from mimkit.core.cli import markdown_table, quiet_lightning
+from mimkit.core.cli import quiet_lightning
 from mimkit.core.data import labelled_dataset
 from mimkit.core.runs import load_run
 from mimkit.core.data import ImageFolderDataset, mae_train_transform
 from mimkit.core.demo import DEMO_MODEL, write_digits
 from mimkit.core.evaluate import evaluate
 from mimkit.core.train import TrainConfig, pretrain
+
+from .report import write_table
 
 ENCODER = {k: DEMO_MODEL[k] for k in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads")}
 DECODER = dict(decoder_embed_dim=64, decoder_depth=2, decoder_num_heads=4)
@@ -85,16 +86,10 @@ def main(argv=None) -> int:
     for row in rows:
         row["throughput_vs_mae"] = round(row["images_per_second"] / base, 2) if base else None
     columns = ["method", "knn_accuracy", "linear_accuracy", "images_per_second", "throughput_vs_mae", "final_loss"]
-    table = markdown_table(rows, columns)
     header = (f"Digits demo data, ViT 128x6 patch 4 at 32 px, {args.steps} steps of batch {args.batch_size}, "
               f"lr {args.lr}, seed 0; accuracy in percent on 540 test digits: kNN k=20, linear probe 90 epochs on frozen "
-              f"features.\n\n")
-    (out / "methods.md").write_text(header + table + "\n")
-    with open(out / "methods.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    print(header + table)
+              f"features.")
+    print(write_table(rows, columns, out / "methods", header))
     return 0
 
 

@@ -1,7 +1,8 @@
-"""Put a run's numbers beside the published ones: a markdown table and a CSV file.
+"""The project's one table writer (`write_table`: markdown, CSV, JSON; `pivot_inits`), and a run's numbers
+beside the published ones (`compare`).
 
 Command line: `python -m mimkit.benchmarks.report --run RUN_DIR [--out DIR]` reads RUN_DIR/metrics.json,
-prints the markdown table and writes report.md and report.csv (into RUN_DIR unless --out is given).
+prints the markdown table and writes report.md, report.csv and report.json (into RUN_DIR unless --out is given).
 
 metrics.json:
 
@@ -21,7 +22,7 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from mimkit.core.errors import ConfigError, DataError, MimkitError
 
@@ -75,42 +76,87 @@ def compare(run_results: Iterable[dict], published: Sequence[PublishedResult] | 
     return rows
 
 
-def _number(value: float | None, signed: bool = False) -> str:
-    if value is None:
-        return ""
-    text = f"{value:+.3f}" if signed else f"{value:.3f}"
+def _number(value: float) -> str:
+    """A number as a reader wants it: at most 3 decimals, trailing zeros dropped; tiny values in 3 digits."""
+    if value != 0 and abs(value) < 1e-3:
+        return f"{value:.3g}"
+    text = f"{value:.3f}"
     return text.rstrip("0").rstrip(".") if "." in text else text
 
 
-def markdown_table(rows: Sequence[dict]) -> str:
-    """The comparison as a markdown table."""
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+def signed(value) -> str:
+    """A difference with its sign: "+1.25", "-3"."""
+    return "" if value is None else ("+" if value > 0 else "") + _number(float(value))
+
+
+def _cell(value, formatter=None) -> str:
+    if callable(formatter):  # a function sees None too (it may write "n/a")
+        text = formatter(value)
+    elif formatter is not None and value is not None:
+        text = format(value, formatter)
+    elif value is None:
+        text = ""
+    elif isinstance(value, bool) or isinstance(value, (int, str)):
+        text = str(value)
+    elif isinstance(value, float):
+        text = _number(value) if math.isfinite(value) else str(value)
+    else:
+        text = json.dumps(value, default=str)
+    return text.replace("|", "/").replace("\n", " ")
+
+
+def _csv_cell(value):
+    if value is None:
+        return ""
+    return value if isinstance(value, (bool, int, float, str)) else json.dumps(value, default=str)
+
+
+def write_table(rows: Sequence[dict], columns: Sequence[str] | Mapping[str, str], path: str | Path | None = None,
+                title: str | None = None, *, formats: Mapping[str, str | Callable] | None = None) -> str:
+    """The markdown table of `rows` (one column per key of `columns`; a mapping names each column's header) under
+    `title` (any markdown: a heading, a sentence, notes); with `path` (a stem, or a .md path) it also writes
+    PATH.md (the same text), PATH.csv and PATH.json (the values unformatted). `formats` gives a column a format
+    spec (".1f") or a function (which also gets None) for its markdown cells; numbers otherwise show at most 3
+    decimals, None as a blank."""
+    headers = dict(columns) if isinstance(columns, Mapping) else {column: column for column in columns}
+    formats = dict(formats or {})
+    lines = [f"{title.rstrip()}", ""] if title else []
+    lines += ["| " + " | ".join(headers.values()) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(_cell(row.get(key), formats.get(key)) for key in headers) + " |" for row in rows]
+    text = "\n".join(lines) + "\n"
+    if path is not None:
+        stem = Path(path)
+        stem = stem.with_suffix("") if stem.suffix.lower() == ".md" else stem
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        Path(f"{stem}.md").write_text(text)
+        with open(f"{stem}.csv", "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(list(headers))
+            writer.writerows([_csv_cell(row.get(key)) for key in headers] for row in rows)
+        table = {"title": title, "columns": list(headers),
+                 "rows": [{key: row.get(key) for key in headers} for row in rows]}
+        Path(f"{stem}.json").write_text(json.dumps(table, indent=2, default=str) + "\n")
+    return text
+
+
+def pivot_inits(rows: Sequence[dict]) -> list[dict]:
+    """Rows with an init (pretrained / random) -> one row per (task, protocol, metric) with each init's value side
+    by side and `gain` (pretrained minus random) when both are there."""
+    table: dict[tuple, dict] = {}
     for row in rows:
-        cells = []
-        for column in COLUMNS:
-            value = row.get(column)
-            if column in ("ours", "published"):
-                cells.append(_number(value))
-            elif column == "difference":
-                cells.append(_number(value, signed=True))
-            else:
-                cells.append("" if value is None else str(value).replace("|", "/"))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        key = (row.get("task"), row["protocol"], row["metric"])
+        entry = table.setdefault(key, {**({"task": row["task"]} if row.get("task") else {}),
+                                       "protocol": row["protocol"], "metric": row["metric"]})
+        entry[row["init"]] = row["value"]
+    for entry in table.values():
+        if entry.get("pretrained") is not None and entry.get("random") is not None:
+            entry["gain"] = round(entry["pretrained"] - entry["random"], 2)
+    return list(table.values())
 
 
-def write_report(rows: Sequence[dict], out_dir: str | Path, name: str = "report") -> tuple[Path, Path]:
-    """Write `<name>.md` and `<name>.csv` into out_dir; returns their paths."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    md_path, csv_path = out / f"{name}.md", out / f"{name}.csv"
-    md_path.write_text(markdown_table(rows))
-    with csv_path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in COLUMNS})
-    return md_path, csv_path
+def comparison_table(rows: Sequence[dict], path: str | Path | None = None, title: str | None = None) -> str:
+    """`compare`'s rows as a table: our value, the published one and the difference, with the source."""
+    return write_table(rows, COLUMNS, path, title, formats={"difference": signed})
 
 
 def read_run(run_dir: str | Path) -> list[dict]:
@@ -137,15 +183,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mimkit.benchmarks.report",
                                      description="Compare a run's metrics.json with published results.")
     parser.add_argument("--run", required=True, help="run folder holding metrics.json")
-    parser.add_argument("--out", help="where report.md and report.csv go (default: the run folder)")
+    parser.add_argument("--out", help="where report.md, report.csv and report.json go (default: the run folder)")
     args = parser.parse_args(argv)
     try:
-        rows = compare(read_run(args.run))
-        write_report(rows, args.out or args.run)
+        table = comparison_table(compare(read_run(args.run)), Path(args.out or args.run) / "report")
     except MimkitError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(markdown_table(rows), end="")
+    print(table, end="")
     return 0
 
 

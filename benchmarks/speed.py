@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import json
 import math
 import platform
@@ -36,6 +35,7 @@ import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Sequence
 
@@ -47,6 +47,7 @@ from mimkit.core.encoders import set_fused_attention, vit_size
 from mimkit.core.errors import ConfigError, TrainingError
 
 from .reference_mae import ReferenceMAE
+from .report import write_table
 
 MODELS = {
     "mimkit": "mimkit MAE",
@@ -375,21 +376,16 @@ def _format(column: str, value) -> str:
     return f"{value:.{digits}f}"
 
 
-def markdown(rows: Sequence[dict], notes: Sequence[str]) -> str:
-    lines = [f"- {note}" for note in notes] + ["", "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
-    lines += ["| " + " | ".join(_format(c, row[c]) for c in COLUMNS) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+def markdown(rows: Sequence[dict], notes: Sequence[str], path: Path | None = None) -> str:
+    """The notes as a list above the table; with `path` also PATH.md, .csv and .json (benchmarks.report)."""
+    return write_table(rows, dict(zip(COLUMNS, HEADERS)), path, "\n".join(f"- {note}" for note in notes),
+                       formats={column: partial(_format, column) for column in COLUMNS})
 
 
 def write_tables(rows: Sequence[dict], notes: Sequence[str], out_dir: Path) -> tuple[Path, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    md_path, csv_path = out_dir / "speed.md", out_dir / "speed.csv"
-    md_path.write_text(markdown(rows, notes))
-    with csv_path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows({c: ("" if row[c] is None else row[c]) for c in COLUMNS} for row in rows)
-    return md_path, csv_path
+    """speed.md, speed.csv and speed.json in out_dir; returns the markdown and CSV paths."""
+    markdown(rows, notes, out_dir / "speed")
+    return out_dir / "speed.md", out_dir / "speed.csv"
 
 
 # -------------------------------------------------------------------------------------------- main
@@ -433,7 +429,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                                         "(default 2048 on CPU, 8192 on CUDA)")
     parser.add_argument("--memory-steps", type=int, default=2, help="training steps in each memory probe")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory probes")
-    parser.add_argument("--out", type=Path, help="folder for speed.md and speed.csv")
+    parser.add_argument("--out", type=Path, help="folder for speed.md, speed.csv and speed.json")
     parser.add_argument("--memory-probe", help=argparse.SUPPRESS)  # internal: one probe, JSON spec
     return parser.parse_args(argv)
 
@@ -516,7 +512,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(markdown(rows, notes), end="")
     if args.out:
         md_path, csv_path = write_tables(rows, notes, args.out)
-        print(f"\nwrote {md_path} and {csv_path}")
+        print(f"\nwrote {md_path}, {csv_path} and speed.json")
     return 0
 
 

@@ -1,16 +1,17 @@
 """The registry of benchmark tasks: a local data reader, an evaluation protocol and a metric.
 
 A task never downloads: its reader builds `(train_set, test_set)` torch datasets from a folder the user
-already has. Domain subpackages register their tasks in `mimkit.<domain>.bench`; `list_tasks()` and
-`get_task()` import those modules on first use, as `build_method` does for methods.
+already has. Each domain (core included) registers its tasks in `mimkit.<domain>.bench`; `list_tasks()` and
+`get_task()` import those modules on first use, as `build_method` does for methods. `mimkit.benchmarks.runner`
+runs any task.
 """
 from __future__ import annotations
 
 import importlib
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from torch.utils.data import Dataset
 
@@ -36,6 +37,15 @@ class Task:
     metric: str               # e.g. "top1" (percent), "dice", "auroc"
     reader: Reader            # reader(root, **options) -> (train_set, test_set), from local files only
     description: str = ""
+    head: str | None = None   # core.heads name for fine-tuning / segmentation; None: the protocol's default
+    head_options: Mapping = field(default_factory=dict)
+    # a protocol core does not have (anomaly): runner(subject, train_set, test_set, root=Path, **options) -> dict
+    # of metric values as fractions, holding the task's metric key
+    runner: Callable | None = None
+    check: Callable | None = None    # check(encoder, train_set): ConfigError when the encoder cannot read the data
+    prepare: Callable | None = None  # prepare(encoder, run_config) -> reader options that fit the data to the encoder
+    metric_key: str | None = None    # the metric's key in the protocol's result dict; None: `metric` itself
+    settings: Mapping = field(default_factory=dict)  # the protocol's settings for this task (its paper's recipe)
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -43,8 +53,17 @@ class Task:
                               f"got {self.protocol!r}")
         if self.domain not in DOMAINS:
             raise ConfigError(f"task {self.name!r}: domain must be one of {', '.join(DOMAINS)}, got {self.domain!r}")
-        if not callable(self.reader):
-            raise ConfigError(f"task {self.name!r}: reader must be callable, got {type(self.reader).__name__}")
+        for name in ("reader", "runner", "check", "prepare"):
+            value = getattr(self, name)
+            if not callable(value) and (name == "reader" or value is not None):
+                raise ConfigError(f"task {self.name!r}: {name} must be callable, got {type(value).__name__}")
+        if self.protocol == "anomaly" and self.runner is None:
+            raise ConfigError(f"task {self.name!r}: the anomaly protocol needs the task's own runner")
+
+    @property
+    def value_key(self) -> str:
+        """The key of the task's metric in the protocol's result dict."""
+        return self.metric_key or self.metric
 
     def load(self, root: str | Path, **options: Any) -> tuple[Dataset, Dataset]:
         """Build the task's (train_set, test_set) from the local folder `root`."""
@@ -71,13 +90,13 @@ def register_task(task: Task) -> Task:
 
 
 def load_domain_tasks() -> None:
-    """Import every installed `mimkit.<domain>.bench` module so that its tasks register themselves."""
+    """Import every installed `mimkit.<domain>.bench` module (core's included) so that its tasks register
+    themselves; by name, so that this module imports none of them."""
     global _loaded
     if _loaded:
         return
     _loaded = True
-    from . import natural  # noqa: F401  (the ImageNet tasks of the core)
-    for domain in DOMAINS[1:]:
+    for domain in DOMAINS:
         package = f"mimkit.{domain}"
         if importlib.util.find_spec(package) and importlib.util.find_spec(f"{package}.bench"):
             importlib.import_module(f"{package}.bench")

@@ -163,8 +163,8 @@ def _run_geometry(method, config: dict, args) -> tuple[str, int, dict]:
     return modality, dims, data
 
 
-def _labelled_sets(args, method, config: dict, augment: bool, recipe_data: dict | None = None):
-    """(train, test) datasets for a run's encoder from --data in --layout, prepared as in pretraining."""
+def _labelled_reader(args, method, config: dict, augment: bool, recipe_data: dict | None = None):
+    """The reader of --data in --layout and its options for a run's encoder, prepared as in pretraining."""
     from .bench import _reader, _reader_options
 
     modality, dims, data = _run_geometry(method, config, args)
@@ -177,18 +177,21 @@ def _labelled_sets(args, method, config: dict, augment: bool, recipe_data: dict 
                                                          "crops_per_volume", "volume_data", "roi", "normal_only")}
     data.update(recipe_data or {})
     options = _reader_options(method.encoder, data, {"augment": augment, "cache": "memory" if dims == 3 else "none"})
+    return reader, options
+
+
+def _labelled_sets(args, method, config: dict, augment: bool, recipe_data: dict | None = None):
+    """(train, test) datasets for a run's encoder from --data in --layout, prepared as in pretraining."""
+    reader, options = _labelled_reader(args, method, config, augment, recipe_data)
     return reader(Path(args.data), **options)
 
 
 def _encoders(method, config: dict, compare: bool, seed: int) -> dict:
+    from mimkit.benchmarks.runner import random_init
+
     encoders = {"pretrained": method.encoder}
     if compare:
-        import torch
-
-        from mimkit.core.registry import build_method
-
-        torch.manual_seed(seed)
-        encoders["random"] = build_method(config.get("method", method.method_name), **config.get("model", {})).encoder
+        encoders["random"] = random_init(method, config, seed).encoder
     return encoders
 
 
@@ -218,19 +221,22 @@ RECIPE_DATA_KEYS = ("crop_scale", "hflip", "horizontal_flip", "mean", "std", "cr
                     "scale_intensity", "shift_intensity", "spacing", "intensity_range", "crop", "crop_pos", "crop_neg")
 
 
+# A segmentation recipe's train keys: the BTCV recipe's names (steps, feature_size) and FineTuneConfig's.
+SEGMENTATION_RECIPE_KEYS = ("steps", "warmup_steps", "lr", "weight_decay", "batch_size", "feature_size", "overlap",
+                            "num_workers")
+
+
 def _finetune_recipe(path: str | None, segmentation: bool = False) -> tuple[dict, dict]:
-    """A fine-tuning recipe's (train options for core.evaluate.finetune, or for finetune_segmentation, and its
+    """A fine-tuning recipe's (train options for core.evaluate.finetune, or for segmentation fine-tuning, and its
     data settings); its other keys (protocol, pretrained, evaluation, the hardware) describe the paper's setting."""
     import inspect
 
     from mimkit.core.evaluate import finetune
 
-    from .bench import finetune_segmentation
-
     if path is None:
         return {}, {}
     recipe = read_yaml_mapping(path)
-    allowed = set(inspect.signature(finetune_segmentation if segmentation else finetune).parameters) - {
+    allowed = set(SEGMENTATION_RECIPE_KEYS) if segmentation else set(inspect.signature(finetune).parameters) - {
         "encoder", "train_set", "test_set", "return_model", "device"}
     train = {k: v for k, v in (recipe.get("train") or recipe.get("finetune") or {}).items() if k in allowed}
     data = {k: v for k, v in (recipe.get("data") or {}).items() if k in RECIPE_DATA_KEYS}
@@ -239,27 +245,41 @@ def _finetune_recipe(path: str | None, segmentation: bool = False) -> tuple[dict
     return train, data
 
 
-def cmd_finetune(args) -> None:
-    from .bench import finetune_segmentation
+def _segment(args, method, config: dict, train_options: dict, recipe_data: dict) -> list[dict]:
+    """Segmentation fine-tuning of --data (a Decathlon layout) through the benchmark runner, as msd-segmentation
+    with the run's modality and the recipe's settings."""
+    from dataclasses import replace
 
+    from mimkit.benchmarks.runner import run_task
+    from mimkit.benchmarks.tasks import get_task
+
+    reader, reader_options = _labelled_reader(args, method, config, augment=True, recipe_data=recipe_data)
+    options = dict(train_options)
+    for flag in ("steps", "batch_size", "lr"):
+        if getattr(args, flag):
+            options[flag] = getattr(args, flag)
+    if "steps" in options:
+        options["max_steps"] = options.pop("steps")
+    if "feature_size" in options:
+        options["head_options"] = {"feature_size": options.pop("feature_size")}
+    task = replace(get_task("msd-segmentation"), reader=reader)
+    rows = run_task(task, method, args.data, run_config=config, compare_random_init=args.compare_random_init,
+                    seed=args.seed, reader_options=reader_options, **options)
+    return [{"protocol": "segmentation", "init": row["init"], "metric": task.value_key, "value": row["value"],
+             "num_train": row["num_train"], "steps": row["settings"]["max_steps"],
+             "dice_per_class": row["details"]["dice_per_class"]} for row in rows]
+
+
+def cmd_finetune(args) -> None:
     method, config = load_run(args.run)
     segmentation = args.layout == "msd"
     train_options, recipe_data = _finetune_recipe(args.config, segmentation)
+    if segmentation:
+        _finish(args, _segment(args, method, config, train_options, recipe_data),
+                ["protocol", "init", "metric", "value", "num_train", "steps"])
+        return
     train, test = _labelled_sets(args, method, config, augment=True, recipe_data=recipe_data)
     encoders = _encoders(method, config, args.compare_random_init, args.seed)
-    if segmentation:
-        options = {"steps": 500, "batch_size": 2, **train_options, "seed": args.seed}
-        for flag in ("steps", "batch_size", "lr"):
-            if getattr(args, flag):
-                options[flag] = getattr(args, flag)
-        rows = []
-        for init, encoder in encoders.items():
-            result = finetune_segmentation(encoder, train, test, **options)
-            rows.append({"protocol": "segmentation", "init": init, "metric": "dice_mean",
-                         "value": round(100 * result["dice_mean"], 2), "num_train": len(train), "steps": options["steps"],
-                         "dice_per_class": result["dice_per_class"]})
-        _finish(args, rows, ["protocol", "init", "metric", "value", "num_train", "steps"])
-        return
     options = dict(train_options, seed=args.seed)
     if args.steps:
         raise ConfigError("--steps is for segmentation (--layout msd); classification fine-tuning counts --epochs")
@@ -343,10 +363,9 @@ def cmd_anomaly(args) -> None:
 
 # ============================================================================================ bench
 def cmd_bench(args) -> None:
-    from mimkit.benchmarks.report import compare, markdown_table as report_table, write_report
-    from mimkit.benchmarks.tasks import list_tasks
-
-    from .bench import model_name, run_task
+    from mimkit.benchmarks.report import compare, comparison_table
+    from mimkit.benchmarks.runner import run_task
+    from mimkit.benchmarks.tasks import get_task, list_tasks
 
     if args.list or not args.task:
         for task in list_tasks("medical"):
@@ -357,29 +376,23 @@ def cmd_bench(args) -> None:
     if not args.root or not args.run:
         raise ConfigError("--task needs --root (the data folder) and --run (a pretraining run)")
     method, config = load_run(args.run)
-    data = {k: v for k, v in (config.get("data") or {}).items()
-            if k in ("spacing", "intensity_range", "mean", "std", "crop_pct")}
-    protocol = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "steps": args.steps,
-                "seed": args.seed}
-    from mimkit.benchmarks.tasks import get_task
-
     task = get_task(args.task)
-    allowed = {"segmentation": ("steps", "batch_size", "lr", "seed"), "anomaly": ("batch_size", "seed"),
-               "finetune": ("epochs", "batch_size", "lr", "seed"), "linear": ("epochs", "batch_size", "lr", "seed"),
+    if task.domain != "medical":
+        raise ConfigError(f"task {args.task!r} belongs to the {task.domain} domain; `mimkit-medical bench` runs "
+                          f"medical tasks only")
+    protocol = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "steps": args.steps}
+    allowed = {"segmentation": ("steps", "batch_size", "lr"), "anomaly": ("batch_size",),
+               "finetune": ("epochs", "batch_size", "lr"), "linear": ("epochs", "batch_size", "lr"),
                "knn": ("batch_size",)}.get(task.protocol, ())
-    ignored = [k for k, v in protocol.items() if v is not None and k not in allowed and k != "seed"]
+    ignored = [k for k, v in protocol.items() if v is not None and k not in allowed]
     if ignored:
         raise ConfigError(f"--{ignored[0].replace('_', '-')} does not apply to the {task.protocol} protocol of "
                           f"{args.task}")
-    options = {k: v for k, v in protocol.items() if v is not None and k in allowed}
-    encoders = _encoders(method, config, args.compare_random_init, args.seed)
-    rows = []
-    for init, encoder in encoders.items():
-        subject = method if init == "pretrained" else _with_encoder(method, config, encoder)
-        result = run_task(args.task, subject, args.root, data=data, protocol_options=options)
-        rows.append({**{k: v for k, v in result.items() if k != "details"}, "init": init,
-                     "method": config.get("method", method.method_name), "model": model_name(encoder),
-                     "details": result["details"]})
+    options = {"max_steps" if k == "steps" else k: v for k, v in protocol.items() if v is not None}
+    rows = run_task(task, method, args.root, run_config=config, compare_random_init=args.compare_random_init,
+                    seed=args.seed, **options)
+    for row in rows:
+        row["method"] = config.get("method", method.method_name)
     update_metrics(args.run, {"results": rows})
     table = []
     for row in rows:
@@ -390,20 +403,10 @@ def cmd_bench(args) -> None:
                 entry["method"] = f"{entry['method']} [{row['init']} init]"
         table += matched
     out = Path(args.out) if args.out else Path(args.run)
-    write_report(table, out, name=f"report_{args.task}")
-    print(report_table(table), end="")
+    print(comparison_table(table, out / f"report_{args.task}"), end="")
     for row in rows:
         print(f"{row['init']}: {row['metric']} {row['value']} on {row['num_test']} test inputs "
               f"({row['num_train']} training, {row['skipped_files']} files skipped)", file=sys.stderr)
-
-
-def _with_encoder(method, config: dict, encoder):
-    """A freshly built method around `encoder` (random initialisation comparisons of whole methods)."""
-    from mimkit.core.registry import build_method
-
-    fresh = build_method(config.get("method", method.method_name), **config.get("model", {}))
-    fresh.encoder = encoder
-    return fresh
 
 
 # ============================================================================================ recipes, synthetic

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from mimkit.benchmarks import published, tasks
-from mimkit.benchmarks.natural import image_folder_reader
+from mimkit.core.bench import image_folder_reader
 from mimkit.core.errors import ConfigError, DataError
 
 

@@ -1,4 +1,5 @@
-"""The report: matching run results to published figures, differences, markdown and CSV output."""
+"""The report: the one table writer (markdown, CSV, JSON), the init pivot, matching run results to published
+figures and their differences."""
 import csv
 import json
 
@@ -56,19 +57,49 @@ def test_compare_rejects_incomplete_results():
         report.compare([_run(value="high")], PUBLISHED)
 
 
-def test_write_report_markdown_and_csv(tmp_path):
+def test_comparison_table_markdown_and_csv(tmp_path):
     rows = report.compare([_run(), _run(model="ViT-L/16", value=76.25)], PUBLISHED)
-    md_path, csv_path = report.write_report(rows, tmp_path / "out")
-    lines = md_path.read_text().splitlines()
+    report.comparison_table(rows, tmp_path / "out" / "report")
+    lines = (tmp_path / "out" / "report.md").read_text().splitlines()
     assert lines[0].startswith("| data | protocol | metric | method | model")
     assert len(lines) == 2 + len(rows)
     assert "| Toy | linear | top1 | mae | ViT-L/16 | 224 | 76.25 | 75 | +1.25 | Paper A 2021 | Table 1 |" in lines[-1]
     assert "| 68.5 | 71.5 | -3 | Repo B |" in lines[3]
-    with csv_path.open() as handle:
+    with (tmp_path / "out" / "report.csv").open() as handle:
         table = list(csv.DictReader(handle))
     assert len(table) == len(rows)
     assert [float(r["difference"]) for r in table] == pytest.approx([r["difference"] for r in rows])
     assert table[2]["published"] == "75.0" and table[2]["source"] == "Paper A 2021"
+
+
+def test_write_table_files_agree_with_each_other(tmp_path):
+    rows = [{"task": "toy", "value": 84.567, "note": "a|b", "details": {"k": [1, 2]}, "missing": None},
+            {"task": "other", "value": 0.00012, "note": "", "details": {}, "missing": 3}]
+    columns = {"task": "task", "value": "value (%)", "note": "note", "details": "details", "missing": "missing"}
+    text = report.write_table(rows, columns, tmp_path / "table.md", title="# Toy results", formats={"value": ".1f"})
+    assert (tmp_path / "table.md").read_text() == text
+    lines = text.splitlines()
+    assert lines[:3] == ["# Toy results", "", "| task | value (%) | note | details | missing |"]
+    assert lines[4] == '| toy | 84.6 | a/b | {"k": [1, 2]} |  |'          # "|" cannot break the table
+    with (tmp_path / "table.csv").open() as handle:
+        table = list(csv.DictReader(handle))
+    saved = json.loads((tmp_path / "table.json").read_text())
+    assert saved["title"] == "# Toy results" and saved["columns"] == list(columns)
+    assert [r["task"] for r in table] == [r["task"] for r in saved["rows"]] == ["toy", "other"]
+    assert [float(r["value"]) for r in table] == [r["value"] for r in saved["rows"]] == [84.567, 0.00012]
+    assert [r["missing"] for r in table] == ["", "3"] and [r["missing"] for r in saved["rows"]] == [None, 3]
+    assert json.loads(table[0]["details"]) == saved["rows"][0]["details"] == {"k": [1, 2]}
+    # without a path nothing is written; numbers default to at most 3 decimals, tiny ones to 3 digits
+    assert "| other | 0.00012 |" in report.write_table(rows[1:], ["task", "value"])
+
+
+def test_pivot_inits_puts_both_initialisations_side_by_side():
+    rows = [{"task": "t", "protocol": "knn", "metric": "top1", "init": "pretrained", "value": 84.6},
+            {"task": "t", "protocol": "knn", "metric": "top1", "init": "random", "value": 75.4},
+            {"task": "t", "protocol": "linear", "metric": "top1", "init": "pretrained", "value": 90.0}]
+    assert report.pivot_inits(rows) == [
+        {"task": "t", "protocol": "knn", "metric": "top1", "pretrained": 84.6, "random": 75.4, "gain": 9.2},
+        {"task": "t", "protocol": "linear", "metric": "top1", "pretrained": 90.0}]
 
 
 def test_command_line_reads_metrics_json(tmp_path, capsys):
@@ -83,7 +114,7 @@ def test_command_line_reads_metrics_json(tmp_path, capsys):
     body = printed.splitlines()[2:]
     assert any("| ViT-B/16 | 224 | 60 | 68 | -8 |" in line for line in body)
     assert all("ViT-L/16" in line for line in body if "| finetune |" in line)
-    assert (tmp_path / "report.csv").exists()
+    assert (tmp_path / "report.csv").exists() and (tmp_path / "report.json").exists()
 
 
 def test_command_line_reports_a_bad_metrics_file(tmp_path, capsys):

@@ -1,17 +1,19 @@
-"""mimkit.medical.bench: the UNETR-style ViTSegmenter, segmentation fine-tuning (Dice), anomaly AUC, the registered
-tasks on the project's synthetic data, and the published figures they are compared with."""
+"""mimkit.medical.bench: its tasks through the shared runner (UNETR-head segmentation fine-tuning scored by Dice,
+anomaly AUC, multi-label AUC) on the project's synthetic data, the UNETR head they use (core.heads), and the
+published figures they are compared with."""
 import pytest
 import torch
 from monai.networks.blocks import UnetrPrUpBlock, UnetrUpBlock
 
 from mimkit.benchmarks.published import published_results
 from mimkit.benchmarks.report import compare
+from mimkit.benchmarks.runner import model_name, run_task
 from mimkit.benchmarks.tasks import get_task, list_tasks
 from mimkit.core import build_method
 from mimkit.core.encoders import build_encoder
 from mimkit.core.errors import ConfigError
-from mimkit.medical.bench import (InterpolateUpBlock, ViTSegmenter, anomaly_auc, finetune_segmentation, model_name,
-                                  run_task)
+from mimkit.core.heads import InterpolateUpBlock, ViTSegmenter
+from mimkit.medical.bench import anomaly_auc
 from mimkit.medical.synthetic import write_synthetic
 
 
@@ -33,11 +35,12 @@ def test_segmenter_follows_unetr_for_a_12_block_vit_with_16_voxel_patches():
     encoder = build_encoder(img_size=32, patch_size=16, in_chans=1, embed_dim=24, depth=12, num_heads=2,
                             spatial_dims=3)
     model = ViTSegmenter(encoder, num_classes=3, feature_size=4)
-    assert model.skip_layers == (3, 6, 9)                     # the paper's z3, z6, z9 (z12 enters the decoder)
-    assert [block.__class__ for block in model.skips] == [UnetrPrUpBlock] * 3
+    head = model.head
+    assert head.skip_layers == (3, 6, 9)                      # the paper's z3, z6, z9 (z12 enters the decoder)
+    assert [block.__class__ for block in head.skips] == [UnetrPrUpBlock] * 3
     # skip j is upsampled 3, 2, 1 times from the token grid: UNETR's encoder2..4 (num_layer 2, 1, 0)
-    assert [len(block.blocks) for block in model.skips] == [2, 1, 0]
-    assert isinstance(model.final, UnetrUpBlock)
+    assert [len(block.blocks) for block in head.skips] == [2, 1, 0]
+    assert isinstance(head.final, UnetrUpBlock)
     assert model(torch.rand(1, 1, 32, 32, 32)).shape == (1, 3, 32, 32, 32)
 
 
@@ -48,7 +51,7 @@ def test_segmenter_reads_the_chosen_hidden_states():
     x = torch.rand(1, 1, 16, 16, 16)
     grid = (2, 2, 2)
     captured = []
-    hook = model.skips[1].register_forward_hook(lambda module, inputs, output: captured.append(inputs[0].clone()))
+    hook = model.head.skips[1].register_forward_hook(lambda module, inputs, output: captured.append(inputs[0].clone()))
     model(x)
     with torch.no_grad():
         model.encoder.blocks[3].mlp.fc2.weight.mul_(3.0)      # block 4: after both skips
@@ -64,7 +67,7 @@ def test_segmenter_shapes_for_2d_3d_and_non_power_of_two_patches(patch, img, dim
     encoder = build_encoder(img_size=img, patch_size=patch, in_chans=2, embed_dim=32, depth=2, num_heads=2,
                             spatial_dims=dims)
     model = ViTSegmenter(encoder, num_classes=4, feature_size=4)
-    assert isinstance(model.final, InterpolateUpBlock) == (patch == 12)   # Hi-End-MAE's UNETR for 12^3 patches
+    assert isinstance(model.head.final, InterpolateUpBlock) == (patch == 12)   # Hi-End-MAE's UNETR for 12^3 patches
     assert model(torch.rand(2, 2, *([img] * dims))).shape == (2, 4, *([img] * dims))
 
 
@@ -82,27 +85,36 @@ def synthetic(tmp_path_factory):
     return {kind: write_synthetic(root, kind) for kind in ("organs", "chestxray14", "oct", "anomaly")}
 
 
-def test_segmentation_finetune_beats_the_untrained_decoder(synthetic):
+def test_segmentation_through_the_runner_beats_the_untrained_head(synthetic):
     task = get_task("synthetic-organs-segmentation")
+    assert (task.head, task.metric_key) == ("unetr", "dice_mean")
     train, test = task.load(synthetic["organs"], img_size=(16, 16, 16), patch_size=(8, 8, 8), in_chans=1,
                             cache="memory")
     assert train.classes == ["background", "organ_1", "organ_2", "organ_3"] and len(test) == 2
     torch.manual_seed(0)
     encoder = encoder3d()
     snapshot = {k: v.clone() for k, v in encoder.state_dict().items()}
-    before = finetune_segmentation(encoder, train, test, steps=0, feature_size=8)
-    after = finetune_segmentation(encoder, train, test, steps=50, batch_size=2, lr=2e-3, feature_size=8)
-    assert len(before["dice_per_class"]) == 3                # background excluded
-    assert after["train_loss"][-1] < after["train_loss"][0]
-    assert after["dice_mean"] > before["dice_mean"] + 0.1
-    # the encoder handed in is not modified: the segmenter fine-tunes a copy
+    settings = {"batch_size": 2, "lr": 2e-3, "warmup_steps": 5, "head_options": {"feature_size": 8},
+                "progress": False}
+    before, = run_task(task, encoder, synthetic["organs"], max_steps=0, **settings)
+    after, = run_task(task, encoder, synthetic["organs"], max_steps=50, **settings)
+    assert before["protocol"] == "segmentation" and before["metric"] == "dice" and before["num_test"] == 2
+    assert len(before["details"]["dice_per_class"]) == 3      # background excluded
+    # the BTCV recipe's settings reach core.finetune; the test's own override them
+    assert after["settings"]["weight_decay"] == 1e-5 and after["settings"]["max_steps"] == 50
+    assert after["settings"]["head"] == "unetr" and after["settings"]["head_options"] == {"feature_size": 8}
+    assert after["value"] > before["value"] + 10              # percent
+    # the encoder handed in is not modified: the runner fine-tunes a copy
     assert all(torch.equal(value, snapshot[key]) for key, value in encoder.state_dict().items())
 
 
-def test_anomaly_auc_on_lesions_with_a_memmc_model(synthetic):
+MEMMC = {"img_size": 32, "patch_size": 8, "in_chans": 1, "embed_dim": 32, "depth": 2, "num_heads": 2,
+         "decoder_embed_dim": 32, "decoder_depth": 1, "decoder_num_heads": 2, "num_memory": 4}
+
+
+def test_anomaly_task_runs_its_own_protocol_beside_a_random_memmc_model(synthetic):
     torch.manual_seed(0)
-    method = build_method("memmc_mae", img_size=32, patch_size=8, in_chans=1, embed_dim=32, depth=2, num_heads=2,
-                          decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2, num_memory=4)
+    method = build_method("memmc_mae", **MEMMC)
     train, test = get_task("synthetic-anomaly").load(synthetic["anomaly"], img_size=(32, 32), patch_size=(8, 8),
                                                      in_chans=1)
     assert "label" not in train[0] and sorted(test.classes) == ["abnormal", "normal"]
@@ -113,9 +125,17 @@ def test_anomaly_auc_on_lesions_with_a_memmc_model(synthetic):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    result = anomaly_auc(method, test, masks=synthetic["anomaly"] / "masks")
-    assert result["num_normal"] == result["num_anomalous"] == 12
-    assert result["auroc"] > 0.9 and result["pixel_auroc"] > 0.9
+    rows = run_task("synthetic-anomaly", method, synthetic["anomaly"], run_config={"method": "memmc_mae",
+                                                                                  "model": MEMMC},
+                    compare_random_init=True)
+    trained, untrained = rows
+    assert (trained["init"], untrained["init"]) == ("pretrained", "random")
+    assert trained["settings"] == untrained["settings"] and trained["settings"]["normal_class"] == "normal"
+    assert trained["details"]["num_normal"] == trained["details"]["num_anomalous"] == 12
+    assert trained["value"] > 90 and trained["details"]["pixel_auroc"] > 0.9
+    assert trained["details"]["pixel_auroc"] != untrained["details"]["pixel_auroc"]   # another model was scored
+    direct = anomaly_auc(method, test, masks=synthetic["anomaly"] / "masks")
+    assert round(100 * direct["auroc"], 2) == trained["value"]
 
 
 def test_registered_tasks_and_the_published_records_they_meet():
@@ -136,30 +156,26 @@ def test_run_task_on_synthetic_chest_xrays_reports_percent_auc(synthetic):
     torch.manual_seed(0)
     method = build_method("mae", img_size=32, patch_size=8, in_chans=1, embed_dim=32, depth=2, num_heads=2,
                           decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
-    row = run_task("synthetic-chestxray14-finetune", method, synthetic["chestxray14"],
-                   protocol_options={"epochs": 3, "batch_size": 8, "base_lr": 0.05, "progress": False})
+    row, = run_task("synthetic-chestxray14-finetune", method, synthetic["chestxray14"], epochs=3, batch_size=8,
+                    base_lr=0.05, progress=False)
     assert row["data"] == "mimkit synthetic ChestX-ray14" and row["metric"] == "auroc"
     assert 0.0 <= row["value"] <= 100.0 and row["num_test"] == 16
+    assert row["value"] == round(100 * row["details"]["auc_macro"], 2)
     assert row["details"]["auc_classes_used"] == 3               # the three drawn findings; the others are absent
+    with pytest.raises(ConfigError, match="single-label"):
+        run_task("synthetic-chestxray14-finetune", method, synthetic["chestxray14"], labels_per_class=2)
     with pytest.raises(ConfigError, match="does not score anomalies"):
         run_task("synthetic-anomaly", method, synthetic["anomaly"])
 
 
 def test_dice_of_a_perfect_prediction_leaves_out_classes_absent_from_the_ground_truth():
-    from mimkit.medical.bench import segmentation_dice
-
-    class Oracle(torch.nn.Module):
-        """Logits that are the one-hot labels carried in the image's channels."""
-
-        def __init__(self):
-            super().__init__()
-            self.scale = torch.nn.Parameter(torch.tensor(10.0))
-
-        def forward(self, x):
-            return x * self.scale
+    """The Dice the segmentation tasks report (core.finetune's, MONAI's compute_dice per volume)."""
+    from mimkit.core.finetune import build_metrics
 
     label = torch.zeros(1, 20, 20, 20, dtype=torch.long)
     label[0, 2:8, 2:8, 2:8], label[0, 10:18, 10:18, 10:18] = 1, 3        # class 2 never appears
-    image = torch.nn.functional.one_hot(label[0], 4).movedim(-1, 0).float()
-    result = segmentation_dice(Oracle(), [{"image": image, "label": label}], num_classes=4, roi_size=(16, 16, 16))
+    logits = 10 * torch.nn.functional.one_hot(label[0], 4).movedim(-1, 0).float()[None]
+    metrics = build_metrics("dice", 4)
+    metrics.update(logits, label[:, None])
+    result = metrics.result()
     assert result["dice_per_class"] == [1.0, None, 1.0] and result["dice_mean"] == 1.0
