@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mimkit.core.cli import quiet_lightning
+from mimkit.core.config import quiet_lightning
 from mimkit.core.data import labelled_dataset
 from mimkit.core.runs import load_run
 from mimkit.core.data import ImageFolderDataset, mae_train_transform

@@ -5,6 +5,7 @@ import logging
 import random
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -468,3 +469,40 @@ def few_labels(dataset, per_class: int, seed: int = 0):
     return Subset(dataset, sorted(keep))
 
 
+
+
+@dataclass
+class ImageFolderData:
+    """Unlabelled pretraining images from a folder, read and augmented as MAE's pretraining does.
+
+    Args:
+        root: a flat folder (searched recursively) or one subfolder per class: PNG, JPEG, TIFF (8/16-bit, grey or
+            colour) or .npy arrays (C, H, W) of any channel count
+        crop_scale: RandomResizedCrop's area range (MAE: 0.2 to 1)
+        hflip: random horizontal flips (MAE: yes)
+        mean: per-channel mean after scaling to [0, 1] (None: measured on up to 256 images)
+        std: per-channel standard deviation (None: measured with the mean)
+        strict: stop at the first unreadable file instead of skipping and counting it
+    """
+
+    root: str | None = None
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    hflip: bool = True
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    strict: bool = False
+
+    def build(self, model: dict, method: str) -> "ImageFolderDataset":
+        """The dataset for a method of these `model` settings; the measured mean/std are kept on `self`."""
+        from .config import encoder_setting
+
+        if self.root is None:
+            raise ConfigError("no data given: pass --data DIR (a folder of images)")
+        dataset = ImageFolderDataset(
+            self.root, img_size=encoder_setting(model, "img_size", method), in_chans=encoder_setting(model, "in_chans"),
+            patch_size=encoder_setting(model, "patch_size", method),
+            transform=mae_train_transform(encoder_setting(model, "img_size", method), scale=self.crop_scale,
+                                          hflip=self.hflip),
+            mean=self.mean, std=self.std, labelled=False, strict=self.strict)
+        self.mean, self.std = [float(v) for v in dataset.stats[0]], [float(v) for v in dataset.stats[1]]
+        return dataset

@@ -105,7 +105,7 @@ def run_demo(out: str | Path = "runs/demo", steps: int | None = None, quick: boo
 def write_report(out: Path, title: str, summary: dict, data_line: str, rows: list[dict], started: float,
                  pictures_line: str) -> dict:
     """A demo's report.md (printed too): the pretraining summary, the data, and pretrained vs random init."""
-    from .cli import markdown_table
+    from ._argparse_cli import markdown_table
 
     minutes = (time.perf_counter() - started) / 60
     report = "\n".join([

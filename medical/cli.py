@@ -15,7 +15,7 @@ from typing import Sequence
 
 import yaml
 
-from mimkit.core.cli import add_pretrain_arguments, markdown_table, read_recipe, read_yaml_mapping, run_command, run_pretrain
+from mimkit.core._argparse_cli import add_pretrain_arguments, markdown_table, read_recipe, read_yaml_mapping, run_command, run_pretrain
 from mimkit.core.data import few_labels
 from mimkit.core.evaluate import evaluate_encoders
 from mimkit.core.runs import load_run, update_metrics

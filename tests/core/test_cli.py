@@ -1,4 +1,5 @@
-"""The `mimkit` command: the common path end to end, recipes, and clear errors for bad input."""
+"""The `mimkit` command: the common path end to end, typed configs (--config, --print_config, dotted keys, re-running
+a run from its config.yaml), recipes, and clear errors for bad input."""
 import json
 import subprocess
 import sys
@@ -28,7 +29,7 @@ def test_common_path_pretrain_evaluate_reconstruct_export(tmp_path, labelled_fol
     run = tmp_path / "run"
     assert pretrain(train, run, "--max-steps", "3", "--checkpoint-every", "3") == 0
     config = yaml.safe_load((run / "config.yaml").read_text())
-    assert config["method"] == "mae" and config["model"]["in_chans"] == 1  # read from the data
+    assert config["method"] == "mae" and config["model"]["encoder"]["in_chans"] == 1  # read from the data
     assert config["train"]["max_steps"] == 3 and len(config["data"]["mean"]) == 1
     assert (run / "checkpoints" / "last.ckpt").exists() and (run / "pictures" / "reconstruction.png").exists()
 
@@ -108,7 +109,7 @@ def test_corrupt_file_is_skipped_and_counted_or_stops_with_strict_data(tmp_path,
     assert pretrain(data, tmp_path / "run", "--max-steps", "1") == 0
     err = capsys.readouterr().err
     assert "1 unreadable files skipped" in err
-    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["data"]["skipped_files"] == 1
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["data"]["skipped_files"] == 1
     assert pretrain(data, tmp_path / "strict", "--max-steps", "1", "--strict-data") == 2
     assert "broken.png" in capsys.readouterr().err
 
@@ -128,7 +129,9 @@ def test_methods_and_help_from_the_installed_command():
     assert out.returncode == 0 and out.stdout.startswith("") and "mae " in out.stdout
     helped = subprocess.run([Path(sys.executable).parent / "mimkit", "pretrain", "--help"], capture_output=True, text=True)
     assert "--resume" in helped.stdout and "--strict-data" in helped.stdout and "--max-time" in helped.stdout
+    assert "--model.encoder.embed_dim" in helped.stdout and "--trainer.logger" in helped.stdout
     args = subprocess.run([Path(sys.executable).parent / "mimkit", "methods", "mae"], capture_output=True, text=True)
+    assert "encoder.embed_dim = 1024" in args.stdout  # MAE's ViT-L/16
     assert "mask_ratio = 0.75" in args.stdout and "norm_pix_loss = True" in args.stdout
 
 
@@ -141,7 +144,7 @@ def test_pretrained_starts_a_new_run_from_local_weights(tmp_path, image_folder, 
                     str(first / "model.safetensors")) == 0
     a, b = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert yaml.safe_load((second / "config.yaml").read_text())["source"]["pretrained"].endswith("model.safetensors")
+    assert yaml.safe_load((second / "config.yaml").read_text())["pretrained"].endswith("model.safetensors")
     # an encoder-only timm file initialises the encoder; the decoder starts fresh
     exported = tmp_path / "encoder.safetensors"
     assert main(["export", "--run", str(first), "--out", str(exported)]) == 0
@@ -155,3 +158,70 @@ def test_pretrained_starts_a_new_run_from_local_weights(tmp_path, image_folder, 
     save_file({"something": torch.zeros(3)}, str(bad))
     assert pretrain(image_folder, tmp_path / "fourth", "--max-steps", "1", "--pretrained", str(bad)) == 2
     assert "bad.safetensors" in capsys.readouterr().err
+
+
+def test_a_runs_config_yaml_re_runs_it_exactly(tmp_path, image_folder):
+    first = tmp_path / "first"
+    assert pretrain(image_folder, first, "--max-steps", "3", "--model.mask_ratio", "0.6") == 0
+    second = tmp_path / "second"
+    assert main(["pretrain", "--config", str(first / "config.yaml"), "--out", str(second)]) == 0
+    a, b = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    stored = yaml.safe_load((second / "config.yaml").read_text())
+    assert stored["model"]["mask_ratio"] == 0.6 and stored["out"] == str(second)
+    assert set(stored) == {"method", "model", "data", "train", "trainer", "out", "pretrained", "resume"}
+
+
+def test_print_config_and_dotted_overrides(tmp_path, image_folder, capsys):
+    assert main(["pretrain", "--data", str(image_folder), "--out", str(tmp_path / "run"), "--method", "simmim",
+                 "--model.mask_ratio", "0.4", "--embed-dim", "48", "--print_config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["method"] == "simmim" and printed["model"]["mask_ratio"] == 0.4
+    assert printed["model"]["encoder"]["embed_dim"] == 48 and printed["data"]["root"] == str(image_folder)
+    assert printed["train"]["base_lr"] == 1.5e-4 and "logger" in printed["trainer"]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("content,expected", [
+    ({"model": {"mask_ratio": 0.5, "foo": 1}}, "unknown key 'model.foo'"),
+    ({"train": {"batch_size": "abc"}}, 'key "train.batch_size"'),
+    ({"trainer": {"max_epochs": 3}}, "trainer.max_epochs"),
+    ({"section": {"a": 1}}, "section"),
+])
+def test_a_config_key_the_code_cannot_apply_is_one_line_naming_key_and_file(tmp_path, image_folder, capsys, content,
+                                                                             expected):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(content))
+    assert main(["pretrain", "--data", str(image_folder), "--out", str(tmp_path / "run"), "--config",
+                 str(recipe)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and "\n" not in err and "Traceback" not in err
+    if content.get("model") or content.get("train"):
+        assert str(recipe) in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_trainer_options_pass_through_to_lightning(tmp_path, image_folder):
+    run = tmp_path / "run"
+    assert pretrain(image_folder, run, "--max-steps", "2", "--log-every", "1", "--trainer.gradient_clip_val", "0.5",
+                    "--trainer.callbacks+=LearningRateMonitor") == 0
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["trainer"]["gradient_clip_val"] == 0.5
+    assert config["trainer"]["callbacks"][0]["class_path"].endswith("LearningRateMonitor")
+    assert list((run / "logs").rglob("metrics.csv"))  # the CSV logger by default
+
+
+def test_embed_writes_one_embedding_per_image_with_file_names(tmp_path, image_folder):
+    from safetensors import safe_open
+
+    run = tmp_path / "run"
+    assert pretrain(image_folder, run, "--max-steps", "1") == 0
+    out = tmp_path / "emb.safetensors"
+    assert main(["embed", "--run", str(run), "--data", str(image_folder), "--out", str(out), "--pool", "avg"]) == 0
+    with safe_open(str(out), "pt") as f:
+        embeddings, files = f.get_tensor("embeddings"), json.loads(f.metadata()["files"])
+    assert embeddings.shape == (24, 32) and files == sorted(p.name for p in image_folder.glob("*.png"))
+    # the same image gives the same embedding as the Python API's encoder
+    method, _ = load_method(run / "model.safetensors")
+    assert torch.isfinite(embeddings).all() and embeddings.std(0).mean() > 0
+    assert main(["embed", "--run", str(run), "--data", str(image_folder), "--out", str(tmp_path / "e.csv")]) == 2

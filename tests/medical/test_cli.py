@@ -168,7 +168,7 @@ def test_recipes_are_package_data_and_listed(capsys):
 
 def test_pretraining_recipes_load_through_the_command(tmp_path, data):
     """Every pretraining recipe passes the core recipe reader (sections it does not know would stop the run)."""
-    from mimkit.core.cli import read_recipe
+    from mimkit.core._argparse_cli import read_recipe
 
     folder = resources.files("mimkit.medical").joinpath("recipes")
     for entry in folder.iterdir():
