@@ -7,7 +7,6 @@ from mimkit.benchmarks.runner import model_name, random_init, run_task
 from mimkit.core import build_method
 from mimkit.core.encoders import build_encoder
 from mimkit.core.errors import ConfigError, DataError
-from tests.conftest import write_pngs
 
 MODEL = {"img_size": 32, "patch_size": 8, "in_chans": 1, "embed_dim": 32, "depth": 2, "num_heads": 2,
          "decoder_embed_dim": 32, "decoder_depth": 1, "decoder_num_heads": 2}
@@ -15,11 +14,11 @@ CONFIG = {"method": "mae", "model": MODEL, "data": {"mean": [0.3], "std": [0.2],
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
+def folder(tmp_path_factory, make_pngs_module):
     """ImageNet's layout in miniature: train/ and val/ with three classes that differ in brightness."""
     root = tmp_path_factory.mktemp("imagenet")
-    write_pngs(root / "train", 24, classes=3, seed=1)
-    write_pngs(root / "val", 12, classes=3, seed=2)
+    make_pngs_module(root / "train", 24, classes=3, seed=1)
+    make_pngs_module(root / "val", 12, classes=3, seed=2)
     return root
 
 
