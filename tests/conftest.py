@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny image folders written by the tests themselves."""
+"""Shared fixtures: tiny image folders written by the tests themselves; a few training steps on one fixed batch."""
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -49,3 +50,46 @@ def image_folder(tmp_path) -> Path:
 @pytest.fixture
 def labelled_folders(tmp_path) -> tuple[Path, Path]:
     return (write_pngs(tmp_path / "train", 30, classes=3, seed=1), write_pngs(tmp_path / "test", 15, classes=3, seed=2))
+
+
+@dataclass
+class FixedBatchRun:
+    """The losses of a few optimiser steps on one fixed batch, and the last step's output."""
+
+    losses: list[float]
+    parts: dict[str, list[float]] = field(default_factory=dict)  # each named loss part, step by step
+    out: object = None
+
+    def first(self, k: int = 5, part: str | None = None) -> float:
+        """Mean loss (or loss part) of the first `k` steps."""
+        values = self.losses if part is None else self.parts[part]
+        return sum(values[:k]) / k
+
+    def last(self, k: int = 5, part: str | None = None) -> float:
+        """Mean loss (or loss part) of the last `k` steps."""
+        values = self.losses if part is None else self.parts[part]
+        return sum(values[-k:]) / k
+
+
+def train_on_fixed_batch(model, batch: dict, steps: int, lr: float = 1e-3, reseed: int | None = None) -> FixedBatchRun:
+    """`steps` AdamW steps of a method on one batch; `reseed=n` seeds step s with s % n (n fixed random masks)."""
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    run = FixedBatchRun([])
+    for step in range(steps):
+        if reseed:
+            torch.manual_seed(step % reseed)
+        out = model(batch)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        run.losses.append(out.loss.item())
+        for name, value in out.parts.items():
+            run.parts.setdefault(name, []).append(float(value))
+        run.out = out
+    return run
+
+
+@pytest.fixture(scope="session")
+def fixed_batch_training():
+    """`train_on_fixed_batch`: the "loss falls on fixed data" loop every method test shares."""
+    return train_on_fixed_batch

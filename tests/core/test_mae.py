@@ -47,16 +47,9 @@ def test_mae_3d_shapes_and_reconstruction():
     assert mae.reconstruct({"image": vol}, out).shape == vol.shape
 
 
-def test_mae_loss_falls_on_fixed_data():
+def test_mae_loss_falls_on_fixed_data(fixed_batch_training):
     torch.manual_seed(0)
     mae = build_method("mae", **TINY)
     images = torch.rand(8, 1, 32, 32)
-    opt = torch.optim.AdamW(mae.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(40):
-        out = mae({"image": images})
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        losses.append(out.loss.item())
-    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
+    run = fixed_batch_training(mae, {"image": images}, steps=40)
+    assert run.last(5) < 0.7 * run.first(5)

@@ -104,18 +104,10 @@ def test_attention_guided_masking_keeps_what_the_teacher_attends_to():
     assert kept.tolist() == [focus] * 3
 
 
-def test_loss_falls_on_fixed_data():
+def test_loss_falls_on_fixed_data(fixed_batch_training):
     model = build(attention_masking=False)
     images = torch.randn(8, 3, 32, 32)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     teacher_before = [p.clone() for p in model.teacher.parameters()]
-    losses = []
-    for step in range(30):
-        torch.manual_seed(step % 4)  # a few fixed masks
-        out = model({"image": images})
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        losses.append(out.loss.item())
-    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
+    run = fixed_batch_training(model, {"image": images}, steps=30, reseed=4)  # a few fixed masks
+    assert run.last(5) < 0.7 * run.first(5)
     assert all(torch.equal(a, b) for a, b in zip(teacher_before, model.teacher.parameters()))

@@ -28,23 +28,16 @@ def smooth_images(n, seed=0):
 
 
 @pytest.fixture(scope="module")
-def trained():
+def trained(fixed_batch_training):
     """A tiny model trained on 'normal' images (smooth fields) only, with its loss curve."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = build_method("memmc_mae", **TINY)
     normal = smooth_images(16)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    losses = []
-    for _ in range(80):
-        out = model({"image": normal})
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        losses.append(out.loss.item())
+    run = fixed_batch_training(model, {"image": normal}, steps=80, lr=2e-3)
     torch.set_num_threads(threads)
-    return model, losses, normal
+    return model, run.losses, normal
 
 
 def test_encoder_attention_also_attends_to_learned_memory():

@@ -117,20 +117,12 @@ def test_bad_inputs_raise_clear_errors():
         model({"volume": torch.rand(2, 3, 16, 16, 16)})
 
 
-def test_registered_and_loss_falls_on_fixed_mixed_data():
+def test_registered_and_loss_falls_on_fixed_mixed_data(fixed_batch_training):
     assert "uni4eye" in list_methods()
     torch.manual_seed(0)
     model = build_method("uni4eye", **TINY)
-    batch = mixed_batch()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(40):
-        out = model(batch)
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        losses.append(out.loss.item())
-    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
+    run = fixed_batch_training(model, mixed_batch(), steps=40)
+    assert run.last(5) < 0.7 * run.first(5)
 
 
 def test_recipe_matches_the_method_defaults():

@@ -119,17 +119,10 @@ def test_loss_terms_and_weights():
         model({"image": torch.randn(2, 4, 32, 32), "label": torch.rand(2, 3)})
 
 
-def test_cha_mae_loss_falls_on_fixed_data():
+def test_cha_mae_loss_falls_on_fixed_data(fixed_batch_training):
     torch.manual_seed(0)
     model = build_method("cha_mae", **TINY)
     batch = {"image": textured_images(8, 4)}
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(40):
-        out = model(batch)
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        losses.append(out.loss.item())
-    assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5
-    assert model.reconstruct(batch, out).shape == (8, 4, 32, 32)
+    run = fixed_batch_training(model, batch, steps=40, lr=3e-3)
+    assert run.last(5) < 0.6 * run.first(5)
+    assert model.reconstruct(batch, run.out).shape == (8, 4, 32, 32)

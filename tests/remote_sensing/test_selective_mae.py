@@ -90,17 +90,10 @@ def test_progressive_expansion_from_similar_to_dissimilar_tokens():
     assert half == pytest.approx((0.5, 0.0))
 
 
-def test_selective_mae_loss_falls_on_fixed_data():
+def test_selective_mae_loss_falls_on_fixed_data(fixed_batch_training):
     torch.manual_seed(0)
     model = build_method("selective_mae", **TINY)
     batch = {"image": smooth_images(8)}
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(40):
-        out = model(batch)
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        losses.append(out.loss.item())
-    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
-    assert model.reconstruct(batch, out).shape == (8, 3, 32, 32)
+    run = fixed_batch_training(model, batch, steps=40)
+    assert run.last(5) < 0.5 * run.first(5)
+    assert model.reconstruct(batch, run.out).shape == (8, 3, 32, 32)
