@@ -414,7 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fine-tune the encoder of --run or --checkpoint end to end on fine-tuning tasks "
         "(eurosat-finetune, bigearthnet-finetune, so2sat-finetune, geotiff-tiles-finetune; MAE's recipe: AdamW, "
         "layer-wise lr decay, warmup + cosine) or train a segmentation head (geotiff-segmentation; with "
-        "--finetune-encoder the encoder too). Writes OUT/finetuned-TASK.safetensors and OUT/metrics.json.")
+        "--finetune-encoder the encoder too). Writes OUT/TASK/<init>/model.safetensors (encoder and head: "
+        "mimkit.core.finetune.load_finetuned), its checkpoints and logs, and OUT/metrics.json.")
     _add_encoder_source(ft)
     ft.add_argument("--out", help="folder for the fine-tuned weights and metrics (default: the run folder)")
     ft.add_argument("--lr", type=float, help="absolute learning rate")

@@ -228,19 +228,19 @@ def select_bands(header: RasterHeader, sensor: Sensor | None, bands=None) -> Ban
     0-based index; DataError when the file's band count does not match the sensor description."""
     bands = parse_bands(bands)
     if sensor is not None:
-        if header.count == len(sensor.bands):
+        names = [d for d in header.descriptions if d]
+        known = {b.name.lower(): b for b in sensor.bands}
+        if len(names) == header.count and all(n.lower() in known for n in names):
+            # the file names its bands: trust that order (EuroSAT's files store B8A last, not in the sensor's order)
+            file_bands = [known[n.lower()] for n in names]
+        elif header.count == len(sensor.bands):
             file_bands = list(sensor.bands)
         else:
-            names = [d for d in header.descriptions if d]
-            known = {b.name.lower(): b for b in sensor.bands}
-            if len(names) == header.count and all(n.lower() in known for n in names):
-                file_bands = [known[n.lower()] for n in names]   # the file names its bands: trust that order
-            else:
-                hint = (" (Sentinel-2 L2A products have 12 bands: use sensor 'sentinel2_l2a')"
-                        if sensor.name == "sentinel2" and header.count == 12 else "")
-                raise DataError(f"{header.path}: has {header.count} band(s) but sensor {sensor.name!r} describes "
-                                f"{len(sensor.bands)} ({', '.join(sensor.band_names)}){hint}; choose the sensor "
-                                f"that wrote the file, or sensor 'none' with band indices")
+            hint = (" (Sentinel-2 L2A products have 12 bands: use sensor 'sentinel2_l2a')"
+                    if sensor.name == "sentinel2" and header.count == 12 else "")
+            raise DataError(f"{header.path}: has {header.count} band(s) but sensor {sensor.name!r} describes "
+                            f"{len(sensor.bands)} ({', '.join(sensor.band_names)}){hint}; choose the sensor "
+                            f"that wrote the file, or sensor 'none' with band indices")
         file_names = [b.name for b in file_bands]
     else:
         file_bands = None

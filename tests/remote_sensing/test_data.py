@@ -176,6 +176,10 @@ def test_band_count_that_does_not_match_the_sensor(tmp_path, tiles):
     l2a = [b for b in SENSORS["sentinel2"].band_names if b != "B10"]
     write_geotiff(tmp_path / "named" / "a.tif", array[:12], crs=crs, transform=transform, band_names=l2a)
     assert small(tmp_path / "named").band_names == l2a
+    # with the sensor's band count too: EuroSAT's files store B8A last, and say so
+    eurosat_order = [b for b in SENSORS["sentinel2"].band_names if b != "B8A"] + ["B8A"]
+    write_geotiff(tmp_path / "reordered" / "a.tif", array, crs=crs, transform=transform, band_names=eurosat_order)
+    assert small(tmp_path / "reordered", bands=["B8A", "B09"]).selection.indexes == (12, 8)
     assert small(tmp_path / "twelve", sensor="sentinel2_l2a").in_chans == 12
     header = read_header(tmp_path / "twelve" / "a.tif")
     assert select_bands(header, None, [0, 5]).wavelengths is None  # bands by index: no wavelengths
