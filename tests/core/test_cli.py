@@ -225,3 +225,19 @@ def test_embed_writes_one_embedding_per_image_with_file_names(tmp_path, image_fo
     method, _ = load_method(run / "model.safetensors")
     assert torch.isfinite(embeddings).all() and embeddings.std(0).mean() > 0
     assert main(["embed", "--run", str(run), "--data", str(image_folder), "--out", str(tmp_path / "e.csv")]) == 2
+
+
+@pytest.mark.parametrize("recipe", sorted((Path(__file__).parents[2] / "core" / "recipes").glob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_every_core_recipe_is_a_complete_typed_config(recipe, tmp_path, image_folder, capsys):
+    written = yaml.safe_load(recipe.read_text())
+    assert main(["pretrain", "--config", str(recipe), "--data", str(image_folder), "--out", str(tmp_path / "r"),
+                 "--print_config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["method"] == written["method"]
+    for section in ("model", "train", "data"):
+        for key, value in (written.get(section) or {}).items():
+            if isinstance(value, dict):
+                assert {k: printed[section][key][k] for k in value} == value
+            else:
+                assert printed[section][key] == (list(value) if isinstance(value, tuple) else value), (section, key)
