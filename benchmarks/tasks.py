@@ -26,7 +26,7 @@ DOMAINS = ("core", "medical", "remote_sensing", "faces", "multimodal")
 Reader = Callable[..., tuple[Dataset, Dataset]]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # a task is itself (registered once by name): hashable despite its dict fields
 class Task:
     """One benchmark task: where the data comes from, how the encoder is evaluated, what is measured."""
 
