@@ -211,7 +211,7 @@ class Tool:
                                 help="a YAML file holding a complete or partial configuration (see --print_config); "
                                 "later flags override it")
             skip = set(command.skip) | set(command.groups)
-            parser.add_function_arguments(command.function, skip=skip, fail_untyped=False)
+            parser.add_function_arguments(command.function, skip=skip, fail_untyped=False, as_group=False)
             for name, resolve in command.groups.items():
                 cls, method = resolve(argv)
                 if method:
