@@ -51,7 +51,8 @@ class EncoderConfig:
     """The ViT encoder's shape, one object for every method (`--model.encoder.embed_dim 384` on the command line).
 
     `size` (tiny, small, base, large, huge), when given, sets `embed_dim`, `depth` and `num_heads` to that named
-    size, overriding the three. Sizes are one int for every axis or one per axis ((H, W) or (D, H, W)).
+    size, overriding the three. `img_size` and `patch_size` are one int for every axis or one per axis ((H, W) or
+    (D, H, W)).
     """
 
     img_size: int | tuple[int, ...] = 224

@@ -14,6 +14,7 @@ from mimkit.core.checkpoints import load_method
 from mimkit.core.data import ImageFolderDataset
 from mimkit.core.errors import ConfigError, TrainingError
 from mimkit.core.methods.mae import MAE
+from mimkit.core.registry import method_config
 from mimkit.core.train import TrainConfig, parameter_groups, pretrain, warmup_cosine
 
 TINY = dict(img_size=32, patch_size=8, in_chans=1, embed_dim=32, depth=2, num_heads=2,
@@ -101,7 +102,8 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     data = ImageFolderDataset(image_folder, img_size=32, patch_size=8, in_chans=1)
     torch.manual_seed(0)
     with pytest.raises(TrainingError, match="loss became nan at step 3.*last good checkpoint"):
-        pretrain(NaNAfter(**TINY), data, tmp_path / "run", config(checkpoint_every=2), method_config=TINY)
+        pretrain(NaNAfter(**method_config("mae", TINY)), data, tmp_path / "run", config(checkpoint_every=2),
+                 method_config=TINY)
     saved = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["global_step"] == 2
     assert all(torch.isfinite(v).all() for v in saved["state_dict"].values())
