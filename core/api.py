@@ -85,15 +85,6 @@ def _plain_value(value: Any) -> bool:
         return False
 
 
-def _random_encoder(method, config: dict, seed: int):
-    import torch
-
-    from .registry import build_method
-
-    torch.manual_seed(seed)
-    return build_method(config.get("method", method.method_name), **config.get("model", {})).encoder
-
-
 def evaluate(run: str, train: str, test: str, protocol: list[str] | None = None, compare_random_init: bool = False,
              labels_per_class: int | None = None, epochs: int | None = None, k: int = 20, seed: int = 0) -> list[dict]:
     """Evaluate a run's pretrained encoder on labelled image folders; results are appended to RUN/metrics.json.
@@ -123,7 +114,9 @@ def evaluate(run: str, train: str, test: str, protocol: list[str] | None = None,
     test_set = labelled_dataset(test, method.encoder, data, "test")
     encoders = {"pretrained": method.encoder}
     if compare_random_init:
-        encoders["random"] = _random_encoder(method, config, seed)
+        from mimkit.benchmarks.runner import random_init
+
+        encoders["random"] = random_init(method.encoder, config, seed)
     finetune_set = few_labels(train_set, labels_per_class, seed) if labels_per_class else None
     options = {"knn": {"k": k}, "linear": {"seed": seed, **({"epochs": epochs} if epochs else {})},
                "finetune": {"seed": seed, **({"epochs": epochs} if epochs else {})}}
@@ -131,14 +124,10 @@ def evaluate(run: str, train: str, test: str, protocol: list[str] | None = None,
     for row in rows:
         row["data"] = Path(test).resolve().parent.name or str(test)
     update_metrics(run, {"results": rows})
-    _print_table(rows, ["protocol", "init", "metric", "value", "num_train"])
+    from mimkit.benchmarks.report import write_table
+
+    print(write_table(rows, ["protocol", "init", "metric", "value", "num_train"]), end="")
     return rows
-
-
-def _print_table(rows: list[dict], columns: list[str]) -> None:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
-    print("\n".join(lines))
 
 
 def _encoder_source(run: str | None, checkpoint: str | None):

@@ -52,11 +52,10 @@ def write_digits(root: str | Path, size: int = 32, seed: int = 0) -> dict[str, P
 def run_demo(out: str | Path = "runs/demo", steps: int | None = None, quick: bool = False,
              precision: str = "32", num_workers: int = 1) -> dict:
     """Pretrain, evaluate against random init, and write report.md / metrics.json / pictures."""
-    import torch
+    from mimkit.benchmarks.runner import random_init
 
     from .data import ImageFolderDataset, few_labels, labelled_dataset, mae_train_transform
     from .evaluate import evaluate_encoders
-    from .registry import build_method
     from .runs import update_metrics
     from .train import TrainConfig, pretrain
 
@@ -80,8 +79,7 @@ def run_demo(out: str | Path = "runs/demo", steps: int | None = None, quick: boo
                        run_config={"method": "mae", "model": DEMO_MODEL, "train": train, "data": data})
     pretrained = summary_method(run_dir)
 
-    torch.manual_seed(0)
-    random_encoder = build_method("mae", **DEMO_MODEL).encoder
+    random_encoder = random_init(pretrained.encoder, {"method": "mae", "model": DEMO_MODEL}, seed=0)
     train_set = labelled_dataset(folders["train"], pretrained.encoder, data, "train")
     test_set = labelled_dataset(folders["test"], pretrained.encoder, data, "test")
     few = few_labels(train_set, LABELS_PER_CLASS, seed=0)
@@ -105,7 +103,7 @@ def run_demo(out: str | Path = "runs/demo", steps: int | None = None, quick: boo
 def write_report(out: Path, title: str, summary: dict, data_line: str, rows: list[dict], started: float,
                  pictures_line: str) -> dict:
     """A demo's report.md (printed too): the pretraining summary, the data, and pretrained vs random init."""
-    from ._argparse_cli import markdown_table
+    from mimkit.benchmarks.report import pivot_inits, write_table
 
     minutes = (time.perf_counter() - started) / 60
     report = "\n".join([
@@ -113,7 +111,8 @@ def write_report(out: Path, title: str, summary: dict, data_line: str, rows: lis
         f"Pretraining: {summary['steps']} steps, effective batch {summary['effective_batch']}, "
         f"{summary['images_per_second']} images/s, final loss {summary['final_loss']:.4f}.",
         data_line, f"Total time {minutes:.1f} min.", "",
-        markdown_table(pivot(rows), ["protocol", "metric (%)", "pretrained", "random", "gain"]), "",
+        write_table(pivot_inits(rows), {"protocol": "protocol", "metric": "metric (%)", "pretrained": "pretrained",
+                                        "random": "random", "gain": "gain"}).rstrip(), "",
         f"{pictures_line}; loss curve: run/pictures/loss_curve.png.", ""])
     (out / "report.md").write_text(report)
     print(report)
@@ -127,17 +126,4 @@ def summary_method(run_dir: Path):
     return method
 
 
-def pivot(rows: list[dict]) -> list[dict]:
-    """Rows (protocol, init, metric, value) -> one row per (protocol, metric) with both inits side by side."""
-    table: dict[tuple, dict] = {}
-    for row in rows:
-        entry = table.setdefault((row["protocol"], row["metric"]),
-                                 {"protocol": row["protocol"], "metric (%)": row["metric"]})
-        entry[row["init"]] = row["value"]
-    for entry in table.values():
-        if "pretrained" in entry and "random" in entry:
-            entry["gain"] = round(entry["pretrained"] - entry["random"], 2)
-    return list(table.values())
-
-
-__all__ = ["write_digits", "run_demo", "write_report", "pivot", "DEMO_MODEL", "DEMO_TRAIN"]
+__all__ = ["write_digits", "run_demo", "write_report", "DEMO_MODEL", "DEMO_TRAIN"]

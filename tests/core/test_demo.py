@@ -2,7 +2,7 @@
 from PIL import Image
 
 from mimkit.core.data import ImageFolderDataset
-from mimkit.core.demo import TEST_FRACTION, pivot, write_digits
+from mimkit.core.demo import TEST_FRACTION, write_digits
 
 
 def test_digits_are_written_as_pretrain_train_and_test_folders(tmp_path):
@@ -19,13 +19,6 @@ def test_digits_are_written_as_pretrain_train_and_test_folders(tmp_path):
     assert image.size == (32, 32) and image.mode == "L"
 
 
-def test_pivot_puts_both_initialisations_side_by_side():
-    rows = [{"protocol": "knn", "init": "pretrained", "metric": "accuracy", "value": 84.6},
-            {"protocol": "knn", "init": "random", "metric": "accuracy", "value": 75.4}]
-    assert pivot(rows) == [{"protocol": "knn", "metric (%)": "accuracy", "pretrained": 84.6, "random": 75.4,
-                            "gain": 9.2}]
-
-
 def test_report_lists_both_initialisations_and_is_written(tmp_path, capsys):
     import time
 
@@ -37,5 +30,5 @@ def test_report_lists_both_initialisations_and_is_written(tmp_path, capsys):
     out = write_report(tmp_path, "title", summary, "Data: 3 images.", rows, time.perf_counter(), "Pictures: here")
     report = (tmp_path / "report.md").read_text()
     assert out["report"] == str(tmp_path / "report.md") and report.startswith("# title")
-    assert "| knn | accuracy | 80.0 | 70.0 | 10.0 |" in report and "Data: 3 images." in report
+    assert "| knn | accuracy | 80 | 70 | 10 |" in report and "Data: 3 images." in report
     assert "Pictures: here; loss curve" in report and report in capsys.readouterr().out
