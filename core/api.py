@@ -191,6 +191,10 @@ def finetune(train: str, out: str, run: str | None = None, checkpoint: str | Non
     row = finetune_encoder(encoder, train_set, test_set, out_dir, head=head, config=settings, resume=resume,
                            logger=options.pop("logger", True), callbacks=options.pop("callbacks", None) or ())
     row = {k: v for k, v in row.items() if k != "train_loss"}
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank:  # the other processes of a multi-process run report nothing
+        return row
     update_metrics(out_dir, {"results": [row]})
     print(json.dumps({k: row[k] for k in ("protocol", "metric", "value", "best_step", "steps", "num_train",
                                             "num_val", "num_test", "model_path")}, indent=2))
