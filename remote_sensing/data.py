@@ -693,6 +693,91 @@ class GeoTiffDataset(NormalisedDataset):
 
 
 # ---------------------------------------------------------------------------------------------- torchgeo
+@dataclass
+class GeoTiffData:
+    """Unlabelled pretraining GeoTIFFs: how `mimkit-rs pretrain` reads a folder of tiles or scenes.
+
+    Args:
+        root: a folder of GeoTIFF / COG files, searched recursively (tiles from `mimkit-rs tile`, or scenes with
+            tile_size)
+        sensor: the files' sensor: sentinel2 (13 bands), sentinel2_l2a (12), landsat8, landsat9, sentinel1, rgb,
+            naip, or none (bands by index; see `mimkit-rs sensors`)
+        bands: bands to read, by name (B04 B03 B02) or 0-based index (3 2 1), or rgb; None: all
+        scale: reflectance = value x scale + offset for integer files (Sentinel-2 L2A: 1e-4); None: values as
+            stored
+        offset: added after scale (Landsat C2 L2: -0.2 with scale 2.75e-5)
+        nodata: nodata value when the files do not declare one
+        tile_size: cut each file into windows of this size (large scenes); None: one sample per file
+        stride: step between windows (None: the tile size)
+        crop_scale: RandomResizedCrop's area range (MAE: 0.2 to 1)
+        hflip: random horizontal flips (MAE: yes)
+        mean: per-band mean of the scaled values (None: measured on up to 256 tiles, cached beside the data)
+        std: per-band standard deviation (None: measured with the mean)
+        strict: stop at the first unusable file instead of skipping and counting it
+        allow_ungeoreferenced: read GeoTIFFs without a CRS / transform instead of skipping them
+        cache_dir: where the per-band statistics are cached (None: beside the data)
+        band_names: the bands read, by name, in order (recorded by pretraining for evaluation; when given, the
+            data must hold exactly these)
+        wavelengths: their centre wavelengths in nm (recorded by pretraining; when given, they must match)
+    """
+
+    root: str | None = None
+    sensor: str = "sentinel2"
+    bands: list[str | int] | str | None = None
+    scale: float | None = None
+    offset: float = 0.0
+    nodata: float | None = None
+    tile_size: int | None = None
+    stride: int | None = None
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    hflip: bool = True
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    strict: bool = False
+    allow_ungeoreferenced: bool = False
+    cache_dir: str | None = None
+    band_names: list[str] | None = None
+    wavelengths: list[float] | None = None
+
+    def dataset(self, img_size, patch_size, transform: str | A.BaseCompose = "train") -> GeoTiffDataset:
+        """The files as a GeoTiffDataset of this image and patch size (`transform`: train, eval or a pipeline)."""
+        if self.root is None:
+            raise ConfigError("no data given: pass --data DIR (a folder of GeoTIFF files)")
+        return GeoTiffDataset(
+            self.root, sensor=self.sensor, bands=self.bands, img_size=img_size, patch_size=patch_size,
+            tile_size=self.tile_size, stride=self.stride, transform=transform, scale=self.scale, offset=self.offset,
+            nodata=self.nodata, mean=self.mean, std=self.std, labelled=False, strict=self.strict,
+            require_georeference=not self.allow_ungeoreferenced, cache_dir=self.cache_dir)
+
+    def build(self, model: dict, method: str) -> GeoTiffDataset:
+        """The pretraining dataset; records the bands, wavelengths and statistics on `self` and gives a
+        spectrum-aware method (one that takes `bands`, like SMARTIES) the data's bands."""
+        from mimkit.core.config import encoder_setting
+        from mimkit.core.registry import method_arguments
+
+        img_size = encoder_setting(model, "img_size", method)
+        dataset = self.dataset(img_size, encoder_setting(model, "patch_size", method),
+                               mae_train_transform(img_size, scale=self.crop_scale, hflip=self.hflip))
+        wavelengths = [round(float(w), 3) for w in dataset.wavelengths] if dataset.wavelengths is not None else None
+        if self.band_names is not None and list(self.band_names) != dataset.band_names:
+            raise ConfigError(f"data.band_names {list(self.band_names)} but the files under {self.root} read as "
+                              f"{dataset.band_names} (sensor {self.sensor}, bands {self.bands})")
+        if self.wavelengths is not None and (wavelengths is None or not np.allclose(self.wavelengths, wavelengths)):
+            raise ConfigError(f"data.wavelengths {list(self.wavelengths)} but the bands read from {self.root} lie at "
+                              f"{wavelengths}")
+        if self.scale is None and dataset.selection.bands is not None and \
+                all(b.center_nm < 3000 for b in dataset.selection.bands):
+            log.info("optical data read as stored (no --scale); Sentinel-2 L2A digital numbers need --scale 1e-4 "
+                     "to be reflectances")
+        self.mean, self.std = [float(v) for v in dataset.stats[0]], [float(v) for v in dataset.stats[1]]
+        self.band_names, self.wavelengths = dataset.band_names, wavelengths
+        if dataset.selection.bands is not None and "bands" in method_arguments(method):
+            # a spectrum-aware model's default bands are the data's bands
+            model["sensor"] = "sentinel2" if dataset.sensor is SENTINEL2_L2A else dataset.sensor.name
+            model["bands"] = dataset.band_names
+        return dataset
+
+
 class TorchGeoDataset(NormalisedDataset):
     """A torchgeo classification dataset read from a local root, turned into mimkit samples.
 
@@ -867,7 +952,7 @@ def so2sat(root: str | Path, split: str = "train", version: str = "2", bands: Se
                            cache_description={"dataset": "So2Sat", "version": version, "bands": names}, **options)
 
 
-__all__ = ["GeoTiffDataset", "TorchGeoDataset", "RasterHeader", "BandSelection", "read_header", "read_window",
+__all__ = ["GeoTiffDataset", "GeoTiffData", "TorchGeoDataset", "RasterHeader", "BandSelection", "read_header", "read_window",
            "write_geotiff", "write_tiles", "select_bands", "parse_bands", "tile_windows", "resolve_sensor",
            "rgb_band_positions",
            "band_indices_by_wavelength", "eurosat", "bigearthnet", "so2sat", "SENTINEL2_L2A", "IGNORE_INDEX"]

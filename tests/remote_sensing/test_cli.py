@@ -1,5 +1,6 @@
-"""The `mimkit-rs` command: help, pretraining on GeoTIFFs (bands, scale, wavelengths into the run), evaluation and
-fine-tuning on tasks, tiling scenes into shards, recipes, and clear errors for bad input."""
+"""The `mimkit-rs` command: help, pretraining on GeoTIFFs (bands, scale, wavelengths into the run; its config.yaml
+re-runs it), evaluation and fine-tuning on tasks, tiling scenes into shards, recipes, and clear errors for bad input
+(an unknown config key is one line naming key and file)."""
 import json
 
 import numpy as np
@@ -11,7 +12,9 @@ import yaml
 
 from mimkit.core.finetune import load_finetuned
 from mimkit.remote_sensing import synthetic
-from mimkit.remote_sensing.cli import build_parser, main, recipe_files
+from safetensors.torch import load_file
+
+from mimkit.remote_sensing.cli import build_tool, main, recipe_files
 from mimkit.remote_sensing.data import GeoTiffDataset, write_geotiff
 
 TINY = ["--img-size", "32", "--patch-size", "8", "--embed-dim", "32", "--depth", "2", "--num-heads", "2",
@@ -38,25 +41,60 @@ def mae_run(data):
 
 
 def test_help_explains_every_command(capsys):
-    parser = build_parser()
-    commands = parser._subparsers._group_actions[0].choices
-    assert {"pretrain", "finetune", "evaluate", "tile", "recipes"} <= set(commands)
-    for name, sub in commands.items():
-        assert sub.description or sub.format_help(), name
-    assert "window by window" in commands["tile"].description and "wavelengths" in commands["pretrain"].description
-    with pytest.raises(SystemExit):
-        main(["pretrain", "--help"])
+    tool = build_tool()
+    assert {"pretrain", "finetune", "evaluate", "tile", "recipes", "sensors", "synthetic", "demo"} <= set(tool.commands)
+    for name, command in tool.commands.items():
+        assert main([name, "--help"]) == 0, name
+        text = capsys.readouterr().out
+        assert "--config" in text and "--print_config" in text, name
+        if name == "tile":
+            assert "window by window" in text and "--shard_size" in text
+    assert main(["pretrain", "--help"]) == 0
     text = capsys.readouterr().out
-    assert "--sensor" in text and "--scale" in text and "--bands" in text and "--mask-ratio" in text
+    assert "wavelengths" in text and "--data.tile_size" in text and "--model.encoder.embed_dim" in text
+    assert "--sensor" in text and "--scale" in text and "--bands" in text and "--mask-ratio" in text  # short forms
+    assert main(["finetune", "--help"]) == 0
+    assert "--resume" in capsys.readouterr().out
 
 
 def test_pretrain_records_bands_wavelengths_and_statistics(mae_run):
     config = yaml.safe_load((mae_run / "config.yaml").read_text())
     assert config["data"]["band_names"] == BANDS and config["data"]["scale"] == 1e-4
     assert config["data"]["wavelengths"] == pytest.approx([492.4, 559.8, 664.6, 832.8])
-    assert config["model"]["in_chans"] == 4 and 0.01 < config["data"]["mean"][0] < 0.5  # reflectance statistics
+    assert config["model"]["encoder"]["in_chans"] == 4 and 0.01 < config["data"]["mean"][0] < 0.5  # reflectances
     assert (mae_run / "model.safetensors").is_file()
     assert (mae_run / "pictures" / "reconstruction_rgb.png").is_file()  # B04, B03, B02 composites
+
+
+def test_a_runs_config_yaml_re_runs_it_exactly(mae_run, tmp_path):
+    second = tmp_path / "again"
+    assert main(["pretrain", "--config", str(mae_run / "config.yaml"), "--out", str(second)]) == 0
+    a, b = load_file(mae_run / "model.safetensors"), load_file(second / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    first, stored = (yaml.safe_load((run / "config.yaml").read_text()) for run in (mae_run, second))
+    assert stored["data"] == first["data"] and stored["model"] == first["model"] and stored["out"] == str(second)
+    assert (second / "pictures" / "reconstruction_rgb.png").is_file()
+
+
+def test_recorded_bands_must_match_the_data(mae_run, data, tmp_path, capsys):
+    config = yaml.safe_load((mae_run / "config.yaml").read_text())
+    config["data"]["band_names"] = ["B02", "B03", "B04", "B05"]  # B05 is not what --bands read
+    edited = tmp_path / "config.yaml"
+    edited.write_text(yaml.safe_dump(config))
+    assert main(["pretrain", "--config", str(edited), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "data.band_names" in err and "B08" in err and "\n" not in err
+
+
+@pytest.mark.parametrize("section,key", [("data", "second_sensor"), ("model", "foo"), ("data", "img_size")])
+def test_an_unknown_config_key_is_one_line_naming_key_and_file(data, tmp_path, capsys, section, key):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"method": "smarties", section: {key: 1}}))
+    assert main(["pretrain", "--config", str(recipe), "--data", str(data / "tiles"), "--out", str(tmp_path / "run"),
+                 *TINY, *QUICK]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{section}.{key}" in err and str(recipe) in err and "\n" not in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_spectrum_aware_method_takes_the_data_bands(data, tmp_path):
@@ -94,6 +132,18 @@ def test_finetune_a_timm_checkpoint_needs_an_explicit_channel_adaptation(data, t
     assert rows[0]["task"] == "eurosat-finetune" and rows[0]["weights"] == str(weights)
     model, config = load_finetuned(weights)  # encoder and head, rebuilt from the file alone
     assert config["num_outputs"] == 3 and model(torch.zeros(1, 13, 32, 32)).shape == (1, 3)
+
+
+def test_finetune_resumes_from_its_own_config(mae_run, data, tmp_path):
+    out = tmp_path / "ft"
+    assert main(["finetune", "--run", str(mae_run), "--task", "eurosat-finetune", "--data", str(data / "eurosat"),
+                 "--epochs", "1", "--batch-size", "4", "--out", str(out)]) == 0
+    stored = yaml.safe_load((out / "config.yaml").read_text())
+    assert stored["task"] == ["eurosat-finetune"] and stored["epochs"] == 1 and stored["resume"] is False
+    # --resume --out OUT reads OUT/config.yaml (task, data, run): the flags given are only what changes
+    assert main(["finetune", "--resume", "--out", str(out), "--epochs", "2"]) == 0
+    first, resumed = json.loads((out / "metrics.json").read_text())["results"]
+    assert resumed["settings"]["epochs"] == 2 and resumed["details"]["steps"] > first["details"]["steps"]
 
 
 def test_finetune_segmentation_reads_the_run_bands_with_the_chosen_head(mae_run, data, tmp_path, capsys):
@@ -147,6 +197,9 @@ def test_recipes_are_packaged_and_printable(capsys):
     assert main(["recipes", "smarties"]) == 0
     assert yaml.safe_load(capsys.readouterr().out)["method"] == "smarties"
     assert main(["recipes", "nope"]) == 2
+    capsys.readouterr()
+    assert main(["sensors", "landsat8"]) == 0
+    assert capsys.readouterr().out.startswith("landsat8")
 
 
 def test_bad_input_is_one_clear_line(tmp_path, data, capsys):
