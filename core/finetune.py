@@ -352,7 +352,8 @@ class SampleAugment:
 
     def __init__(self, rand_augment: str | None, random_erasing: float, mean: Sequence[float], std: Sequence[float],
                  img_size: int):
-        from timm.data import RandomErasing, rand_augment_transform
+        from timm.data import rand_augment_transform
+        from timm.data.random_erasing import RandomErasing  # not re-exported by timm.data (timm 1.0)
 
         self.mean = torch.as_tensor(np.asarray(mean, np.float32)).reshape(-1, 1, 1)
         self.std = torch.as_tensor(np.asarray(std, np.float32)).reshape(-1, 1, 1)
