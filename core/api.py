@@ -11,11 +11,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .config import current_config, encoder_setting, plain, set_encoder_setting
+from .config import TRAINER_OPTIONS, current_config, encoder_setting, plain, set_encoder_setting
 from .data import ImageFolderData
 from .errors import ConfigError
 from .finetune import FineTuneConfig
-from .train import TRAINER_OPTIONS, TrainConfig
+from .train import TrainConfig
 
 log = logging.getLogger("mimkit")
 

@@ -326,14 +326,35 @@ def _has_key(config: dict, key: str) -> bool:
     return True
 
 
+# Lightning Trainer options that pass through unchanged; the others are core.train.TrainConfig's (declared once,
+# used for the learning-rate rule) or set by mimkit itself (checkpoints, steps, samplers).
+TRAINER_OPTIONS = ("logger", "callbacks", "profiler", "gradient_clip_val", "gradient_clip_algorithm", "detect_anomaly",
+                   "deterministic", "benchmark", "sync_batchnorm", "plugins", "barebones")
+
+
+def trainer_options(options: dict | None, out_dir: Path | None) -> dict:
+    """Check the pass-through Trainer options and fill the defaults: a CSV logger in OUT/logs, no extra callbacks."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(TRAINER_OPTIONS))
+    if unknown:
+        hint = "; steps, batch size, precision, devices, strategy and accumulation are train settings"
+        raise ConfigError(f"trainer option(s) {', '.join(unknown)} are not passed to Lightning here{hint}; "
+                          f"the trainer section takes {', '.join(TRAINER_OPTIONS)}")
+    if options.get("logger") is None or options.get("logger") is True:
+        from lightning.pytorch.loggers import CSVLogger
+
+        options["logger"] = CSVLogger(out_dir, name="logs") if out_dir is not None else False
+    callbacks = options.get("callbacks") or []
+    options["callbacks"] = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+    return {k: v for k, v in options.items() if v is not None}
+
+
 def add_trainer_arguments(parser) -> None:
     """`--trainer.*`: the Lightning Trainer options that pass through (core.train.TRAINER_OPTIONS), typed from the
     Trainer's own signature (a logger or callback by class name: `--trainer.logger TensorBoardLogger`)."""
     import inspect
 
     import lightning as L
-
-    from .train import TRAINER_OPTIONS
 
     skip = set(inspect.signature(L.Trainer.__init__).parameters) - set(TRAINER_OPTIONS) - {"self"}
     parser.add_method_arguments(L.Trainer, "__init__", "trainer", skip=skip, fail_untyped=False)
@@ -386,5 +407,5 @@ def set_encoder_setting(model: dict, key: str, value: Any) -> dict:
     return model
 
 
-__all__ = ["Command", "Tool", "add_trainer_arguments", "config_value", "current_config", "plain", "read_yaml_mapping", "quiet_lightning",
+__all__ = ["Command", "Tool", "add_trainer_arguments", "TRAINER_OPTIONS", "trainer_options", "config_value", "current_config", "plain", "read_yaml_mapping", "quiet_lightning",
            "encoder_setting", "set_encoder_setting"]

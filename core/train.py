@@ -26,6 +26,7 @@ from .encoders import set_fused_attention
 from .errors import ConfigError, TrainingError
 from .methods.base import MIMMethod
 from .registry import build_method
+from .config import TRAINER_OPTIONS, trainer_options
 from .runs import update_metrics, write_config
 
 log = logging.getLogger("mimkit")
@@ -333,30 +334,6 @@ def pretrain(method: str | MIMMethod, dataset, out_dir: str | Path, config: Trai
     }
     update_metrics(out_dir, {"method": name, "train": summary})
     return summary
-
-
-# Lightning Trainer options that pass through unchanged; the others are TrainConfig's (declared once, used for the
-# learning-rate rule) or set by mimkit itself (checkpoints, steps, samplers).
-TRAINER_OPTIONS = ("logger", "callbacks", "profiler", "gradient_clip_val", "gradient_clip_algorithm", "detect_anomaly",
-                   "deterministic", "benchmark", "sync_batchnorm", "plugins", "barebones")
-
-
-def trainer_options(options: dict | None, out_dir: Path | None) -> dict:
-    """Check the pass-through Trainer options and fill the defaults: a CSV logger in OUT/logs, no extra callbacks."""
-    options = dict(options or {})
-    unknown = sorted(set(options) - set(TRAINER_OPTIONS))
-    if unknown:
-        owned = sorted(set(unknown) & set(TrainConfig.__dataclass_fields__))
-        hint = f"; set {', '.join('train.' + k for k in owned)} instead" if owned else ""
-        raise ConfigError(f"trainer option(s) {', '.join(unknown)} are not passed to Lightning here{hint}; "
-                          f"the trainer section takes {', '.join(TRAINER_OPTIONS)}")
-    if options.get("logger") is None or options.get("logger") is True:
-        from lightning.pytorch.loggers import CSVLogger
-
-        options["logger"] = CSVLogger(out_dir, name="logs") if out_dir is not None else False
-    callbacks = options.get("callbacks") or []
-    options["callbacks"] = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
-    return {k: v for k, v in options.items() if v is not None}
 
 
 def _picture_batch(dataset, count: int = 8) -> dict | None:
