@@ -18,7 +18,8 @@ from mimkit.core.config import quiet_lightning
 from mimkit.core.data import labelled_dataset
 from mimkit.core.runs import load_run
 from mimkit.core.data import ImageFolderDataset, mae_train_transform
-from mimkit.core.demo import DEMO_MODEL, write_digits
+from mimkit.core.demo import DEMO_MODEL
+from mimkit.core.synthetic import write_digits
 from mimkit.core.evaluate import evaluate
 from mimkit.core.train import TrainConfig, pretrain
 

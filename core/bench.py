@@ -1,7 +1,7 @@
 """Core's benchmark tasks (natural images), registered with mimkit.benchmarks on import: ImageNet-1K
 classification read from a local `train/` + `val/` folder.
 
-These are the tasks MAE's published figures refer to (see mimkit.benchmarks.published); the layout is one
+These are the tasks MAE's published figures refer to (core/published.py, registered on import); the layout is one
 sub-folder per class under `train/` and `val/`, as in the MAE and DeiT repositories.
 """
 from __future__ import annotations
@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 
 from mimkit.benchmarks.tasks import Task, register_task
 
+from . import published  # noqa: F401  (registers the core papers' published figures)
 from .data import ImageFolderDataset, eval_transform
 from .errors import DataError
 

@@ -11,42 +11,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 # The demo's settings; measured on 2 CPU cores (see README).
 DEMO_MODEL = dict(img_size=32, patch_size=4, in_chans=1, embed_dim=128, depth=6, num_heads=4,
                   decoder_embed_dim=64, decoder_depth=2, decoder_num_heads=4, mask_ratio=0.75, norm_pix_loss=True)
 DEMO_TRAIN = dict(batch_size=256, max_steps=1200, base_lr=1.5e-4 * 10, warmup_steps=60, weight_decay=0.05,
                   checkpoint_every=400, log_every=20, picture_every=0, seed=0)
-TEST_FRACTION = 0.3
 LABELS_PER_CLASS = 10
-
-
-def write_digits(root: str | Path, size: int = 32, seed: int = 0) -> dict[str, Path]:
-    """Write sklearn's digits as PNGs: pretrain/ (flat, unlabelled), train/<digit>/, test/<digit>/."""
-    from PIL import Image
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    root = Path(root)
-    digits = load_digits()
-    images = (digits.images / 16.0 * 255).round().astype(np.uint8)
-    index = np.arange(len(images))
-    train_idx, test_idx = train_test_split(index, test_size=TEST_FRACTION, stratify=digits.target, random_state=seed)
-    folders = {"pretrain": root / "pretrain", "train": root / "train", "test": root / "test"}
-    if all(f.exists() for f in folders.values()):
-        return folders
-
-    def save(i: int, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(images[i]).resize((size, size), Image.BICUBIC).save(folder / f"digit_{i:04d}.png")
-
-    for i in train_idx:
-        save(i, folders["pretrain"])          # the same images, without labels: MAE needs none
-        save(i, folders["train"] / str(digits.target[i]))
-    for i in test_idx:
-        save(i, folders["test"] / str(digits.target[i]))
-    return folders
 
 
 def run_demo(out: str | Path = "runs/demo", steps: int | None = None, quick: bool = False,
@@ -57,6 +28,7 @@ def run_demo(out: str | Path = "runs/demo", steps: int | None = None, quick: boo
     from .data import ImageFolderDataset, few_labels, labelled_dataset, mae_train_transform
     from .evaluate import evaluate_encoders
     from .runs import update_metrics
+    from .synthetic import write_digits
     from .train import TrainConfig, pretrain
 
     out = Path(out)
@@ -126,4 +98,4 @@ def summary_method(run_dir: Path):
     return method
 
 
-__all__ = ["write_digits", "run_demo", "write_report", "DEMO_MODEL", "DEMO_TRAIN"]
+__all__ = ["run_demo", "write_report", "DEMO_MODEL", "DEMO_TRAIN"]

@@ -2,7 +2,7 @@
 from PIL import Image
 
 from mimkit.core.data import ImageFolderDataset
-from mimkit.core.demo import TEST_FRACTION, write_digits
+from mimkit.core.synthetic import TEST_FRACTION, write_digits
 
 
 def test_digits_are_written_as_pretrain_train_and_test_folders(tmp_path):
