@@ -29,7 +29,7 @@ from mimkit.core.data import ChannelStats, NormalisedDataset, normalisation_stat
 from mimkit.core.errors import ConfigError, DataError
 from mimkit.core.tokens import as_tuple
 
-from .layouts import layout_items
+from .layouts import LAYOUTS, UNCERTAINTY_POLICIES, layout_items
 from .readers import probe_input
 from .transforms import GuardedPrepare, build_pipelines, check_resampled_shape
 
@@ -424,5 +424,201 @@ def build_dataset(root: str | Path, layout: str, preprocessing: Preprocessing, *
     return dataset
 
 
+# ============================================================================================ the commands' data
+# The method each modality pretrains with unless `method` says otherwise, and its spatial dims.
+DEFAULT_METHODS = {"ct": "hiend_mae", "mr": "hiend_mae", "xray": "thorax_mae", "oct": "uni4eye", "fundus": "uni4eye"}
+DEFAULT_DIMS = {"ct": 3, "mr": 3, "xray": 2, "oct": 2, "fundus": 2}
+# UrFound's caption templates (util/flair_dataloader/transforms.py), "[CLS]" = the class folder's name.
+CAPTIONS = {"fundus": "A fundus photograph of [CLS]", "oct": "An Optical Coherence Tomography Image shows [CLS]"}
+# MedicalData fields that shape Preprocessing (the rest choose files, caching and labels)
+PREPROCESSING_FIELDS = ("spacing", "intensity_range", "foreground", "min_roi_fraction", "crop", "crop_pos", "crop_neg",
+                        "flip_prob", "rotate90_prob", "scale_intensity", "shift_intensity", "crop_scale", "hflip",
+                        "crop_pct", "slices")
+
+
+@dataclass
+class MedicalData:
+    """Medical images or volumes as `mimkit-medical` reads them: a folder in one of the layouts, MONAI preprocessing.
+
+    Pretraining builds its dataset with `build(model, method)`; evaluate and finetune read the labelled splits of
+    `root` with the same settings (those left unset come from the pretraining run).
+
+    Args:
+        root: the data folder (NIfTI, DICOM, 16-bit PNG/TIFF X-rays, OCT, fundus photographs)
+        modality: ct, mr, xray, oct or fundus: picks readers, intensity transforms and the default method (ct/mr:
+            hiend_mae, 3D; xray: thorax_mae; oct/fundus: uni4eye)
+        layout: folder (plain, unlabelled), classes (class sub-folders), msd (dataset.json), chestxray14, chexpert
+        spatial_dims: 2D images or 3D volumes (None: 3 for ct/mr, 2 for the others and with slices)
+        slices: train a 2D model on random slices of 3D volumes
+        spacing: resample volumes to this voxel spacing in mm, one value or three (Hi-End-MAE: 1.5)
+        intensity_range: CT intensity window in HU (LOW HIGH), scaled to [0, 1] (None: -175 250 for ct)
+        roi: 3D sub-volume size, one value or D H W: the model's input size (model.encoder.img_size) for volumes,
+            the volume size in unified 2D + 3D batches (None: the model's img_size, or uni4eye's volume_size)
+        crops_per_volume: random sub-volumes drawn from each volume per pass
+        cache: memory (MONAI CacheDataset), disk (PersistentDataset, with cache_dir) or none (None: memory for
+            volumes, none for 2D images)
+        cache_dir: the folder for cache disk
+        normal_only: read ROOT/<normal_class> only (anomaly detection pretrains on normal images)
+        normal_class: the class folder of normal images
+        uncertainty: CheXpert's uncertain (-1) labels: ones (U-Ones) or zeros (U-Zeros)
+        volume_data: a folder of 3D volumes paired with the 2D images of root in unified 2D + 3D batches (uni4eye)
+        caption: UrFound's caption template, [CLS] = the class folder name (None: the modality's)
+        foreground: crop volumes to their foreground (None: ct and mr)
+        min_roi_fraction: refuse volumes shorter than this fraction of the ROI on an axis
+        crop: 3D crops: random, or rand_pos_neg (foreground-biased, Hi-End-MAE)
+        crop_pos: rand_pos_neg's weight of foreground centres
+        crop_neg: rand_pos_neg's weight of background centres
+        flip_prob: 3D: probability of a flip on each axis
+        rotate90_prob: 3D: probability of quarter turns in the first two axes
+        scale_intensity: (factors, prob) of MONAI's RandScaleIntensityd
+        shift_intensity: (offsets, prob) of MONAI's RandShiftIntensityd
+        crop_scale: 2D: RandomResizedCrop's area range (MAE: 0.2 to 1)
+        hflip: 2D: random horizontal flips
+        crop_pct: 2D evaluation: resize to img_size / crop_pct, then centre crop (None: 1, or the run's)
+        mean: per-channel mean after intensity scaling (None: measured, or 0 for ct/mr)
+        std: per-channel standard deviation (None: measured with the mean)
+        volume_mean: the volumes' mean in unified batches (None: measured)
+        volume_std: the volumes' standard deviation in unified batches (None: measured)
+        strict: stop at the first unusable file instead of skipping and counting it
+    """
+
+    root: str | None = None
+    modality: str | None = None
+    layout: str = "folder"
+    spatial_dims: int | None = None
+    slices: bool = False
+    spacing: list[float] | None = None
+    intensity_range: tuple[float, float] | None = None
+    roi: list[int] | None = None
+    crops_per_volume: int = 1
+    cache: str | None = None
+    cache_dir: str | None = None
+    normal_only: bool = False
+    normal_class: str = "normal"
+    uncertainty: str = "ones"
+    volume_data: str | None = None
+    caption: str | None = None
+    foreground: bool | None = Preprocessing.foreground
+    min_roi_fraction: float = Preprocessing.min_roi_fraction
+    crop: str = Preprocessing.crop
+    crop_pos: float = Preprocessing.crop_pos
+    crop_neg: float = Preprocessing.crop_neg
+    flip_prob: float = Preprocessing.flip_prob
+    rotate90_prob: float = Preprocessing.rotate90_prob
+    scale_intensity: tuple[float, float] = Preprocessing.scale_intensity
+    shift_intensity: tuple[float, float] = Preprocessing.shift_intensity
+    crop_scale: tuple[float, float] = Preprocessing.crop_scale
+    hflip: bool = Preprocessing.hflip
+    crop_pct: float | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    volume_mean: list[float] | None = None
+    volume_std: list[float] | None = None
+    strict: bool = False
+
+    def __post_init__(self):
+        if self.modality is not None and self.modality not in MODALITIES:
+            raise ConfigError(f"--modality must be one of {', '.join(MODALITIES)}, got {self.modality!r}")
+        if self.layout not in LAYOUTS:
+            raise ConfigError(f"--layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
+        if self.uncertainty not in UNCERTAINTY_POLICIES:
+            raise ConfigError(f"--uncertainty must be one of {', '.join(UNCERTAINTY_POLICIES)}, "
+                              f"got {self.uncertainty!r}")
+        if self.cache is not None and self.cache not in CACHES:
+            raise ConfigError(f"--cache must be one of {', '.join(CACHES)}, got {self.cache!r}")
+        if self.intensity_range is not None:
+            low, high = (float(v) for v in self.intensity_range)
+            if not low < high:
+                raise ConfigError(f"--hu-window must be LOW HIGH with LOW < HIGH, got {list(self.intensity_range)}")
+
+    def checked_modality(self) -> str:
+        if self.modality is None:
+            raise ConfigError(f"--modality is required ({', '.join(MODALITIES)}): it picks the readers, intensity "
+                              f"transforms and the default method")
+        return self.modality
+
+    def default_method(self) -> str:
+        """The modality's method: hiend_mae for ct/mr, thorax_mae for xray, uni4eye for oct/fundus."""
+        return DEFAULT_METHODS[self.checked_modality()]
+
+    def dims(self) -> int:
+        """The model input's spatial dims: as given, else 2 for slices, else the modality's."""
+        if self.spatial_dims is not None:
+            return int(self.spatial_dims)
+        return 2 if self.slices else DEFAULT_DIMS[self.checked_modality()]
+
+    def preprocessing(self, img_size, spatial_dims: int, **overrides) -> Preprocessing:
+        """Preprocessing of these settings for inputs of `img_size` (CT's window by default)."""
+        settings = {key: getattr(self, key) for key in PREPROCESSING_FIELDS}
+        settings.update(img_size=img_size, **overrides)
+        return preprocessing_from(settings, self.checked_modality(), spatial_dims)
+
+    def build(self, model: dict, method: str) -> Dataset:
+        """The pretraining dataset for `method` with the `model` settings, which it completes (the encoder's
+        spatial dims, img_size from the 3D ROI; uni4eye's volume_size and volume_chans); what was applied (dims,
+        spacing, window, measured mean/std) is kept on `self`, so the stored settings re-create it."""
+        from mimkit.core.config import encoder_setting, set_encoder_setting
+        from mimkit.core.registry import method_arguments, method_class
+
+        if self.root is None:
+            raise ConfigError("no data given: pass --data DIR (a folder of images or volumes)")
+        modality, dims = self.checked_modality(), self.dims()
+        unified = self.volume_data is not None
+        if unified and method != "uni4eye":
+            raise ConfigError(f"--volume-data gives unified 2D + 3D batches, which only uni4eye trains on "
+                              f"(got {method!r})")
+        if method != "uni4eye":  # uni4eye's encoder is 2D; its volumes take a path of their own
+            if dims not in getattr(method_class(method), "supported_dims", (2,)):
+                raise ConfigError(f"method {method!r} is 2D only; use --spatial-dims 2 (or --slices for 2D slices of "
+                                  f"volumes), or a 3D method such as hiend_mae")
+            set_encoder_setting(model, "spatial_dims", dims)
+        img_size = encoder_setting(model, "img_size", method)
+        if dims == 3 and self.roi and not unified:  # for volumes the ROI is the model's input size
+            img_size = self.roi[0] if len(self.roi) == 1 else list(self.roi)
+            if method != "uni4eye":
+                set_encoder_setting(model, "img_size", img_size)
+        if method == "urfound":  # UrFound reads images at target_scale x the encoder's size (see urfound.py)
+            scale = int(model.get("target_scale") or method_arguments(method).get("target_scale", 2))
+            img_size = [int(v) * scale for v in ([img_size] if isinstance(img_size, int) else img_size)]
+        pre = self.preprocessing(img_size, dims)
+        caption = None
+        if method == "urfound":
+            if self.layout != "classes":
+                raise ConfigError("urfound learns from captions: use --layout classes (the class folder names fill "
+                                  "the caption template)")
+            caption = (self.caption or CAPTIONS.get(modality, "[CLS]")).replace("[ATR] ", "")
+        options = dict(patch_size=encoder_setting(model, "patch_size", method),
+                       in_chans=encoder_setting(model, "in_chans"), mean=self.mean, std=self.std,
+                       cache=self.cache or ("memory" if pre.volumes else "none"), cache_dir=self.cache_dir,
+                       samples_per_volume=int(self.crops_per_volume), strict=self.strict)
+        layout_options = {"normal_only": self.normal_only, "normal_class": self.normal_class,
+                          "uncertainty": self.uncertainty}
+        dataset = build_dataset(self.root, self.layout, pre, labelled=caption is not None, options=layout_options,
+                                caption=caption, **options)
+        self.spatial_dims = dims
+        self.mean, self.std = (_floats(v) for v in dataset.stats)
+        self.spacing = list(pre.spacing) if pre.spacing is not None else None  # what was applied, defaults included
+        self.intensity_range = tuple(pre.intensity_range) if pre.intensity_range is not None else None
+        if method == "uni4eye" and dims == 3:  # volumes only: Uni4Eye's 3D path, at the ROI size
+            model["volume_size"] = list(pre.img_size)
+            set_encoder_setting(model, "img_size", list(pre.img_size[1:]))
+            model["volume_chans"] = model.get("volume_chans") or dataset.in_chans
+        elif unified:
+            roi = self.roi or model.get("volume_size") or method_arguments(method).get("volume_size")
+            roi = roi[0] if len(roi) == 1 else list(roi)
+            volume_pre = self.preprocessing(roi, 3, slices=False)
+            volumes = build_dataset(self.volume_data, "folder", volume_pre, labelled=False,
+                                    **{**options, "in_chans": model.get("volume_chans"), "mean": self.volume_mean,
+                                       "std": self.volume_std, "cache": self.cache or "memory"})
+            model["volume_size"], model["volume_chans"] = list(volume_pre.img_size), volumes.in_chans
+            self.volume_mean, self.volume_std = (_floats(v) for v in volumes.stats)
+            return UnifiedDataset(dataset, volumes)
+        return dataset
+
+
+def _floats(values) -> list[float]:
+    return [float(v) for v in values]
+
+
 __all__ = ["MODALITIES", "CACHES", "CT_WINDOW", "CT_SPACING", "Preprocessing", "preprocessing_from",
-           "MedicalDataset", "UnifiedDataset", "build_dataset"]
+           "MedicalDataset", "UnifiedDataset", "build_dataset", "MedicalData", "DEFAULT_METHODS", "CAPTIONS"]

@@ -1,5 +1,5 @@
 """The `mimkit-medical` command: pretrain (3D CT, 2D X-ray, unified 2D+3D, anomaly), evaluate, finetune, anomaly,
-bench, recipes, synthetic, and one clear line with exit code 2 for bad input."""
+bench, recipes (each a typed config of its command), synthetic, and one clear line with exit code 2 for bad input."""
 import json
 import subprocess
 import sys
@@ -10,12 +10,24 @@ import torch
 import yaml
 
 from mimkit.core.checkpoints import load_method
-from mimkit.medical.cli import build_parser, main
+from mimkit.medical.cli import build_tool, main
 from mimkit.medical.synthetic import write_synthetic
 
 TINY = ["--embed-dim", "32", "--depth", "2", "--num-heads", "2", "--batch-size", "4", "--num-workers", "0",
         "--no-progress", "--accelerator", "cpu", "--max-steps", "3"]
 MAE_DECODER = ["--set", "decoder_embed_dim=32", "--set", "decoder_depth=1", "--set", "decoder_num_heads=2"]
+RECIPES = sorted(entry.name[:-5] for entry in resources.files("mimkit.medical").joinpath("recipes").iterdir()
+                 if entry.name.endswith(".yaml"))
+
+
+def recipe_copy(tmp_path, name: str):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(resources.files("mimkit.medical").joinpath("recipes", f"{name}.yaml").read_text())
+    return path
+
+
+def command_of(recipe: str) -> str:
+    return "finetune" if recipe.endswith("finetune") else "pretrain"
 
 
 @pytest.fixture(autouse=True)
@@ -33,16 +45,13 @@ def data(tmp_path_factory):
 
 
 def test_help_explains_every_command(capsys):
-    with pytest.raises(SystemExit) as stop:
-        main(["--help"])
-    assert stop.value.code == 0
+    assert main(["--help"]) == 0
     text = capsys.readouterr().out
     for command in ("pretrain", "evaluate", "finetune", "anomaly", "bench", "recipes", "synthetic"):
         assert command in text
     for command, phrase in (("pretrain", "--hu-window"), ("finetune", "UNETR-style"), ("anomaly", "ROC-AUC")):
-        with pytest.raises(SystemExit):
-            main([command, "--help"])
-        assert phrase in capsys.readouterr().out
+        assert main([command, "--help"]) == 0
+        assert phrase in capsys.readouterr().out.replace("\n", " ")
 
 
 def test_ct_pretraining_stores_its_preprocessing_then_segments(tmp_path, data, capsys):
@@ -52,11 +61,13 @@ def test_ct_pretraining_stores_its_preprocessing_then_segments(tmp_path, data, c
                  "--set", "decoder_embed_dim=32", "--set", "decoder_self_depth=1", "--set", "decoder_num_heads=2",
                  "--set", "decoder_layers=[1]"]) == 0
     config = yaml.safe_load((run / "config.yaml").read_text())
-    assert config["method"] == "hiend_mae" and config["model"]["spatial_dims"] == 3    # CT's default method
-    assert config["model"]["img_size"] == 16 and config["model"]["in_chans"] == 1
+    encoder = config["model"]["encoder"]
+    assert config["method"] == "hiend_mae" and encoder["spatial_dims"] == 3    # CT's default method, 3D
+    assert encoder["img_size"] == 16 and encoder["in_chans"] == 1              # the ROI; channels from the data
     data_section = config["data"]
     assert data_section["spacing"] == [1.5, 1.5, 1.5] and data_section["intensity_range"] == [-175.0, 250.0]
-    assert data_section["modality"] == "ct" and data_section["skipped_files"] == 0
+    assert data_section["modality"] == "ct" and data_section["spatial_dims"] == 3
+    assert json.loads((run / "metrics.json").read_text())["data"]["skipped_files"] == 0
     assert "16 images" in capsys.readouterr().err                 # 8 volumes x 2 crops per pass
     method, _ = load_method(run / "model.safetensors")
     assert method.encoder.grid == (2, 2, 2)
@@ -65,7 +76,9 @@ def test_ct_pretraining_stores_its_preprocessing_then_segments(tmp_path, data, c
                  "--compare-random-init"]) == 0
     results = json.loads((run / "metrics.json").read_text())["results"]
     assert {(r["protocol"], r["init"]) for r in results} == {("segmentation", "pretrained"), ("segmentation", "random")}
-    assert all(0.0 <= r["value"] <= 100.0 and len(r["dice_per_class"]) == 3 for r in results)
+    assert all(0.0 <= r["value"] <= 100.0 and len(r["details"]["dice_per_class"]) == 3 for r in results)
+    # --layout msd: the BTCV recipe's settings (bench.SEGMENTATION_SETTINGS), the steps from the flag
+    assert all(r["settings"]["max_steps"] == 2 and r["settings"]["layer_decay"] == 1.0 for r in results)
 
     capsys.readouterr()
     assert main(["bench", "--task", "synthetic-organs-segmentation", "--root", str(data["organs"]), "--run", str(run),
@@ -78,42 +91,53 @@ def test_ct_pretraining_stores_its_preprocessing_then_segments(tmp_path, data, c
 def test_the_hiend_mae_recipe_drives_pretraining_resume_and_the_btcv_recipe_finetuning(tmp_path, data, capsys):
     """The papers' recipes as shipped (sizes and steps overridden by flags): the recipe's data section decides the
     preprocessing, no --modality is needed, a run resumes, and the segmentation recipe configures fine-tuning."""
-    recipes = resources.files("mimkit.medical").joinpath("recipes")
-    (tmp_path / "hiend.yaml").write_text(recipes.joinpath("hiend_mae.yaml").read_text())
-    (tmp_path / "btcv.yaml").write_text(recipes.joinpath("hiend_mae_btcv_finetune.yaml").read_text())
+    hiend, btcv = recipe_copy(tmp_path, "hiend_mae"), recipe_copy(tmp_path, "hiend_mae_btcv_finetune")
     run = tmp_path / "run"
     tiny = ["--roi", "16", "--patch-size", "8", "--embed-dim", "32", "--depth", "2", "--num-heads", "2",
             "--set", "decoder_embed_dim=32", "--set", "decoder_num_heads=2", "--set", "decoder_layers=[1]",
             "--batch-size", "2", "--devices", "1", "--num-workers", "0", "--no-progress", "--accelerator", "cpu"]
-    assert main(["pretrain", "--config", str(tmp_path / "hiend.yaml"), "--data", str(data["organs"]), "--layout",
-                 "msd", "--out", str(run), "--max-steps", "2", "--checkpoint-every", "2", *tiny]) == 0
+    assert main(["pretrain", "--config", str(hiend), "--data", str(data["organs"]), "--layout", "msd", "--out",
+                 str(run), "--max-steps", "2", "--checkpoint-every", "2", *tiny]) == 0
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["data"]["modality"] == "ct" and config["data"]["crop"] == "rand_pos_neg"
-    assert config["data"]["crops_per_volume"] == 8 and config["train"]["max_steps"] == 2
+    assert config["data"]["crops_per_volume"] == 8 and config["data"]["scale_intensity"] == [0.1, 0.1]
+    assert config["train"]["max_steps"] == 2 and config["train"]["devices"] == 1 and config["train"]["lr"] == 1e-4
     assert "64 images" in capsys.readouterr().err                   # 8 volumes x the recipe's 8 crops
-    assert main(["pretrain", "--config", str(tmp_path / "hiend.yaml"), "--data", str(data["organs"]), "--layout",
-                 "msd", "--out", str(run), "--max-steps", "3", "--resume", *tiny]) == 0
+    assert main(["pretrain", "--config", str(hiend), "--data", str(data["organs"]), "--layout", "msd", "--out",
+                 str(run), "--max-steps", "3", "--resume", *tiny]) == 0
     assert json.loads((run / "metrics.json").read_text())["train"]["steps"] == 3
     capsys.readouterr()
-    assert main(["finetune", "--run", str(run), "--data", str(data["organs"]), "--layout", "msd", "--config",
-                 str(tmp_path / "btcv.yaml"), "--steps", "1", "--batch-size", "1"]) == 0
-    assert "| segmentation | pretrained | dice_mean |" in capsys.readouterr().out
+    assert main(["finetune", "--config", str(btcv), "--run", str(run), "--data", str(data["organs"]), "--steps", "1",
+                 "--batch-size", "1"]) == 0
+    assert "| segmentation | pretrained | dice |" in capsys.readouterr().out
+    row = json.loads((run / "metrics.json").read_text())["results"][-1]
+    assert row["settings"]["head_options"] == {"feature_size": 32} and row["settings"]["lr"] == 1e-4
+    assert row["settings"]["max_steps"] == 1 and row["settings"]["weight_decay"] == 1e-5
 
 
-def test_xray_pretraining_then_multilabel_auc_evaluation(tmp_path, data, capsys):
+def test_xray_pretraining_auc_evaluation_and_the_thorax_finetuning_recipe(tmp_path, data, capsys):
     run = tmp_path / "xr"
     assert main(["pretrain", "--data", str(data["chestxray14"] / "images"), "--modality", "xray", "--img-size", "32",
                  "--patch-size", "8", "--in-chans", "3", "--out", str(run), *TINY, *MAE_DECODER]) == 0
     config = yaml.safe_load((run / "config.yaml").read_text())
-    assert config["method"] == "thorax_mae" and config["model"]["in_chans"] == 3     # grey radiographs as RGB
+    assert config["method"] == "thorax_mae" and config["model"]["encoder"]["in_chans"] == 3  # grey radiographs as RGB
     assert len(config["data"]["mean"]) == 3
     capsys.readouterr()
     assert main(["evaluate", "--run", str(run), "--data", str(data["chestxray14"]), "--layout", "chestxray14",
                  "--protocol", "linear", "--epochs", "2"]) == 0
-    assert "| linear | pretrained | auc_macro |" in capsys.readouterr().out
+    assert "| linear | pretrained | auroc |" in capsys.readouterr().out
     assert main(["evaluate", "--run", str(run), "--data", str(data["chestxray14"]), "--layout", "chestxray14",
                  "--protocol", "knn"]) == 2
     assert "kNN needs single-label data" in capsys.readouterr().err
+    # the paper's fine-tuning recipe with one device and a short schedule from the command line: the rest is kept
+    recipe = recipe_copy(tmp_path, "thorax_mae_finetune")
+    assert main(["finetune", "--config", str(recipe), "--run", str(run), "--data", str(data["chestxray14"]),
+                 "--devices", "1", "--accelerator", "cpu", "--steps", "2", "--batch-size", "4", "--no-progress"]) == 0
+    assert "| finetune | pretrained | auroc |" in capsys.readouterr().out
+    settings = json.loads((run / "metrics.json").read_text())["results"][-1]["settings"]
+    assert settings["devices"] == 1 and settings["max_steps"] == 2 and settings["batch_size"] == 4
+    assert settings["rand_augment"] == "rand-m6-mstd0.5-inc1" and settings["layer_decay"] == 0.55
+    assert settings["drop_path"] == 0.2 and settings["label_smoothing"] == 0.0 and settings["base_lr"] == 2.5e-4
 
 
 def test_unified_2d_3d_pretraining_and_class_folder_finetuning(tmp_path, data, capsys):
@@ -123,7 +147,8 @@ def test_unified_2d_3d_pretraining_and_class_folder_finetuning(tmp_path, data, c
                  "--roi", "16", "--out", str(run), *TINY, *MAE_DECODER]) == 0
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["method"] == "uni4eye" and config["model"]["volume_size"] == [16, 16, 16]
-    assert config["model"]["img_size"] == 32 and config["model"]["volume_chans"] == 1
+    assert config["model"]["encoder"]["img_size"] == 32 and config["model"]["volume_chans"] == 1
+    assert len(config["data"]["volume_mean"]) == 1
     summary = json.loads((run / "metrics.json").read_text())["train"]
     assert {"image_2d", "image_3d"} <= set(summary["history"][0])        # both kinds trained in the same steps
     capsys.readouterr()
@@ -154,28 +179,62 @@ def test_anomaly_command_scores_and_maps(tmp_path, data, capsys):
 
 
 def test_recipes_are_package_data_and_listed(capsys):
-    names = {entry.name[:-5] for entry in resources.files("mimkit.medical").joinpath("recipes").iterdir()
-             if entry.name.endswith(".yaml")}
-    assert {"hiend_mae", "memmc_mae", "thorax_mae_pretrain", "uni4eye", "urfound"} <= names
+    assert {"hiend_mae", "memmc_mae", "thorax_mae_pretrain", "thorax_mae_finetune", "uni4eye", "urfound"} <= set(RECIPES)
     assert main(["recipes"]) == 0
     listed = capsys.readouterr().out
-    assert all(name in listed for name in names)
+    assert all(name in listed for name in RECIPES)
     assert main(["recipes", "hiend_mae"]) == 0
     assert yaml.safe_load(capsys.readouterr().out)["data"]["spacing"] == [1.5, 1.5, 1.5]
     assert main(["recipes", "nope"]) == 2
     assert "unknown recipe 'nope'" in capsys.readouterr().err
 
 
-def test_pretraining_recipes_load_through_the_command(tmp_path, data):
-    """Every pretraining recipe passes the core recipe reader (sections it does not know would stop the run)."""
-    from mimkit.core._argparse_cli import read_recipe
+def _leaves(tree: dict, prefix: str = ""):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
 
-    folder = resources.files("mimkit.medical").joinpath("recipes")
-    for entry in folder.iterdir():
-        if entry.name.endswith(".yaml") and "finetune" not in entry.name:
-            path = tmp_path / entry.name
-            path.write_text(entry.read_text())
-            assert read_recipe(path)["method"]
+
+def _lookup(tree: dict, key: str):
+    for part in key.split("."):
+        tree = tree[part]
+    return tree
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_every_recipe_is_a_config_of_its_command_and_every_value_is_applied(tmp_path, capsys, name):
+    """--print_config shows the configuration the command runs with: each value of the recipe is in it, unchanged."""
+    recipe = recipe_copy(tmp_path, name)
+    assert main([command_of(name), "--config", str(recipe), "--print_config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    for key, value in _leaves(yaml.safe_load(recipe.read_text())):
+        shown = _lookup(printed, key)
+        assert shown == value or (isinstance(value, list) and list(shown) == value), key
+
+
+def test_the_finetuning_recipe_reaches_the_settings_and_flags_win(tmp_path, capsys):
+    recipe = recipe_copy(tmp_path, "thorax_mae_finetune")
+    assert main(["finetune", "--config", str(recipe), "--run", "RUN", "--data", "DATA", "--devices", "1",
+                 "--print_config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["finetune"]["devices"] == 1 and printed["finetune"]["batch_size"] == 128
+    assert printed["finetune"]["rand_augment"] == "rand-m6-mstd0.5-inc1" and printed["data"]["crop_pct"] == 0.875
+    assert printed["data"]["root"] == "DATA" and printed["data"]["layout"] == "chestxray14"
+
+
+@pytest.mark.parametrize("name,section,key", [("hiend_mae", "data", "hu_window"),
+                                              ("thorax_mae_finetune", "finetune", "randaugment")])
+def test_a_recipe_key_the_code_cannot_apply_is_one_line_naming_key_and_file(tmp_path, capsys, name, section, key):
+    recipe = recipe_copy(tmp_path, name)
+    content = yaml.safe_load(recipe.read_text())
+    content[section][key] = 1
+    recipe.write_text(yaml.safe_dump(content))
+    where = ["--out", str(tmp_path / "run")] if command_of(name) == "pretrain" else ["--run", str(tmp_path)]
+    assert main([command_of(name), "--config", str(recipe), "--data", str(tmp_path), *where, "--print_config"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"{section}.{key}" in err and str(recipe) in err
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -184,13 +243,15 @@ def test_pretraining_recipes_load_through_the_command(tmp_path, data):
     (["pretrain", "--data", "{missing}", "--out", "{out}", "--modality", "ct", "--layout", "msd"], "dataset.json"),
     (["pretrain", "--data", "{organs}", "--out", "{out}", "--modality", "ct", "--hu-window", "300", "100"],
      "--hu-window"),
-    (["bench", "--task", "no-such-task", "--root", "{organs}", "--run", "{out}"], "not a finished mimkit run"),
+    (["pretrain", "--data", "{organs}", "--out", "{out}", "--modality", "pet"], "--modality must be one of"),
+    (["finetune", "--run", "{out}", "--data", "{organs}", "--layout", "msd", "--roi", "8"], "applies to pretraining only"),
+    (["bench", "--task", "no-such-task", "--root", "{organs}", "--run", "{out}"], "does not exist"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, data, capsys, argv, message):
     filled = [a.format(organs=data["organs"], out=tmp_path / "run", missing=tmp_path / "nothing") for a in argv]
     assert main(filled + (TINY if filled[0] == "pretrain" else [])) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("mimkit-medical: error:") and message in err[-1]
+    assert err[-1].startswith(f"mimkit-medical {filled[0]}: error:") and message in err[-1]
 
 
 def test_synthetic_command_and_the_module_entry_point(tmp_path):
@@ -199,4 +260,4 @@ def test_synthetic_command_and_the_module_entry_point(tmp_path):
     assert out.returncode == 0 and "synthetic-oct-finetune" in out.stdout
     assert sorted(p.name for p in (tmp_path / "oct" / "train").iterdir()) == ["CNV", "DRUSEN", "NORMAL"]
     assert (tmp_path / "fundus" / "test" / "exudate").is_dir()
-    assert build_parser().prog == "mimkit-medical"
+    assert build_tool().prog == "mimkit-medical"
