@@ -23,12 +23,11 @@ from mimkit.core.errors import CheckpointError, ConfigError
 
 from .data import GeoTiffData
 
-TASKS_HELP = ("eurosat-knn, eurosat-linear, eurosat-finetune, bigearthnet-linear, bigearthnet-finetune, so2sat-linear, "
-              "so2sat-finetune, geotiff-tiles-knn / -linear / -finetune, geotiff-segmentation")
 RASTER_FLAGS = ("sensor", "bands", "scale", "offset", "nodata", "allow_ungeoreferenced", "cache_dir")
 
 
 # ------------------------------------------------------------------------------------------ pretrain
+# the core's pretrain (its signature, help and config), on GeoTIFFs, plus the RGB composite of the reconstructions
 @functools.wraps(api.pretrain)
 def pretrain(*args, **kwargs) -> dict:
     kwargs.update(zip(("data", "out"), args))
@@ -37,12 +36,14 @@ def pretrain(*args, **kwargs) -> dict:
         kwargs["data"] = data = GeoTiffData(root=str(data))
     summary = api.pretrain(**kwargs)
     if summary:
-        from mimkit.core.runs import load_run
+        from mimkit.core.config import encoder_setting
+        from mimkit.core.runs import read_config
 
         from .demo import save_rgb_reconstruction
 
-        encoder = load_run(kwargs["out"])[0].encoder
-        picture = save_rgb_reconstruction(kwargs["out"], data.dataset(encoder.img_size, encoder.patch_size, "eval"))
+        config = read_config(kwargs["out"])
+        size, patch = (encoder_setting(config["model"], key, config["method"]) for key in ("img_size", "patch_size"))
+        picture = save_rgb_reconstruction(kwargs["out"], data.dataset(size, patch, "eval"))
         if picture:
             print(f"mimkit-rs: RGB composite of the reconstructions: {picture}", file=sys.stderr)
     return summary
@@ -176,6 +177,8 @@ def run_tasks(task: Sequence[str], data: str, run: str | None, checkpoint: str |
             encoder = checkpoint_encoder(checkpoint, train_set.in_chans, size, adapt_in_chans, _data_bands(train_set),
                                          checkpoint_sensor, num_heads)
         options = {k: v for k, v in protocol_options.items() if v is not None and _applies(k, spec.protocol)}
+        if options.get("resume") and not (out_dir and list((out_dir / name).glob("*/checkpoints/last.ckpt"))):
+            options.pop("resume")  # a task the interrupted command had not started yet starts now
         results = run_task(spec, encoder, data, run_config=run_config, compare_random_init=compare_random_init,
                            labels_per_class=labels_per_class, seed=seed, reader_options=reader_options,
                            out_dir=out_dir / name if finetuning and out_dir is not None else None, **options)

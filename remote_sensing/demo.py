@@ -16,8 +16,8 @@ import torch
 
 log = logging.getLogger("mimkit")
 
-DEMO_MODEL = dict(img_size=32, patch_size=8, in_chans=13, embed_dim=64, depth=4, num_heads=4, decoder_embed_dim=64,
-                  decoder_depth=2, decoder_num_heads=4, mask_ratio=0.75, norm_pix_loss=True)
+DEMO_MODEL = dict(encoder=dict(img_size=32, patch_size=8, in_chans=13, embed_dim=64, depth=4, num_heads=4),
+                  decoder_embed_dim=64, decoder_depth=2, decoder_num_heads=4, mask_ratio=0.75, norm_pix_loss=True)
 DEMO_TRAIN = dict(batch_size=64, max_steps=600, base_lr=1.5e-3, warmup_steps=30, weight_decay=0.05,
                   checkpoint_every=300, log_every=20, picture_every=0, seed=0)
 
