@@ -952,7 +952,6 @@ def so2sat(root: str | Path, split: str = "train", version: str = "2", bands: Se
                            cache_description={"dataset": "So2Sat", "version": version, "bands": names}, **options)
 
 
-__all__ = ["GeoTiffDataset", "GeoTiffData", "TorchGeoDataset", "RasterHeader", "BandSelection", "read_header", "read_window",
-           "write_geotiff", "write_tiles", "select_bands", "parse_bands", "tile_windows", "resolve_sensor",
-           "rgb_band_positions",
-           "band_indices_by_wavelength", "eurosat", "bigearthnet", "so2sat", "SENTINEL2_L2A", "IGNORE_INDEX"]
+__all__ = ["GeoTiffDataset", "GeoTiffData", "TorchGeoDataset", "RasterHeader", "BandSelection", "read_header",
+           "read_window", "write_geotiff", "write_tiles", "select_bands", "parse_bands", "tile_windows", "resolve_sensor",
+           "rgb_band_positions", "band_indices_by_wavelength", "eurosat", "bigearthnet", "so2sat", "SENTINEL2_L2A", "IGNORE_INDEX"]
