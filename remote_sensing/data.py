@@ -1,4 +1,5 @@
 """Remote-sensing rasters: GeoTIFF / COG reading with rasterio, tile datasets, torchgeo datasets, band metadata.
+`GeoTiffData` is the data section of `mimkit-rs pretrain` (its config.yaml re-creates it).
 
 Every sample is a dict in the core's convention plus the bands it holds:
 {"image": float32 (C, H, W) normalised per band, "wavelengths": (C,) centre wavelengths in nm, "bandwidths":
