@@ -757,6 +757,23 @@ class _ValidateAtEnd(Callback):
             trainer.should_stop = True
 
 
+class _LastCheckpoint(ModelCheckpoint):
+    """`last.ckpt` every `every` steps, written again after a validation at that step. Lightning writes it before
+    the step's validation and then skips its own post-validation save, so a run resumed from it would forget
+    that validation's score and could keep another best checkpoint than the uninterrupted run."""
+
+    def __init__(self, dirpath: Path, every: int):
+        super().__init__(dirpath=dirpath, every_n_train_steps=every, save_top_k=0, save_last=True)
+        self.every = every
+
+    def on_validation_end(self, trainer, module):
+        super().on_validation_end(trainer, module)
+        # checkpoint callbacks run last and in order, so the best checkpoint's callback has seen this score
+        if (trainer.state.fn == "fit" and not trainer.sanity_checking and self.last_model_path
+                and trainer.global_step % self.every == 0):
+            trainer.save_checkpoint(self.last_model_path)
+
+
 # ---------------------------------------------------------------------------------------------- saving
 def encoder_config(encoder: nn.Module) -> dict | None:
     """Constructor arguments that rebuild a plain ViTEncoder (None for other encoder classes)."""
@@ -938,8 +955,7 @@ def finetune(encoder: nn.Module | None, train_set, test_set=None, out_dir: str |
         best = (ModelCheckpoint(dirpath=checkpoints, filename="best-step{step:06d}", auto_insert_metric_name=False,
                                 monitor=f"val/{module.metrics.primary}", mode="max", save_top_k=1)
                 if val is not None else None)
-        keep = (ModelCheckpoint(dirpath=checkpoints, every_n_train_steps=config.checkpoint_every, save_top_k=0,
-                                save_last=True) if out is not None else None)
+        keep = _LastCheckpoint(checkpoints, config.checkpoint_every) if out is not None else None
         if logger is True:
             from lightning.pytorch.loggers import CSVLogger
 
