@@ -308,6 +308,9 @@ def _one_line(message: str, files: Sequence[Path]) -> str:
         key = match.group(1) if match.lastindex == 1 else f"{match.group(1)}.{match.group(2)}"
         if match.lastindex == 2:
             text = f"unknown key {key!r}: {match.group(1)} has no option {match.group(2)!r}"
+    match = re.search(r"Problem with given class_path '([^']+)': (.*?)(?: - Expected a| Given value type|$)", text)
+    if match:  # a class named for a setting (a logger, a callback) that cannot be built: say which and why
+        text = (f'key "{key}": ' if key else "") + f"{match.group(1)}: {match.group(2).strip()}"
     match = re.search(r"unrecognized arguments: (\S+)", text)
     if match:
         text = f"unknown option {match.group(1)}; see --help for the options this command takes"
