@@ -183,6 +183,8 @@ def _finetune(task: Task, encoder: nn.Module, train, test, seed: int, out_dir: P
     head = options.pop("head", None) or task.head or default_head
     head_options = {**task.head_options, **(options.pop("head_options", None) or {})}
     settings = {"val_fraction": 0.0, "progress": sys.stderr.isatty(), **options, "seed": seed}
+    if settings.get("resume") and (out_dir is None or not (out_dir / "checkpoints" / "last.ckpt").exists()):
+        settings["resume"] = False  # this initialisation had not started when the command was interrupted
     if task.protocol == "linear":
         settings.setdefault("freeze_encoder", True)
     if task.protocol == "segmentation" and task.metric in DENSE_METRICS:
