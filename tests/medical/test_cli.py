@@ -140,6 +140,20 @@ def test_xray_pretraining_auc_evaluation_and_the_thorax_finetuning_recipe(tmp_pa
     assert settings["drop_path"] == 0.2 and settings["label_smoothing"] == 0.0 and settings["base_lr"] == 2.5e-4
 
 
+def test_a_runs_config_yaml_re_creates_its_medical_data_and_re_runs_it_exactly(tmp_path, data):
+    from safetensors.torch import load_file
+
+    first = tmp_path / "first"
+    assert main(["pretrain", "--data", str(data["anomaly"] / "train"), "--modality", "xray", "--method", "mae",
+                 "--img-size", "32", "--patch-size", "8", "--out", str(first), *TINY, *MAE_DECODER]) == 0
+    second = tmp_path / "second"
+    assert main(["pretrain", "--config", str(first / "config.yaml"), "--out", str(second)]) == 0
+    a, b = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    stored = yaml.safe_load((second / "config.yaml").read_text())
+    assert stored["data"] == yaml.safe_load((first / "config.yaml").read_text())["data"]
+
+
 def test_unified_2d_3d_pretraining_and_class_folder_finetuning(tmp_path, data, capsys):
     run = tmp_path / "eye"
     assert main(["pretrain", "--data", str(data["oct"] / "train"), "--layout", "classes", "--modality", "oct",

@@ -91,6 +91,8 @@ def test_recipe_matches_the_method_defaults():
     import yaml
     recipe = yaml.safe_load(resources.files("mimkit.medical").joinpath("recipes", "hiend_mae.yaml").read_text())
     defaults = {k.removeprefix("encoder."): v for k, v in method_arguments("hiend_mae").items()}
-    assert recipe["method"] == "hiend_mae" and recipe["data"]["img_size"] == recipe["model"]["img_size"]
-    for key, value in recipe["model"].items():
+    model = dict(recipe["model"])
+    model.update(model.pop("encoder"))
+    assert recipe["method"] == "hiend_mae" and recipe["data"]["spatial_dims"] == model["spatial_dims"] == 3
+    for key, value in model.items():
         assert key in defaults and (tuple(value) if isinstance(value, list) else value) == defaults[key], key

@@ -130,5 +130,7 @@ def test_recipe_matches_the_method_defaults():
     recipe = yaml.safe_load(resources.files("mimkit.medical").joinpath("recipes", "memmc_mae.yaml").read_text())
     defaults = {k.removeprefix("encoder."): v for k, v in method_arguments("memmc_mae").items()}
     assert recipe["method"] == "memmc_mae" and recipe["data"]["normal_only"] is True
-    for key, value in recipe["model"].items():
+    model = dict(recipe["model"])
+    model.update(model.pop("encoder"))
+    for key, value in model.items():
         assert key in defaults and value == defaults[key], key

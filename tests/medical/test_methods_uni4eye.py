@@ -134,5 +134,7 @@ def test_recipe_matches_the_method_defaults():
     recipe = yaml.safe_load(resources.files("mimkit.medical").joinpath("recipes", "uni4eye.yaml").read_text())
     defaults = {k.removeprefix("encoder."): v for k, v in method_arguments("uni4eye").items()}
     assert recipe["method"] == "uni4eye"
-    for key, value in recipe["model"].items():
+    model = dict(recipe["model"])
+    model.update(model.pop("encoder"))
+    for key, value in model.items():
         assert key in defaults and (tuple(value) if isinstance(value, list) else value) == defaults[key], key

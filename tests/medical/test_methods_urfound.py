@@ -118,7 +118,8 @@ def test_recipe_loads_and_its_image_size_matches_the_high_resolution_target():
     recipe = yaml.safe_load(resources.files("mimkit.medical").joinpath("recipes", "urfound.yaml").read_text())
     model_cfg = recipe["model"]
     assert recipe["method"] == "urfound" and model_cfg["mask_ratio"] == 0.75 and model_cfg["text_mask_ratio"] == 0.5
-    assert recipe["data"]["img_size"] == model_cfg["img_size"] * model_cfg["target_scale"]
+    # transforms.py's RandomResizedCrop(448): the encoder's 224 at the reconstruction's target_scale 2
+    assert model_cfg.pop("encoder")["img_size"] * model_cfg["target_scale"] == 448
     tiny = {**model_cfg, **TINY}
     model = build_method(recipe["method"], **tiny)
     assert model.input_size == (64, 64)
