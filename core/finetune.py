@@ -298,6 +298,7 @@ class DiceMetrics(Metrics):
 
     def compute(self) -> dict:
         total, count, volumes = (t.cpu() for t in self.sums.compute())
+        total, count = total.reshape(-1), count.reshape(-1)  # torchmetrics squeezes one-class states to scalars
         per_class = total / count.clamp_min(1)
         present = count > 0
         return {"dice_mean": float(per_class[present].mean()) if present.any() else float("nan"),
