@@ -300,8 +300,6 @@ def bench(task: str | None = None, root: str | None = None, run: str | None = No
     from mimkit.benchmarks.tasks import list_tasks as registered
     from mimkit.core.runs import load_run, update_metrics
 
-    from . import bench as _  # noqa: F401  (registers the medical tasks)
-
     if list_tasks or not task:
         for entry in registered("medical"):
             print(f"{entry.name:32s} {entry.protocol:12s} {entry.metric:8s} {entry.dataset}")

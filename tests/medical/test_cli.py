@@ -193,7 +193,8 @@ def test_anomaly_command_scores_and_maps(tmp_path, data, capsys):
 
 
 def test_recipes_are_package_data_and_listed(capsys):
-    assert {"hiend_mae", "memmc_mae", "thorax_mae_pretrain", "thorax_mae_finetune", "uni4eye", "urfound"} <= set(RECIPES)
+    expected = {"hiend_mae", "memmc_mae", "thorax_mae_pretrain", "thorax_mae_finetune", "uni4eye", "urfound"}
+    assert expected <= set(RECIPES)
     assert main(["recipes"]) == 0
     listed = capsys.readouterr().out
     assert all(name in listed for name in RECIPES)
@@ -258,7 +259,8 @@ def test_a_recipe_key_the_code_cannot_apply_is_one_line_naming_key_and_file(tmp_
     (["pretrain", "--data", "{organs}", "--out", "{out}", "--modality", "ct", "--hu-window", "300", "100"],
      "--hu-window"),
     (["pretrain", "--data", "{organs}", "--out", "{out}", "--modality", "pet"], "--modality must be one of"),
-    (["finetune", "--run", "{out}", "--data", "{organs}", "--layout", "msd", "--roi", "8"], "applies to pretraining only"),
+    (["finetune", "--run", "{out}", "--data", "{organs}", "--layout", "msd", "--roi", "8"],
+     "applies to pretraining only"),
     (["bench", "--task", "no-such-task", "--root", "{organs}", "--run", "{out}"], "does not exist"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, data, capsys, argv, message):
