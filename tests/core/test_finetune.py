@@ -142,6 +142,19 @@ def test_resumed_run_ends_bit_identical_to_an_uninterrupted_one(tmp_path):
         finetune(tiny_encoder(), train, test, tmp_path / "empty", resume=True, **run)
 
 
+def test_a_finished_run_resumed_with_more_steps_continues_it(tmp_path):
+    # max_steps sets the cosine schedule, so only a constant learning rate (min_lr = lr, no warmup) makes 3 steps
+    # then 3 more the same run as 6 steps
+    train, test, val = patterns(32, 1), patterns(16, 2), patterns(16, 3)
+    run = dict(val_set=val, checkpoint_every=3, val_every=3, **{**FAST, "min_lr": FAST["lr"]})
+    whole = finetune(tiny_encoder(), train, test, tmp_path / "whole", max_steps=6, **run)
+    finetune(tiny_encoder(), train, test, tmp_path / "extended", max_steps=3, **run)
+    extended = finetune(tiny_encoder(), train, test, tmp_path / "extended", max_steps=6, resume=True, **run)
+    assert extended["steps"] == 6 and extended["train_loss"] == whole["train_loss"][3:]
+    first, second = (load_file(tmp_path / name / "model.safetensors") for name in ("whole", "extended"))
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
 # ---------------------------------------------------------------------------------------------- best checkpoint
 def logged_validations(out_dir):
     """(global step, val accuracy) from the CSV log; Lightning logs the 0-based index of the step's batch."""
@@ -210,6 +223,21 @@ def test_saved_model_reloads_with_the_same_logits(tmp_path):
     save_file(encoder.state_dict(), tmp_path / "encoder.safetensors")
     with pytest.raises(CheckpointError, match="not a fine-tuned model"):
         load_finetuned(tmp_path / "encoder.safetensors")
+
+
+def test_a_frozen_encoder_encodes_the_training_split_once_and_learns_the_same_head():
+    train, test = patterns(16, 1), patterns(8, 2)
+    runs = {}
+    for cache in (True, False):
+        encoder, seen = tiny_encoder(), []
+        encoder.patch_embed.register_forward_hook(lambda module, inputs, output: seen.append(len(inputs[0])))
+        row = finetune(encoder, train, test, head="bn_linear", freeze_encoder=True, cache_features=cache,
+                       val_fraction=0, max_steps=6, return_model=True, **FAST)  # the model's copy keeps the hook
+        runs[cache] = row, sum(seen)
+    assert runs[True][1] == 16 + 8 and runs[False][1] == 6 * 8 + 8  # train split once, test once; or every step
+    (cached, _), (uncached, _) = runs[True], runs[False]
+    assert cached["test"] == uncached["test"]
+    assert torch.allclose(cached["model"].head.fc.weight, uncached["model"].head.fc.weight, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------- augmentations
