@@ -212,7 +212,8 @@ def build_tool() -> Tool:
         Command("embed", embed, "write one embedding per image (safetensors or Parquet, with the file names)"),
         Command("reconstruct", reconstruct, "save a reconstruction grid of a run on some images"),
         Command("export", export, "write a run's encoder as a timm state dict"),
-        Command("methods", methods, "list registered methods, or one method's arguments", preprocess=positional("name")),
+        Command("methods", methods, "list registered methods, or one method's arguments",
+                preprocess=positional("name")),
         Command("info", info, "versions, threads, methods; with --run a run's summary"),
     ], epilog="Start with `mimkit demo --out runs/demo`; each command has its own --help.")
 

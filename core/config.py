@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import json
 import logging
 import re
 import sys
@@ -72,8 +73,9 @@ def read_yaml_mapping(path: str | Path) -> dict:
 class Command:
     """One command of a tool: a typed function whose signature is its command line.
 
-    `aliases` spell short flags out as dotted keys ("--max-steps": "--train.max_steps"); a value of None for
-    a flag means "look it up with `alias`", a callable (token, parser_context) -> dotted key. `groups` replace
+    `aliases` spell short flags out as dotted keys ("--max-steps": "--train.max_steps"; "--no-progress":
+    "--train.progress=false" carries its value); `alias(flag, argv)` spells out flags the table does not hold
+    (a method's encoder settings) or returns None, and other flags only turn dashes into underscores. `groups` replace
     a parameter's declared type by a class chosen at parse time (a method's constructor for `model`, a domain's
     data class for `data`): name -> callable(argv) -> (class, method-or-None). `preprocess` rewrites the
     argument list first (`--resume` reads the run's own config.yaml).
@@ -171,10 +173,19 @@ def _expand(argv: list[str], command: Command, bool_keys: set[str], list_keys: s
         elif not values and target[2:] in bool_keys:
             values = ["true"]
         if len(values) > 1 or (len(values) == 1 and target[2:] in list_keys and not values[0].startswith("[")):
-            out += [target, "[" + ", ".join(values) + "]"]
+            out += [target, "[" + ", ".join(_flow_item(v) for v in values) + "]"]
         else:
             out += [target, *values]
     return out
+
+
+def _flow_item(value: str) -> str:
+    """One item of a YAML flow list: numbers and booleans as they are, anything else quoted (a path with ", ")."""
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        parsed = value
+    return value if isinstance(parsed, (int, float, bool)) else json.dumps(value)
 
 
 def _number(token: str) -> bool:
@@ -413,5 +424,6 @@ def set_encoder_setting(model: dict, key: str, value: Any) -> dict:
     return model
 
 
-__all__ = ["Command", "Tool", "add_trainer_arguments", "TRAINER_OPTIONS", "trainer_options", "config_value", "current_config", "plain", "read_yaml_mapping", "quiet_lightning",
+__all__ = ["Command", "Tool", "add_trainer_arguments", "TRAINER_OPTIONS", "trainer_options", "config_value",
+           "current_config", "plain", "read_yaml_mapping", "quiet_lightning",
            "encoder_setting", "set_encoder_setting"]

@@ -22,11 +22,11 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import nn
 
+from .config import trainer_options
 from .encoders import set_fused_attention
 from .errors import ConfigError, TrainingError
 from .methods.base import MIMMethod
 from .registry import build_method
-from .config import TRAINER_OPTIONS, trainer_options
 from .runs import update_metrics, write_config
 
 log = logging.getLogger("mimkit")
