@@ -93,3 +93,21 @@ def train_on_fixed_batch(model, batch: dict, steps: int, lr: float = 1e-3, resee
 def fixed_batch_training():
     """`train_on_fixed_batch`: the "loss falls on fixed data" loop every method test shares."""
     return train_on_fixed_batch
+
+
+def pattern_images(n: int, seed: int, noise: float = 0.05) -> list[dict]:
+    """Four easy classes of 16x16 8-bit grey pictures (stripes both ways, checkerboard, bright left half)."""
+    r = torch.arange(16)
+    stripes = ((r // 2) % 2).float()
+    bases = torch.stack([stripes[:, None].expand(16, 16), stripes[None, :].expand(16, 16),
+                         ((r[:, None] // 4 + r[None, :] // 4) % 2).float(), (r[None, :] < 8).float().expand(16, 16)])
+    labels = torch.arange(n) % 4
+    images = bases[labels] + noise * torch.randn(n, 16, 16, generator=torch.Generator().manual_seed(seed))
+    images = (images.clamp(0, 1) * 255).round() / 255  # 8-bit values: RandAugment's round trip is then exact
+    return [{"image": images[i, None], "label": int(labels[i]), "path": f"image{i}.png"} for i in range(n)]
+
+
+@pytest.fixture(scope="session")
+def patterns():
+    """`pattern_images`: the labelled set the evaluation and fine-tuning tests share."""
+    return pattern_images

@@ -16,29 +16,20 @@ def tiny_encoder(seed=0, **overrides):
     return build_encoder(**{**config, **overrides})
 
 
-def pattern_set(n, seed, noise=0.05):
-    """Four easy classes: horizontal stripes, vertical stripes, checkerboard, bright left half."""
-    r = torch.arange(16)
-    stripes = ((r // 2) % 2).float()
-    bases = torch.stack([stripes[:, None].expand(16, 16), stripes[None, :].expand(16, 16),
-                         ((r[:, None] // 4 + r[None, :] // 4) % 2).float(), (r[None, :] < 8).float().expand(16, 16)])
-    labels = torch.arange(n) % 4
-    images = bases[labels] + noise * torch.randn(n, 16, 16, generator=torch.Generator().manual_seed(seed))
-    return [{"image": images[i, None], "label": int(labels[i]), "path": f"image{i}.png"} for i in range(n)]
 
 
 def state(module):
     return {name: value.clone() for name, value in module.state_dict().items()}
 
 
-def test_knn_is_perfect_on_separated_clusters():
-    result = evaluate(tiny_encoder(), "knn", pattern_set(80, 1), pattern_set(80, 2))
+def test_knn_is_perfect_on_separated_clusters(patterns):
+    result = evaluate(tiny_encoder(), "knn", patterns(80, 1), patterns(80, 2))
     assert result["accuracy"] == 1.0 and result["balanced_accuracy"] == 1.0
     assert result["k"] == 20 and result["num_samples"] == 80
 
 
-def test_knn_is_at_chance_on_random_labels():
-    train, test = pattern_set(300, 1, noise=0.1), pattern_set(300, 2, noise=0.1)
+def test_knn_is_at_chance_on_random_labels(patterns):
+    train, test = patterns(300, 1, noise=0.1), patterns(300, 2, noise=0.1)
     generator = torch.Generator().manual_seed(3)
     for item in train + test:
         item["label"] = int(torch.randint(4, (1,), generator=generator))
@@ -60,10 +51,10 @@ def test_knn_temperature_weighting_changes_the_vote():
     assert torch.allclose(weighted[:, 0], (closest / 0.07).exp())  # exp(similarity / T)
 
 
-def test_linear_probe_learns_with_a_frozen_encoder():
+def test_linear_probe_learns_with_a_frozen_encoder(patterns):
     encoder = tiny_encoder().train()
     before = state(encoder)
-    result = evaluate(encoder, "linear", pattern_set(80, 1), pattern_set(80, 2))
+    result = evaluate(encoder, "linear", patterns(80, 1), patterns(80, 2))
     assert result["accuracy"] >= 0.95
     assert encoder.training  # mode restored
     after = encoder.state_dict()
@@ -85,18 +76,18 @@ def test_linear_probe_head_separates_a_linearly_separable_feature_set():
     assert isinstance(head.norm, nn.BatchNorm1d) and not head.norm.affine
 
 
-def test_linear_probe_is_deterministic_under_a_seed_and_sklearn_agrees():
-    encoder, train, test = tiny_encoder(), pattern_set(40, 1), pattern_set(40, 2)
+def test_linear_probe_is_deterministic_under_a_seed_and_sklearn_agrees(patterns):
+    encoder, train, test = tiny_encoder(), patterns(40, 1), patterns(40, 2)
     first = evaluate(encoder, "linear", train, test, epochs=5, seed=7)
     second = evaluate(encoder, "linear", train, test, epochs=5, seed=7)
     assert first == second
     assert evaluate(encoder, "linear", train, test, method="sklearn")["accuracy"] >= 0.95
 
 
-def test_drop_path_follows_the_linear_rule_on_a_copy():
+def test_drop_path_follows_the_linear_rule_on_a_copy(patterns):
     encoder = tiny_encoder(depth=4)
     before = state(encoder)
-    model = evaluate(encoder, "finetune", pattern_set(8, 1), pattern_set(8, 2), epochs=1, drop_path=0.3,
+    model = evaluate(encoder, "finetune", patterns(8, 1), patterns(8, 2), epochs=1, drop_path=0.3,
                      return_model=True)["model"]
     blocks = model.encoder.blocks
     assert isinstance(blocks[0].drop_path1, nn.Identity) and isinstance(blocks[0].drop_path2, nn.Identity)
@@ -111,10 +102,10 @@ def test_drop_path_follows_the_linear_rule_on_a_copy():
     assert all(torch.equal(before[name], value) for name, value in encoder.state_dict().items())
 
 
-def test_finetune_raises_accuracy_above_chance_and_leaves_the_encoder_alone():
+def test_finetune_raises_accuracy_above_chance_and_leaves_the_encoder_alone(patterns):
     encoder = tiny_encoder()
     before = state(encoder)
-    train, test = pattern_set(48, 1), pattern_set(48, 2)
+    train, test = patterns(48, 1), patterns(48, 2)
     untrained = evaluate(encoder, "finetune", train, test, epochs=1, lr=0.0, batch_size=16)
     result = evaluate(encoder, "finetune", train, test, epochs=6, batch_size=16, base_lr=0.1, warmup_epochs=1)
     assert untrained["accuracy"] <= 0.5
@@ -133,8 +124,8 @@ def test_macro_auc_matches_sklearn_and_skips_constant_classes():
     assert metrics["auc_classes_skipped"] == 1 and metrics["auc_classes_used"] == 2
 
 
-def test_multilabel_linear_probe_reports_auc_and_knn_refuses():
-    train, test = pattern_set(40, 1), pattern_set(40, 2)
+def test_multilabel_linear_probe_reports_auc_and_knn_refuses(patterns):
+    train, test = patterns(40, 1), patterns(40, 2)
     for item in train + test:  # multi-hot: "striped" (classes 0, 1) and "has vertical structure" (1, 3)
         label = item["label"]
         item["label"] = torch.tensor([float(label in (0, 1)), float(label in (1, 3))])
@@ -144,16 +135,16 @@ def test_multilabel_linear_probe_reports_auc_and_knn_refuses():
         evaluate(tiny_encoder(), "knn", train, test)
 
 
-def test_bf16_features_match_fp32():
-    encoder, data = tiny_encoder(), pattern_set(8, 1)
+def test_bf16_features_match_fp32(patterns):
+    encoder, data = tiny_encoder(), patterns(8, 1)
     full, labels = extract_features(encoder, data, precision="fp32", device="cpu")
     half, _ = extract_features(encoder, data, precision="bf16", device="cpu")
     assert half.dtype == torch.float32 and labels.tolist() == [0, 1, 2, 3] * 2
     assert torch.nn.functional.cosine_similarity(full, half).min() > 0.98
 
 
-def test_unknown_protocol_and_option_raise_config_error():
-    encoder, data = tiny_encoder(), pattern_set(8, 1)
+def test_unknown_protocol_and_option_raise_config_error(patterns):
+    encoder, data = tiny_encoder(), patterns(8, 1)
     with pytest.raises(ConfigError, match="knn, linear, finetune"):
         evaluate(encoder, "segmentation", data, data)
     with pytest.raises(ConfigError, match="layer_decay"):

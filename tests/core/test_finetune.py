@@ -31,16 +31,6 @@ def tiny_encoder(**overrides):
     return build_encoder(**{**TINY, **overrides})
 
 
-def patterns(n, seed, noise=0.05):
-    """Four classes of 16x16 8-bit pictures: stripes both ways, checkerboard, bright left half."""
-    r = torch.arange(16)
-    stripes = ((r // 2) % 2).float()
-    bases = torch.stack([stripes[:, None].expand(16, 16), stripes[None, :].expand(16, 16),
-                         ((r[:, None] // 4 + r[None, :] // 4) % 2).float(), (r[None, :] < 8).float().expand(16, 16)])
-    labels = torch.arange(n) % 4
-    images = bases[labels] + noise * torch.randn(n, 16, 16, generator=torch.Generator().manual_seed(seed))
-    images = (images.clamp(0, 1) * 255).round() / 255  # 8-bit values: RandAugment's round trip is then exact
-    return [{"image": images[i, None], "label": int(labels[i])} for i in range(n)]
 
 
 def images_of(items):
@@ -132,7 +122,7 @@ def test_layer_decay_follows_beit_rule_and_biases_norms_tokens_skip_weight_decay
 
 
 # ---------------------------------------------------------------------------------------------- resume
-def test_resumed_run_ends_bit_identical_to_an_uninterrupted_one(tmp_path):
+def test_resumed_run_ends_bit_identical_to_an_uninterrupted_one(tmp_path, patterns):
     train, test, val = patterns(32, 1), patterns(16, 2), patterns(16, 3)
     run = dict(val_set=val, max_steps=6, checkpoint_every=3, val_every=3, **FAST)
     # spoiling the head after step 4 makes the step-3 weights the best: the resumed run must remember that score
@@ -154,7 +144,7 @@ def test_resumed_run_ends_bit_identical_to_an_uninterrupted_one(tmp_path):
         finetune(tiny_encoder(), train, test, tmp_path / "empty", resume=True, **run)
 
 
-def test_a_finished_run_resumed_with_more_steps_continues_it(tmp_path):
+def test_a_finished_run_resumed_with_more_steps_continues_it(tmp_path, patterns):
     # max_steps sets the cosine schedule, so only a constant learning rate (min_lr = lr, no warmup) makes 3 steps
     # then 3 more the same run as 6 steps
     train, test, val = patterns(32, 1), patterns(16, 2), patterns(16, 3)
@@ -180,7 +170,7 @@ def accuracy(model, items):
     return float((predicted == torch.tensor([item["label"] for item in items])).float().mean())
 
 
-def test_best_checkpoint_is_the_best_logged_validation_and_is_the_saved_model(tmp_path):
+def test_best_checkpoint_is_the_best_logged_validation_and_is_the_saved_model(tmp_path, patterns):
     train, test, val = patterns(32, 1), patterns(16, 2), patterns(16, 3)
     row = finetune(tiny_encoder(), train, test, tmp_path, val_set=val, max_steps=8, val_every=2, return_model=True,
                    callbacks=[SpoilAt(5)], **FAST)
@@ -198,7 +188,7 @@ def test_best_checkpoint_is_the_best_logged_validation_and_is_the_saved_model(tm
     assert row["test"]["accuracy"] > 0.25  # not the spoiled last weights
 
 
-def test_validation_split_is_seeded_and_stratified():
+def test_validation_split_is_seeded_and_stratified(patterns):
     data = patterns(40, 1)
     train, val = split_validation(data, 0.2, seed=3)
     again, _ = split_validation(data, 0.2, seed=3)
@@ -209,7 +199,7 @@ def test_validation_split_is_seeded_and_stratified():
 
 
 # ---------------------------------------------------------------------------------------------- save / load
-def test_saved_model_reloads_with_the_same_logits(tmp_path):
+def test_saved_model_reloads_with_the_same_logits(tmp_path, patterns):
     encoder, test = tiny_encoder(), patterns(8, 2)
     row = finetune(encoder, patterns(16, 1), test, tmp_path, head="attentive", head_options={"mlp_ratio": 2.0},
                    val_fraction=0, max_steps=2, return_model=True, **FAST)
@@ -224,7 +214,7 @@ def test_saved_model_reloads_with_the_same_logits(tmp_path):
         load_finetuned(tmp_path / "encoder.safetensors")
 
 
-def test_a_frozen_encoder_encodes_the_training_split_once_and_learns_the_same_head():
+def test_a_frozen_encoder_encodes_the_training_split_once_and_learns_the_same_head(patterns):
     train, test = patterns(16, 1), patterns(8, 2)
     runs = {}
     for cache in (True, False):
@@ -240,7 +230,7 @@ def test_a_frozen_encoder_encodes_the_training_split_once_and_learns_the_same_he
 
 
 # ---------------------------------------------------------------------------------------------- augmentations
-def test_mixup_and_cutmix_give_soft_targets_only_when_named():
+def test_mixup_and_cutmix_give_soft_targets_only_when_named(patterns):
     train, test = patterns(16, 1), patterns(8, 2)
     plain, mixed = Record(), Record()
     row = finetune(tiny_encoder(), train, test, val_fraction=0, max_steps=2, callbacks=[plain], **FAST)
@@ -260,7 +250,7 @@ def test_mixup_and_cutmix_give_soft_targets_only_when_named():
         finetune(tiny_encoder(), train, test, mixup=0.8, max_steps=1, **{**FAST, "batch_size": 3})
 
 
-def test_rand_augment_is_seeded_per_sample_and_reaches_the_training_batches():
+def test_rand_augment_is_seeded_per_sample_and_reaches_the_training_batches(patterns):
     train = patterns(16, 1)
     augment = SampleAugment("rand-m9-mstd0.5-inc1", 0.0, [0.0], [1.0], 16)
     view, plain = TaskView(train, augment=augment), TaskView(train)
@@ -278,7 +268,7 @@ def test_rand_augment_is_seeded_per_sample_and_reaches_the_training_batches():
         SampleAugment("rand-x9", 0.0, [0.0], [1.0], 16)
 
 
-def test_random_erasing_fills_one_box_with_noise():
+def test_random_erasing_fills_one_box_with_noise(patterns):
     image = patterns(1, 1)[0]["image"]
     torch.manual_seed(0)
     import random
@@ -294,7 +284,7 @@ def test_random_erasing_fills_one_box_with_noise():
     assert SampleAugment(None, 0.0, [0.0], [1.0], 16)(image) is image
 
 
-def test_augmentations_that_cannot_apply_are_config_errors_naming_the_setting():
+def test_augmentations_that_cannot_apply_are_config_errors_naming_the_setting(patterns):
     volumes = [{"image": torch.rand(1, 8, 8, 8), "label": i % 2} for i in range(8)]
     encoder3d = tiny_encoder(img_size=8, spatial_dims=3)
     for setting in ("rand_augment", "random_erasing", "cutmix"):
@@ -309,7 +299,7 @@ def test_augmentations_that_cannot_apply_are_config_errors_naming_the_setting():
 
 
 # ---------------------------------------------------------------------------------------------- task kinds
-def test_multi_hot_labels_train_with_bce_and_score_macro_auc():
+def test_multi_hot_labels_train_with_bce_and_score_macro_auc(patterns):
     def multi_hot(items):  # "striped" (classes 0, 1) and "has vertical structure" (1, 3)
         return [{"image": item["image"], "label": torch.tensor([float(item["label"] in (0, 1)),
                                                                  float(item["label"] in (1, 3))])} for item in items]
@@ -324,7 +314,7 @@ def test_multi_hot_labels_train_with_bce_and_score_macro_auc():
     assert row["value"] == round(100 * row["test"]["auc_macro"], 2) and row["test"]["auc_classes_used"] == 2
 
 
-def test_label_maps_switch_to_iou_and_skip_ignored_pixels():
+def test_label_maps_switch_to_iou_and_skip_ignored_pixels(patterns):
     def masks(items):
         out = []
         for item in items:
@@ -392,7 +382,7 @@ with open(sys.argv[2] + f"/row{{os.environ.get('LOCAL_RANK', '0')}}.json", "w") 
 """
 
 
-def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_effective_batch(tmp_path):
+def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_effective_batch(tmp_path, patterns):
     train, test = patterns(40, 1), patterns(24, 2)
     run = dict(max_steps=4, val_every=2, checkpoint_every=2, **FAST)
     single = finetune(tiny_encoder(), train, test, tmp_path / "single", **run)
