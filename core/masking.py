@@ -1,7 +1,8 @@
 """Maskers pick which tokens an encoder sees; schedules change the mask ratio during training.
 
-Every masker hides exactly `round(ratio * N)` tokens per sample, so the visible tokens stack into
-one (B, K) index tensor and an encoder can process visible tokens only.
+Every masker keeps exactly `int(N * (1 - ratio))` tokens per sample (the official MAE, MaskAlign, CropMAE
+and DMJD count; SimMIM's `GridMasker` hides `ceil(ratio * units)` as its code does), so the visible tokens
+stack into one (B, K) index tensor and an encoder can process visible tokens only.
 """
 from __future__ import annotations
 
@@ -86,7 +87,8 @@ class Masker(abc.ABC):
         self.schedule = _as_schedule(mask_ratio)
 
     def num_masked(self, num_tokens: int, step: int | None) -> int:
-        return min(num_tokens - 1, int(round(self.schedule(step) * num_tokens)))
+        """Hidden tokens: N - int(N * (1 - ratio)), the official MAE's `len_keep` (at least one token visible)."""
+        return min(num_tokens - 1, num_tokens - int(num_tokens * (1 - self.schedule(step))))
 
     @abc.abstractmethod
     def __call__(self, batch_size: int, num_tokens: int, *, step: int | None = None,
@@ -167,6 +169,7 @@ class GridMasker(Masker):
     """SimMIM's masking: random masking on a coarser grid of `mask_unit` x `mask_unit` tokens, upsampled.
 
     SimMIM: mask patch 32 px over 4 px... tokens of a 192 px image, ratio 0.6 -> `mask_unit` = 32 / patch.
+    Hides ceil(ratio * units) units, as SimMIM's `MaskGenerator` (`mask_count`).
     """
 
     def __init__(self, mask_ratio=0.6, grid: Sequence[int] = (48, 48), mask_unit: int = 8):
@@ -178,7 +181,7 @@ class GridMasker(Masker):
     def __call__(self, batch_size, num_tokens, *, step=None, scores=None, device=None, generator=None):
         coarse = tuple(g // self.unit for g in self.grid)
         n_coarse = math.prod(coarse)
-        n_masked = int(round(self.schedule(step) * n_coarse))
+        n_masked = math.ceil(self.schedule(step) * n_coarse)
         n_masked = min(max(n_masked, 0), n_coarse - 1)
         noise = torch.rand(batch_size, n_coarse, generator=generator)
         coarse_mask = torch.zeros(batch_size, n_coarse, dtype=torch.bool)
@@ -287,7 +290,7 @@ class SelectiveMasker(Masker):
 
     Wang et al., "Harnessing Massive Satellite Imagery with Efficient Masked Image Modeling" (ICCV 2025,
     arXiv 2406.11933, "Scaling Efficient Masked Image Modeling on Large Remote Sensing Dataset").
-    With K = N - round(mask_ratio * N) visible tokens:
+    With K = int(N * (1 - mask_ratio)) visible tokens:
       1. K // 2 tokens are sampled without replacement with probabilities softmax(`scores`) (HOG-based scores:
          semantically rich patches are picked more often);
       2. the other visible tokens are added in `expansion_rounds` rounds by their highest cosine similarity
@@ -399,7 +402,7 @@ class ChannelPatchMasker(Masker):
 
     Pham et al., "ChA-MAEViT: Unifying Channel-Aware Masked Autoencoders and Multi-Channel Vision Transformers
     for Improved Cross-Channel Learning", NeurIPS 2025. Each call picks a strategy: with probability `p_patch`
-    patch masking only (every channel hides round(mask_ratio * N) random patches), with probability
+    patch masking only (every channel keeps int(N * (1 - mask_ratio)) random patches), with probability
     `p_channel` channel masking only (a random number of whole channels, 0 or 1 to C - 1, hidden; the same
     channels for the whole batch, as in the official code), otherwise both (the union). The paper's two
     settings: alternate (p_patch = p_channel = 0.5, mask_ratio 0.75) and combined (0, 0, mask_ratio 0.25).

@@ -77,8 +77,8 @@ def test_student_encodes_visible_tokens_only_and_alignment_gets_gradients():
     seen = []
     model.encoder.blocks[0].register_forward_pre_hook(lambda m, args: seen.append(args[0].shape))
     out = model({"image": torch.randn(2, 3, 32, 32)})
-    assert seen[0] == (2, 1 + 5, 32)  # class token + 30% of 16 patches (mask ratio 0.7: 11 hidden)
-    assert out.mask.sum(1).tolist() == [11.0, 11.0] and set(out.parts) == {"alignment"}
+    assert seen[0] == (2, 1 + 4, 32)  # class token + int(16 * 0.3) = 4 patches, official MaskAlign's len_keep
+    assert out.mask.sum(1).tolist() == [12.0, 12.0] and set(out.parts) == {"alignment"}
     out.loss.backward()
     grad = model.alignment.grad
     assert grad is not None and bool((grad != 0).all())  # off-diagonal mixing weights learn too
@@ -89,7 +89,7 @@ def test_student_encodes_visible_tokens_only_and_alignment_gets_gradients():
 def test_attention_guided_masking_keeps_what_the_teacher_attends_to():
     model = build(attention_masking=True)
     original = model.teacher.forward
-    focus = [2, 6, 7, 12, 14]
+    focus = [2, 6, 12, 14]  # int(16 * (1 - 0.7)) = 4 kept
 
     def focused(*args, **kwargs):
         out = original(*args, **kwargs)

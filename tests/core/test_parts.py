@@ -56,7 +56,7 @@ def test_sincos_3d_distinguishes_every_position():
 @pytest.mark.parametrize("ratio", [0.5, 0.75, 0.9])
 def test_random_masker_exact_count_and_consistency(ratio):
     m = RandomMasker(ratio)(8, 64, generator=torch.Generator().manual_seed(0))
-    assert torch.all(m.mask.sum(1) == round(ratio * 64))
+    assert torch.all(m.mask.sum(1) == 64 - int(64 * (1 - ratio)))
     assert torch.all(m.mask.gather(1, m.ids_keep) == 0)
     assert torch.all(m.mask.gather(1, m.ids_masked) == 1)
     # ids_restore undoes the [visible, masked] order
@@ -88,7 +88,17 @@ def test_grid_masker_masks_whole_units():
     m = GridMasker(0.6, grid=(8, 8), mask_unit=4)(3, 64)
     units = m.mask.reshape(3, 2, 4, 2, 4).permute(0, 1, 3, 2, 4).reshape(3, 4, 16)
     assert torch.all((units.sum(-1) == 0) | (units.sum(-1) == 16))
-    assert torch.all(m.mask.sum(1) == round(0.6 * 4) * 16)
+    # SimMIM's MaskGenerator hides ceil(0.6 * 4) = 3 of the 4 units (rounding would hide 2)
+    assert torch.all(m.mask.sum(1) == 3 * 16)
+
+
+@pytest.mark.parametrize("ratio, kept", [(0.75, 49), (0.9, 19), (0.985, 2)])
+def test_random_masker_keeps_the_official_count(ratio, kept):
+    # official MAE / MaskAlign / CropMAE / DMJD: len_keep = int(L * (1 - mask_ratio)); 196 tokens of a 224 px image.
+    # 0.9 and 0.985 (CropMAE's 2 visible patches) differ from rounding the hidden count (20 and 3 kept)
+    m = RandomMasker(ratio)(2, 196, generator=torch.Generator().manual_seed(0))
+    assert m.ids_keep.shape == (2, kept)
+    assert torch.all(m.mask.sum(1) == 196 - kept)
 
 
 def test_tube_masker_repeats_along_depth():
@@ -112,7 +122,8 @@ def test_ratio_schedules():
     step = RatioSchedule("step", 0.5, milestones=[10, 20], values=[0.6, 0.8])
     assert [step(s) for s in (0, 10, 19, 25)] == [0.5, 0.6, 0.6, 0.8]
     m = RandomMasker(lin)
-    assert m(1, 100, step=0).mask.sum() == 50 and m(1, 100, step=100).mask.sum() == 90
+    # int(100 * (1 - 0.9)) = int(9.999...) = 9 kept, exactly as the official MAE expression computes it
+    assert m(1, 100, step=0).mask.sum() == 50 and m(1, 100, step=100).mask.sum() == 91
     with pytest.raises(ConfigError):
         RatioSchedule("exponential")
 

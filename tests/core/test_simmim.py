@@ -33,7 +33,7 @@ def test_encoder_sees_all_patches_and_masked_ones_are_the_mask_token():
     masked = out.mask.bool()
     assert torch.allclose(tokens[masked], model.mask_token.detach()[0, 0].expand(int(masked.sum()), -1), atol=1e-6)
     assert not torch.allclose(tokens[~masked][0], model.mask_token.detach()[0, 0])
-    # 60% of the 2x2 coarse mask units (16 of them): round(9.6) = 10 units = 40 of 64 tokens, in 2x2 blocks
+    # 60% of the 2x2 coarse mask units (16 of them): ceil(9.6) = 10 units (SimMIM's count) = 40 of 64 tokens, in 2x2 blocks
     assert out.mask.sum(1).tolist() == [40.0] * 3
     blocks = out.mask.reshape(3, 4, 2, 4, 2)
     assert torch.all(blocks.amax((2, 4)) == blocks.amin((2, 4)))

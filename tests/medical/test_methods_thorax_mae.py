@@ -28,7 +28,8 @@ def test_default_mask_hides_90_percent_of_tokens():
     assert model.encoder.embed_dim == 384 and len(model.encoder.blocks) == 12 and len(model.decoder.blocks) == 2
     out = model({"image": torch.rand(2, 3, 224, 224)})
     assert out.mask.shape == (2, 196)
-    assert out.mask.sum(1).tolist() == [176.0, 176.0]  # round(0.9 * 196) hidden, 20 visible
+    # MAE's len_keep = int(196 * (1 - 0.9)) = int(19.59...) = 19 visible, 177 hidden
+    assert out.mask.sum(1).tolist() == [177.0, 177.0]
     args = method_arguments("thorax_mae")
     assert args["mask_ratio"] == 0.9 and args["norm_pix_loss"] is False and args["decoder_depth"] == 2
 
@@ -41,7 +42,7 @@ def test_pretrain_recipe_loads_and_builds_the_method():
     encoder = {**pre["model"]["encoder"], "img_size": 32, "embed_dim": 32, "depth": 1, "num_heads": 2}
     model = build_method(pre["method"], **{**pre["model"], "encoder": encoder, "decoder_embed_dim": 32,
                                            "decoder_num_heads": 2})
-    assert model.masker.num_masked(16, None) == 14  # the recipe's 90% on a 4 x 4 token grid
+    assert model.masker.num_masked(16, None) == 15  # the recipe's 90% on a 4 x 4 grid: int(1.6) = 1 kept
 
 
 def test_finetune_recipe_values_and_names():

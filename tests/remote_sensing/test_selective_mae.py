@@ -36,7 +36,7 @@ def test_token_counts_through_encoder_and_decoder_match_the_ratios():
     model.masker = lambda *a, **k: masks.append(masker(*a, **k)) or masks[-1]
     out = model({"image": torch.randn(2, 3, 32, 32)})
     n = 64
-    visible = n - round(0.85 * n)                          # 10 of 64
+    visible = int(n * (1 - 0.85))                          # 9 of 64, the official int(N * keep_rate)
     assert encoder_in == [1 + visible]
     assert decoder_q == [round(0.25 * n)] * 2 and decoder_kv == [1 + visible] * 2
     assert torch.all(out.mask.sum(1) == n - visible)
