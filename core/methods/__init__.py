@@ -8,3 +8,4 @@ from . import maskalign  # noqa: F401
 from . import mrmae  # noqa: F401
 from . import mixedae  # noqa: F401
 from . import maskembed  # noqa: F401
+from . import maskdcpt  # noqa: F401
