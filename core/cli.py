@@ -1,4 +1,4 @@
-"""The `mimkit` command: demo, pretrain, evaluate, finetune, embed, reconstruct, export, methods, info.
+"""The `mimkit` command: demo, pretrain, evaluate, finetune, embed, autoencoder, reconstruct, export, methods, info.
 
 Each command is a typed function (the Python API's, core.api, for the main ones); core.config derives its
 flags, `--config FILE`, `--print_config` and dotted overrides from it. The short flags of earlier versions
@@ -194,6 +194,7 @@ def positional(name: str) -> Callable[[list[str]], list[str]]:
 
 def build_tool() -> Tool:
     from .api import embed, evaluate, finetune
+    from .autoencoders import train_autoencoder
     from .data import ImageFolderData
     from .demo import run_demo
 
@@ -210,6 +211,8 @@ def build_tool() -> Tool:
                          "--no-progress": "--finetune.progress=false"},
                 preprocess=resume_from_run),
         Command("embed", embed, "write one embedding per image (safetensors or Parquet, with the file names)"),
+        Command("autoencoder", train_autoencoder, "train a small KL autoencoder on your images: LMD's first stage",
+                aliases={"--no-progress": "--progress=false"}),
         Command("reconstruct", reconstruct, "save a reconstruction grid of a run on some images"),
         Command("export", export, "write a run's encoder as a timm state dict"),
         Command("methods", methods, "list registered methods, or one method's arguments",

@@ -44,18 +44,34 @@ class Mask:
 
 # --------------------------------------------------------------------------- schedules
 class RatioSchedule:
-    """Mask ratio as a function of the training step."""
+    """Mask ratio as a function of the training step.
+
+    Kinds: constant; linear (start -> end); cosine (half-cosine start -> end); step (`values` from `milestones`
+    on); piecewise (linear between `values` at `knots`, fractions of `total_steps`); diffusion_cosine (start ->
+    end along the improved-DDPM cosine curve over the first `ramp` of training, then end: LMD's default).
+    """
+
+    KINDS = ("constant", "linear", "cosine", "step", "piecewise", "diffusion_cosine")
 
     def __init__(self, kind: str = "constant", start: float = 0.75, end: float | None = None,
-                 total_steps: int = 1, milestones: Sequence[int] = (), values: Sequence[float] = ()):
-        if kind not in ("constant", "linear", "cosine", "step"):
-            raise ConfigError(f"mask-ratio schedule must be constant, linear, cosine or step, got {kind!r}")
+                 total_steps: int = 1, milestones: Sequence[int] = (), values: Sequence[float] = (),
+                 knots: Sequence[float] = (), ramp: float = 1.0):
+        if kind not in self.KINDS:
+            raise ConfigError(f"mask-ratio schedule must be one of {', '.join(self.KINDS)}, got {kind!r}")
         if kind == "step" and len(values) != len(milestones):
             raise ConfigError("a step schedule needs one value per milestone")
+        knots = [float(k) for k in knots]
+        if kind == "piecewise" and (len(knots) < 2 or len(knots) != len(values) or knots != sorted(knots)
+                                    or knots[0] != 0.0 or knots[-1] > 1.0):
+            raise ConfigError(f"a piecewise schedule needs ascending knots from 0 to at most 1 (fractions of "
+                              f"training), one value each; got knots {knots} and values {list(values)}")
+        if kind == "diffusion_cosine" and not 0.0 < float(ramp) <= 1.0:
+            raise ConfigError(f"ramp (the share of training the ratio grows over) must be in (0, 1], got {ramp}")
         self.kind, self.start = kind, float(start)
         self.end = float(start if end is None else end)
         self.total_steps = max(1, int(total_steps))
         self.milestones, self.values = list(milestones), [float(v) for v in values]
+        self.knots, self.ramp = knots, float(ramp)
 
     def __call__(self, step: int | None) -> float:
         if step is None or self.kind == "constant":
@@ -65,11 +81,28 @@ class RatioSchedule:
             return self.start + (self.end - self.start) * t
         if self.kind == "cosine":
             return self.end + (self.start - self.end) * 0.5 * (1 + math.cos(math.pi * t))
+        if self.kind == "piecewise":
+            for (k0, v0), (k1, v1) in zip(zip(self.knots, self.values), zip(self.knots[1:], self.values[1:])):
+                if t < k1:
+                    return v0 + (v1 - v0) * (t - k0) / (k1 - k0)
+            return self.values[-1]
+        if self.kind == "diffusion_cosine":
+            # LMD's engine_pretrain.py: the curve spans int(ramp * total) steps, s = 0.008 (Nichol & Dhariwal 2021)
+            ramp_steps = max(1, int(self.ramp * self.total_steps))
+            u = min(max(step / ramp_steps, 0.0), 1.0)
+            return self.start + (self.end - self.start) * (1.0 - improved_ddpm_alpha_bar(u))
         ratio = self.start
         for milestone, value in zip(self.milestones, self.values):
             if step >= milestone:
                 ratio = value
         return ratio
+
+
+def improved_ddpm_alpha_bar(u: float, s: float = 0.008) -> float:
+    """The improved-DDPM cosine curve cos^2(((u + s) / (1 + s)) pi / 2), normalised to 1 at u = 0."""
+    def f(x: float) -> float:
+        return math.cos((x + s) / (1 + s) * math.pi / 2) ** 2
+    return f(u) / f(0.0)
 
 
 def _as_schedule(mask_ratio: float | RatioSchedule) -> RatioSchedule:

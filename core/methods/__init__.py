@@ -9,3 +9,4 @@ from . import mrmae  # noqa: F401
 from . import mixedae  # noqa: F401
 from . import maskembed  # noqa: F401
 from . import maskdcpt  # noqa: F401
+from . import lmd  # noqa: F401
