@@ -1,1 +1,3 @@
 """mimkit.multimodal methods; importing this package registers them."""
+from . import m3ae  # noqa: F401
+from . import tip  # noqa: F401
