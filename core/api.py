@@ -59,6 +59,10 @@ def pretrain(data: ImageFolderData, out: str, method: str | None = None, model: 
     train = train.for_data(len(dataset))
     if "total_steps" in method_arguments(method) and model.get("total_steps") is None:
         model["total_steps"] = train.max_steps  # schedules inside a method (SelectiveMAE) span the whole run
+    stats = getattr(dataset, "stats", None)
+    if "data_mean" in method_arguments(method) and model.get("data_mean") is None and stats is not None:
+        # a teacher converts the loader's normalisation to its own (MaskAlign's forward_clip)
+        model["data_mean"], model["data_std"] = ([float(v) for v in s] for s in stats)
     skipped = len(getattr(dataset, "skipped", ()))
     given = current_config.get() or {}  # the command line's own configuration (its trainer section as written)
     run_config = {"method": method, "model": plain(model), "data": plain(data), "train": plain(train),

@@ -23,6 +23,8 @@ class MaskAlign(MIMMethod):
     class token and the visible positions, over the teacher's last `aligned_layers` blocks. The visible
     tokens are drawn from the teacher's class-token attention (attention-guided masking) or at random.
     Defaults: the README's ViT-B recipe (github.com/OpenDriveLab/maskalign) with a CLIP ViT-B/16 teacher.
+    `data_mean` / `data_std` are the loader's normalisation (filled in from the data by `pretrain`): the teacher
+    converts its input to its own statistics, as the official `forward_clip` converts ImageNet to CLIP's.
     """
 
     def __init__(self, encoder: EncoderConfig = EncoderConfig(drop_path_rate=0.1),  # README: ViT-B, --drop_path 0.1
@@ -32,12 +34,13 @@ class MaskAlign(MIMMethod):
                  teacher_kwargs: dict | None = None, allow_random_teacher: bool = False,
                  aligned_layers: int = 5,  # README: --loss_weights top5
                  attention_masking: bool = True,  # README: --mask_type attention
-                 alignment_init: float = 0.01):  # models_pretrain.py: eye(depth) + 0.01
+                 alignment_init: float = 0.01,  # models_pretrain.py: eye(depth) + 0.01
+                 data_mean: list[float] | None = None, data_std: list[float] | None = None):
         super().__init__()
         self.encoder = enc = self.build_encoder(encoder)
         self.teacher = build_teacher(teacher, teacher_weights, img_size=teacher_img_size or enc.img_size,
                                      in_chans=enc.in_chans, allow_random=allow_random_teacher,
-                                     model_kwargs=teacher_kwargs)
+                                     model_kwargs=teacher_kwargs, data_mean=data_mean, data_std=data_std)
         t = self.teacher
         if t.depth is None:
             raise ConfigError("MaskAlign aligns per-layer hidden states: its teacher must be a ViT")

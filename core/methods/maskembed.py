@@ -48,7 +48,8 @@ class MaskEmbed(MIMMethod):
     The student starts as a copy of the teacher (`student_init="teacher"`), or from a weights file.
     Defaults: the reference's ViT-B recipe (github.com/iancovert/locality-alignment, configs/mae-vit-b.yaml,
     scripts/train.py). The reference student soft-caps attention logits at 30 for stability; mimkit's
-    encoder does not.
+    encoder does not. `data_mean` / `data_std`: the loader's normalisation (filled in by `pretrain`); the
+    teacher converts its input to its own statistics.
     """
 
     def __init__(self, encoder: EncoderConfig = EncoderConfig(),  # reference: ViT-B/16
@@ -64,11 +65,13 @@ class MaskEmbed(MIMMethod):
                  decoder_init_values: float = 1e-6,
                  mask_sampling: str = "uniform",  # reference: uniform keep fraction per mask
                  antithetical: bool = True,  # reference: each mask's complement too
-                 include_null: bool = True):  # reference: the empty mask too (predict the full-image output)
+                 include_null: bool = True,  # reference: the empty mask too (predict the full-image output)
+                 data_mean: list[float] | None = None, data_std: list[float] | None = None):
         super().__init__()
         self.encoder = enc = self.build_encoder(encoder)
         self.teacher = build_teacher(teacher, teacher_weights, img_size=enc.img_size, in_chans=enc.in_chans,
-                                     allow_random=allow_random_teacher, model_kwargs=teacher_kwargs)
+                                     allow_random=allow_random_teacher, model_kwargs=teacher_kwargs,
+                                     data_mean=data_mean, data_std=data_std)
         t = self.teacher
         if t.depth is None or t.grid != tuple(enc.grid) or t.num_prefix_tokens != enc.num_prefix_tokens:
             raise ConfigError(f"MaskEmbed needs a ViT teacher with the student's token grid {tuple(enc.grid)} and "

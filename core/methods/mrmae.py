@@ -28,6 +28,7 @@ class MRMAE(MIMMethod):
     the abstract are this implementation's and marked so: one teacher, the teacher's final patch tokens
     whitened per token (as MaskAlign does) and an MSE mimic loss of weight 1. `focused_mimicking` draws the
     visible tokens from the teacher's class-token attention (the paper's "focused mimicking"; off by default).
+    `data_mean` / `data_std`: the loader's normalisation (filled in by `pretrain`); the teacher sees its own.
     """
 
     def __init__(self, encoder: EncoderConfig = EncoderConfig(),  # "MR-MAE base": ViT-B/16
@@ -38,12 +39,13 @@ class MRMAE(MIMMethod):
                  teacher_weights: str | None = None, teacher_img_size: int | None = None,
                  teacher_kwargs: dict | None = None, allow_random_teacher: bool = False,
                  mimic_weight: float = 1.0,  # this implementation's choice
-                 focused_mimicking: bool = False):
+                 focused_mimicking: bool = False,
+                 data_mean: list[float] | None = None, data_std: list[float] | None = None):
         super().__init__()
         self.encoder = enc = self.build_encoder(encoder)
         self.teacher = build_teacher(teacher, teacher_weights, img_size=teacher_img_size or enc.img_size,
                                      in_chans=enc.in_chans, allow_random=allow_random_teacher,
-                                     model_kwargs=teacher_kwargs)
+                                     model_kwargs=teacher_kwargs, data_mean=data_mean, data_std=data_std)
         if self.teacher.grid is not None and self.teacher.grid != tuple(enc.grid):
             raise ConfigError(f"the teacher's token grid {self.teacher.grid} differs from the student's "
                               f"{tuple(enc.grid)}; set teacher_img_size so that they match")

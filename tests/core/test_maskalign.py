@@ -111,3 +111,37 @@ def test_loss_falls_on_fixed_data(fixed_batch_training):
     run = fixed_batch_training(model, {"image": images}, steps=30, reseed=4)  # a few fixed masks
     assert run.last(5) < 0.7 * run.first(5)
     assert all(torch.equal(a, b) for a, b in zip(teacher_before, model.teacher.parameters()))
+
+
+IMAGENET = dict(data_mean=[0.485, 0.456, 0.406], data_std=[0.229, 0.224, 0.225])
+TIMM_TEACHER = dict(teacher="vit_tiny_patch16_224", allow_random_teacher=True, aligned_layers=2,
+                    teacher_kwargs=dict(patch_size=8, embed_dim=32, depth=2, num_heads=2))
+
+
+def test_teacher_sees_its_own_normalisation_not_the_loaders():
+    # official MaskAlign's forward_clip turns ImageNet-normalised batches into CLIP-normalised ones
+    model = build(**TIMM_TEACHER, **IMAGENET)
+    cfg = model.teacher.model.pretrained_cfg
+    assert tuple(cfg["mean"]) != tuple(IMAGENET["data_mean"])
+    seen = []
+    model.teacher.model.patch_embed.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    pixels = torch.rand(2, 3, 32, 32)
+    view = lambda v: torch.tensor(v).view(1, 3, 1, 1)  # noqa: E731
+    model({"image": (pixels - view(IMAGENET["data_mean"])) / view(IMAGENET["data_std"])})
+    assert torch.allclose(seen[0], (pixels - view(cfg["mean"])) / view(cfg["std"]), atol=1e-5)
+
+
+def test_pretrain_gives_the_teacher_the_datas_statistics(tmp_path, make_pngs):
+    import yaml
+
+    from mimkit.core.api import pretrain
+    from mimkit.core.train import TrainConfig
+
+    image_folder = make_pngs(tmp_path / "images", 8, channels=3)
+    train = TrainConfig(max_steps=1, batch_size=4, num_workers=0, progress=False, accelerator="cpu")
+    pretrain(data=str(image_folder), out=str(tmp_path / "run"), method="maskalign",
+             model={**STUDENT, **TIMM_TEACHER}, train=train)
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert config["data"]["mean"] is not None
+    assert config["model"]["data_mean"] == config["data"]["mean"]
+    assert config["model"]["data_std"] == config["data"]["std"]
