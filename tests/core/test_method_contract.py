@@ -22,6 +22,7 @@ TEACHER = dict(teacher="vit_tiny_patch16_224", allow_random_teacher=True,
 # what a method needs beyond the tiny encoder and decoder
 EXTRA = {
     "cae": dict(regressor_depth=1),
+    "gm_df": dict(text_width=32, text_depth=1, text_heads=2, context_length=24, text_embed_dim=32),
     "hiend_mae": dict(decoder_layers=(2, 1), decoder_self_depth=1),
     "maskalign": dict(**TEACHER, aligned_layers=2),
     "maskembed": dict(**TEACHER, student_init="random"),
@@ -29,8 +30,13 @@ EXTRA = {
     "mrmae": TEACHER,
     "simmim": dict(mask_patch_size=16),
     "smarties": dict(in_chans=None, sensor="rgb"),
+    "tip": dict(image_encoder="vit", categorical_sizes=[3, 4], num_continuous=2, tabular_embed_dim=32, tabular_depth=1,
+                multimodal_embed_dim=32, multimodal_depth=1, tabular_num_heads=2, projection_dim=16),
     "uni4eye": dict(volume_size=16, volume_patch_size=8),
     "urfound": dict(text_width=32, text_depth=1, text_num_heads=2, context_length=24),
+    # random judges (tests only), a 3-level image decoder for 8-pixel patches, a tiny discriminator
+    "vec2face": dict(identity_network="random", perceptual_net="squeeze", perceptual_backbone="random", z_channels=16,
+                     decoder_channels=16, channel_multipliers=(1, 1, 2, 2), discriminator_dims=(8, 16)),
 }
 EXTRA_3D = {"simmim": dict(mask_patch_size=8)}  # 16^3 volumes of 8^3 patches: mask single patches
 # methods whose 2D-configured encoder also takes 3D volumes (Uni4Eye's unified patch embedding)
@@ -56,6 +62,9 @@ def batch(name: str, cfg: dict, volume: bool = False, seed: int = 0) -> dict:
     out = {"image": torch.rand(*shape, generator=g)}
     if name == "urfound":
         out["text"] = ["A fundus photograph of glaucoma", "An OCT image shows drusen"]
+    if name == "tip":  # a table row per image: 2 categorical columns (3 and 4 categories), 2 continuous, one missing
+        out["tabular"] = torch.tensor([[2, 0, 0.5, -1.0], [1, 3, -0.2, 0.7]])
+        out["tabular_missing"] = torch.tensor([[False, False, True, False], [False, False, False, False]])
     return out
 
 
