@@ -10,3 +10,4 @@ from . import mixedae  # noqa: F401
 from . import maskembed  # noqa: F401
 from . import maskdcpt  # noqa: F401
 from . import lmd  # noqa: F401
+from . import robustmae  # noqa: F401
