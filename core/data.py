@@ -495,14 +495,20 @@ class ImageFolderData:
     def build(self, model: dict, method: str) -> "ImageFolderDataset":
         """The dataset for a method of these `model` settings; the measured mean/std are kept on `self`."""
         from .config import encoder_setting
+        from .registry import method_class
 
         if self.root is None:
             raise ConfigError("no data given: pass --data DIR (a folder of images)")
+        img_size = encoder_setting(model, "img_size", method)
+        views = getattr(method_class(method), "loader_transform", None)  # a method that cuts its own views (CropMAE)
+        if views is not None and (tuple(self.crop_scale) != (0.2, 1.0) or not self.hflip):
+            raise ConfigError(f"{method} makes its own crops and flips from the full image: leave data.crop_scale and "
+                              f"data.hflip unset (got {list(self.crop_scale)} and {self.hflip})")
         dataset = ImageFolderDataset(
-            self.root, img_size=encoder_setting(model, "img_size", method), in_chans=encoder_setting(model, "in_chans"),
+            self.root, img_size=img_size, in_chans=encoder_setting(model, "in_chans"),
             patch_size=encoder_setting(model, "patch_size", method),
-            transform=mae_train_transform(encoder_setting(model, "img_size", method), scale=self.crop_scale,
-                                          hflip=self.hflip),
+            transform=views(model, img_size) if views is not None else
+            mae_train_transform(img_size, scale=self.crop_scale, hflip=self.hflip),
             mean=self.mean, std=self.std, labelled=False, strict=self.strict)
         self.mean, self.std = [float(v) for v in dataset.stats[0]], [float(v) for v in dataset.stats[1]]
         return dataset

@@ -56,7 +56,7 @@ def test_masked_view_keeps_the_expected_number_of_tokens():
     seen = []
     cropmae.encoder.blocks[0].register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape)))
     out = cropmae({"image": torch.rand(3, 3, 40, 40)})
-    # 64 tokens: the global view whole, the local view at 98.5% -> round(63.04) = 63 hidden, 1 visible
+    # 64 tokens: the global view whole, the local view at 98.5% -> int(64 * 0.015) = 0 kept, raised to 1 visible
     assert seen == [(3, 65, 32), (3, 2, 32)]
     assert torch.all(out.mask.sum(1) == 63) and out.pred.shape == (3, 64, 48)
     # pictures show the local view, the one that is predicted
@@ -79,5 +79,62 @@ def test_loss_falls_on_fixed_data(fixed_batch_training):
     torch.manual_seed(0)
     cropmae = build_method("cropmae", **{**TINY, "mask_ratio": 0.9})
     images = torch.nn.functional.interpolate(torch.rand(8, 3, 8, 8), size=32, mode="bilinear")
-    run = fixed_batch_training(cropmae, {"image": images}, steps=40)
+    run = fixed_batch_training(cropmae, {"image": images}, steps=80)  # new random views every step
     assert run.last(5) < 0.7 * run.first(5)
+
+
+def test_official_count_two_visible_patches_of_196():
+    # paper and official code: int(196 * (1 - 0.985)) = 2 visible patches (rounding the hidden count gave 3)
+    cropmae = build_method("cropmae", img_size=224, patch_size=16, embed_dim=32, depth=1, num_heads=2,
+                           decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
+    seen = []
+    cropmae.encoder.blocks[0].register_forward_hook(lambda m, args, out: seen.append(args[0].shape[1]))
+    cropmae({"image": torch.rand(1, 3, 224, 224)})
+    assert seen == [1 + 196, 1 + 2]
+
+
+def test_official_decoder_block_is_post_norm_cross_ffn_self():
+    from mimkit.core.methods.cropmae import CropMAEDecoderBlock
+
+    cropmae = build_method("cropmae", **TINY)
+    block = cropmae.decoder_blocks[0]
+    assert isinstance(block, CropMAEDecoderBlock)
+    assert block.ffn[0].out_features == 2048 and block.cross_attn.dropout == 0.1  # official dim_feedforward, dropout
+    order = []
+    for name in ("cross_attn", "ffn", "self_attn", "norm_self"):
+        getattr(block, name).register_forward_hook(lambda m, a, o, name=name: order.append(name))
+    block.eval()
+    out = block(torch.randn(2, 5, 32), torch.randn(2, 7, 32))
+    assert order == ["cross_attn", "ffn", "self_attn", "norm_self"]
+    # post-norm: the block's output is layer-normalised (unit LayerNorm at initialisation)
+    assert torch.allclose(out.mean(-1), torch.zeros(2, 5), atol=1e-5)
+    assert torch.allclose(out.std(-1, unbiased=False), torch.ones(2, 5), atol=1e-3)
+    prenorm = build_method("cropmae", **TINY, decoder_block="prenorm").decoder_blocks[0]
+    assert not isinstance(prenorm, CropMAEDecoderBlock)
+
+
+def test_loader_cuts_the_views_from_the_full_resolution_image(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from mimkit.core.data import ImageFolderData
+
+    # a 1-pixel checkerboard at 128 px: a view cut from the full resolution keeps it, one cut from an image
+    # first resized to 32 px would be flat grey
+    board = ((np.indices((128, 128)).sum(0) % 2) * 255).astype(np.uint8)
+    for i in range(2):
+        Image.fromarray(np.stack([board] * 3, -1)).save(tmp_path / f"board_{i}.png")
+    model = {"img_size": 32, "patch_size": 4, "global_scale": (1 / 16, 1 / 16), "local_scale": (1.0, 1.0),
+             "aspect_ratio": (1.0, 1.0), "flip_prob": 0.0}
+    data = ImageFolderData(root=str(tmp_path), mean=[0.5] * 3, std=[0.5] * 3)
+    sample = data.build(model, "cropmae")[0]["image"]
+    assert sample.shape == (3, 32, 64)  # (global | local) side by side
+    global_view, local_view = sample[..., :32], sample[..., 32:]
+    assert global_view.std() > 0.9  # the checkerboard at native resolution (values -1 and 1)
+    assert torch.allclose(local_view, global_view, atol=1e-5)  # local scale 1: the local view is the global view
+    cropmae = build_method("cropmae", **TINY)
+    views = cropmae.views(sample[None])
+    assert torch.equal(views[0][0], global_view) and torch.equal(views[1][0], local_view)
+    # the generic crop and flip are not applied on top of CropMAE's own views
+    with pytest.raises(ConfigError, match="crop_scale"):
+        ImageFolderData(root=str(tmp_path), crop_scale=(0.5, 1.0)).build(model, "cropmae")
