@@ -14,6 +14,7 @@ import contextvars
 import dataclasses
 import json
 import logging
+import math
 import re
 import sys
 import warnings
@@ -66,6 +67,78 @@ def read_yaml_mapping(path: str | Path) -> dict:
     if not isinstance(config, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections, found {type(config).__name__}")
     return config
+
+
+# ------------------------------------------------------------------------------------------------ numbers
+# What a numeric setting may hold, by its name (the last part of its dotted key); `RANGE_BY_KEY` overrides a name
+# for one key. A list (img_size [32, 32], betas) is checked item by item; None means "not set" and passes.
+RANGES: dict[str, tuple[str, ...]] = {
+    "at least 1": ("batch_size", "eval_batch_size", "max_steps", "accumulate_grad_batches", "devices", "num_nodes",
+                   "checkpoint_every", "log_every", "val_every", "k", "count", "labels_per_class", "img_size",
+                   "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "decoder_embed_dim",
+                   "decoder_num_heads", "stats_images", "tile_size"),
+    "at least 0": ("num_workers", "warmup_steps", "warmup_epochs", "picture_every", "seed", "min_lr", "weight_decay",
+                   "decoder_depth", "mixup", "cutmix"),
+    "above 0": ("epochs", "max_time", "base_lr", "lr", "mlp_ratio"),
+    "in [0, 1)": ("mask_ratio", "drop_path_rate", "drop_path", "betas", "label_smoothing", "momentum"),
+    "in [0, 1]": ("mixup_prob", "mixup_switch_prob", "random_erasing"),
+    "in (0, 1]": ("layer_decay", "crop_pct", "crop_scale"),
+}
+RANGE_BY_KEY = {"finetune.max_steps": "at least 0"}  # fine-tuning: 0 steps scores the untrained head
+_RANGE_OF_NAME = {name: rule for rule, names in RANGES.items() for name in names}
+_INTEGER_RULES = ("at least 1", "at least 0")
+
+
+def range_rule(key: str) -> str | None:
+    """The range a numeric setting must lie in ("at least 1", "in [0, 1)", ...), or None when it has none."""
+    return RANGE_BY_KEY.get(key) or _RANGE_OF_NAME.get(key.rsplit(".", 1)[-1])
+
+
+def _in_range(value: float, rule: str) -> bool:
+    if not math.isfinite(value):
+        return False
+    return {"at least 1": value >= 1, "at least 0": value >= 0, "above 0": value > 0, "in [0, 1)": 0 <= value < 1,
+            "in [0, 1]": 0 <= value <= 1, "in (0, 1]": 0 < value <= 1}[rule]
+
+
+def check_number(flag: str, value: Any, rule: str | None = None) -> None:
+    """ConfigError naming `flag` when `value` (a number or a list of numbers) lies outside `rule` (range_rule's)."""
+    rule = rule or range_rule(flag.lstrip("-"))
+    if rule is None or value is None:
+        return
+    for item in (value if isinstance(value, (list, tuple)) else [value]):
+        if isinstance(item, bool) or not isinstance(item, (int, float)):
+            continue
+        if not _in_range(float(item), rule) or (rule in _INTEGER_RULES and float(item) != int(item)):
+            kind = "an integer" if rule in _INTEGER_RULES else "a number"
+            raise ConfigError(f"{flag} must be {kind} {rule}, found {value}")
+
+
+def check_numbers(config: dict, command: "Command", argv: Sequence[str]) -> None:
+    """Every numeric value of a parsed configuration within its range; the error names the flag (its short form
+    when it has one) and the config file that set it."""
+    short = {target.split("=")[0]: flag for flag, target in command.aliases.items() if flag != target}
+
+    def walk(node: Any, prefix: str) -> None:
+        if not isinstance(node, dict):
+            return
+        for key, value in node.items():
+            dotted = f"{prefix}{key}"
+            if isinstance(value, dict):
+                walk(value, dotted + ".")
+                continue
+            try:
+                check_number(f"--{dotted}", value, range_rule(dotted))
+            except ConfigError as error:
+                flag = short.get(f"--{dotted}")
+                message = str(error).replace(f"--{dotted}", f"{flag} ({dotted})" if flag else f"--{dotted}", 1)
+                given = any(t.split("=")[0] in (f"--{dotted}", flag) for t in argv)
+                holders = [str(p) for p in _config_files(argv) if _has_key(read_yaml_mapping(p), dotted)]
+                if holders and not given:
+                    message += f" (in {holders[-1]})"
+                raise ConfigError(message) from None
+
+    walk(config, "")
 
 
 # ------------------------------------------------------------------------------------------------ commands
@@ -257,6 +330,8 @@ class Tool:
             return 2
         except BrokenPipeError:  # output piped into `head` and the like
             return 0
+        except SystemExit as stop:  # a command that decides its own exit status (a failed check)
+            return stop.code if isinstance(stop.code, int) else 1
         except KeyboardInterrupt:
             print(f"{self.prog}: interrupted; --resume continues from the last checkpoint", file=sys.stderr)
             return 130
@@ -282,6 +357,7 @@ class Tool:
             return int(stop.code or 0)
         dump = yaml.safe_load(parser.dump(config, skip_none=False, skip_check=True))
         dump.pop("config", None)
+        check_numbers(dump, command, argv)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
@@ -424,6 +500,6 @@ def set_encoder_setting(model: dict, key: str, value: Any) -> dict:
     return model
 
 
-__all__ = ["Command", "Tool", "add_trainer_arguments", "TRAINER_OPTIONS", "trainer_options", "config_value",
+__all__ = ["Command", "Tool", "check_number", "check_numbers", "range_rule", "add_trainer_arguments", "TRAINER_OPTIONS", "trainer_options", "config_value",
            "current_config", "plain", "read_yaml_mapping", "quiet_lightning",
            "encoder_setting", "set_encoder_setting"]
