@@ -8,6 +8,9 @@ the predicted latents reconstructs the masked patches.
 
 The paper's first version reconstructed DALL-E tokens; here the decoder regresses (normalised) pixels, as
 the issue asks: loss = reconstruction + 2 x alignment (the official `--align_loss_weight 2`).
+The regressor block is the official `RegressorBlock` (the cross-attention result is layer-normalised on the
+residual stream itself before the MLP); regressor and decoder use drop path rising linearly to
+`decoder_drop_path_rate` (official: --drop_path 0.1 for both). Official keys have no bias; ours do (a small departure).
 """
 from __future__ import annotations
 
@@ -15,11 +18,13 @@ import math
 
 import torch
 import torch.nn.functional as F
+from timm.layers import DropPath, LayerScale, Mlp
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from ..decoders import CrossAttentionBlock
+from ..decoders import CrossAttention, CrossAttentionBlock
 from ..encoders import EncoderConfig, LayerNorm, gather_tokens, init_weights
+from ..errors import ConfigError
 from ..masking import BlockMasker, Mask, RatioSchedule
 from ..registry import register_method
 from ..targets import PixelTarget
@@ -27,13 +32,42 @@ from ..tokens import sincos_pos_embed
 from .base import MIMMethod, MIMOutput
 
 
+def drop_path_rates(rate: float, depth: int) -> list[float]:
+    """Drop-path rate per block, rising linearly from 0 to `rate` (CAE's torch.linspace(0, drop_path, depth))."""
+    return [float(r) for r in torch.linspace(0, rate, depth)] if depth else []
+
+
+class CAERegressorBlock(nn.Module):
+    """The official CAE `RegressorBlock`: x = q + cross_attn(LN(q + pos_q), LN(kv + pos_k), LN(kv));
+    x = LN(x) (the residual stream itself is re-normalised); x = x + MLP(x). Layer scale on both branches."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, init_values: float | None = None,
+                 drop_path: float = 0.0):
+        super().__init__()
+        self.norm_q, self.norm_k, self.norm_v, self.norm_cross = (LayerNorm(dim) for _ in range(4))
+        self.cross_attn = CrossAttention(dim, num_heads)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.ls_cross = LayerScale(dim, init_values) if init_values else nn.Identity()
+        self.ls_mlp = LayerScale(dim, init_values) if init_values else nn.Identity()
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.apply(init_weights)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, *, query_pos: torch.Tensor,
+                context_pos: torch.Tensor) -> torch.Tensor:
+        attended = self.cross_attn(self.norm_q(x + query_pos), self.norm_k(context + context_pos), self.norm_v(context))
+        x = self.norm_cross(x + self.drop_path(self.ls_cross(attended)))
+        return x + self.drop_path(self.ls_mlp(self.mlp(x)))
+
+
 class CAEDecoder(nn.Module):
     """Self-attention blocks over the predicted latents of the masked patches only, then a linear head."""
 
-    def __init__(self, dim: int, out_dim: int, depth: int, num_heads: int, mlp_ratio: float, init_values: float | None):
+    def __init__(self, dim: int, out_dim: int, depth: int, num_heads: int, mlp_ratio: float, init_values: float | None,
+                 drop_path_rate: float = 0.0):
         super().__init__()
         self.blocks = nn.ModuleList([Block(dim, num_heads, mlp_ratio, qkv_bias=True, init_values=init_values,
-                                           norm_layer=LayerNorm) for _ in range(depth)])
+                                           drop_path=rate, norm_layer=LayerNorm)
+                                     for rate in drop_path_rates(drop_path_rate, depth)])
         self.norm = LayerNorm(dim)
         self.head = nn.Linear(dim, out_dim)
         self.apply(init_weights)
@@ -57,8 +91,12 @@ class CAE(MIMMethod):
                  mask_ratio: float | RatioSchedule = 0.5,  # paper: 98 of 196 patches, BEiT block masking
                  alignment_weight: float = 2.0,  # official --align_loss_weight 2
                  layer_scale: float | None = 0.1,  # official --decoder_layer_scale_init_value 0.1 (base)
-                 norm_pix_loss: bool = True):
+                 norm_pix_loss: bool = True,
+                 decoder_drop_path_rate: float = 0.1,  # official: --drop_path 0.1 also in regressor and decoder
+                 regressor_block: str = "official"):  # "official" (CAERegressorBlock) or "prenorm" (core's block)
         super().__init__()
+        if regressor_block not in ("official", "prenorm"):
+            raise ConfigError(f"regressor_block must be 'official' or 'prenorm', got {regressor_block!r}")
         self.encoder = enc = self.build_encoder(encoder)
         self.alignment_weight = float(alignment_weight)
         self.masker = BlockMasker(mask_ratio, grid=enc.grid)
@@ -69,12 +107,15 @@ class CAE(MIMMethod):
                              if dim != enc.embed_dim else nn.Identity())
         self.pos_embed = nn.Parameter(sincos_pos_embed(dim, enc.grid).unsqueeze(0), requires_grad=False)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
+        # "prenorm": mimkit's earlier block (pre-norm MLP on an un-normalised residual), kept as a named option
         self.regressor = nn.ModuleList([
-            CrossAttentionBlock(dim, decoder_num_heads, enc.mlp_ratio, init_values=layer_scale)
-            for _ in range(regressor_depth)])
+            CAERegressorBlock(dim, decoder_num_heads, enc.mlp_ratio, init_values=layer_scale, drop_path=rate)
+            if regressor_block == "official" else
+            CrossAttentionBlock(dim, decoder_num_heads, enc.mlp_ratio, init_values=layer_scale, drop_path=rate)
+            for rate in drop_path_rates(decoder_drop_path_rate, regressor_depth)])
         self.regressor_norm = LayerNorm(dim)
         self.decoder = CAEDecoder(dim, math.prod(enc.patch_size) * enc.in_chans, decoder_depth, decoder_num_heads,
-                                  enc.mlp_ratio, layer_scale)
+                                  enc.mlp_ratio, layer_scale, decoder_drop_path_rate)
         self.to_regressor.apply(init_weights)
         nn.init.trunc_normal_(self.mask_token, std=0.02)
 

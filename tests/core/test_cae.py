@@ -1,4 +1,5 @@
 """CAE: the alignment target carries no gradient, the decoder sees only predicted latents, block masks, loss falls."""
+import pytest
 import torch
 
 from mimkit.core import build_method, list_methods
@@ -77,3 +78,28 @@ def test_loss_falls_on_fixed_data(fixed_batch_training):
     images = torch.rand(8, 1, 32, 32)
     run = fixed_batch_training(cae, {"image": images}, steps=40)
     assert run.last(5) < 0.7 * run.first(5)
+
+
+def test_official_regressor_block_renormalises_the_residual_before_the_mlp():
+    from mimkit.core.methods.cae import CAERegressorBlock
+
+    model = build_method("cae", **{**TINY, "layer_scale": None})
+    block = model.regressor[0]
+    assert isinstance(block, CAERegressorBlock)
+    torch.nn.init.zeros_(block.mlp.fc2.weight)  # silence the MLP branch: the output is then LN(q + cross-attention)
+    torch.nn.init.zeros_(block.mlp.fc2.bias)
+    queries, context = 5 * torch.randn(2, 3, 48) + 3, torch.randn(2, 7, 48)
+    out = block(queries, context, query_pos=torch.zeros(2, 3, 48), context_pos=torch.zeros(2, 7, 48))
+    # a pre-norm block would return q + attention, keeping the queries' offset and scale
+    assert torch.allclose(out.mean(-1), torch.zeros(2, 3), atol=1e-5)
+    assert torch.allclose(out.std(-1, unbiased=False), torch.ones(2, 3), atol=1e-3)
+    assert type(build_method("cae", **TINY, regressor_block="prenorm").regressor[0]).__name__ == "CrossAttentionBlock"
+
+
+def test_drop_path_rises_to_the_official_rate_in_regressor_and_decoder():
+    args = method_arguments("cae")
+    assert args["decoder_drop_path_rate"] == 0.1  # official --drop_path 0.1, also used by regressor and decoder
+    model = build_method("cae", **{**TINY, "regressor_depth": 3, "decoder_depth": 3, "decoder_drop_path_rate": 0.1})
+    rates = lambda blocks: [getattr(b.drop_path, "drop_prob", 0.0) for b in blocks]  # noqa: E731
+    assert rates(model.regressor) == pytest.approx([0.0, 0.05, 0.1])
+    assert [getattr(b.drop_path1, "drop_prob", 0.0) for b in model.decoder.blocks] == pytest.approx([0.0, 0.05, 0.1])
