@@ -83,20 +83,20 @@ def forge(face: np.ndarray, kind: str, rng: np.random.Generator, donor: np.ndarr
     mask = face_mask(size, rng) if mask is None else mask
     base = face.astype(np.float32)
     if kind == "colour":
-        gain = 1 + rng.uniform(0.12, 0.25) * rng.choice([-1, 1], size=3)
-        source = (base - base.mean()) * rng.uniform(1.1, 1.3) + base.mean()
-        source = source * gain + rng.uniform(-12, 12, size=3)
+        gain = 1 + rng.uniform(0.06, 0.12) * rng.choice([-1, 1], size=3)
+        source = (base - base.mean()) * rng.uniform(1.05, 1.15) + base.mean()
+        source = source * gain + rng.uniform(-6, 6, size=3)
     elif kind == "swap":
         if donor is None:
             raise ValueError("a swap forgery needs a donor face")
         other = donor.astype(np.float32)
-        source = other + rng.uniform(8, 20) * rng.choice([-1, 1], size=3)
+        source = other + rng.uniform(4, 10) * rng.choice([-1, 1], size=3)
     elif kind == "blur":
-        source = _blur(face, rng.uniform(3.0, 4.5)).astype(np.float32)
+        source = _blur(face, rng.uniform(2.0, 3.0)).astype(np.float32)
     else:
         yy, xx = np.mgrid[0:size, 0:size]
         checker = np.where((yy + xx) % 2 == 0, 1.0, -1.0)[..., None]
-        source = base + rng.uniform(10, 16) * checker + rng.normal(0, 6, base.shape)
+        source = base + rng.uniform(4, 8) * checker + rng.normal(0, 3, base.shape)
     blended = mask[..., None] * source + (1 - mask[..., None]) * base
     return np.clip(blended, 0, 255).round().astype(np.uint8), mask
 
@@ -115,14 +115,15 @@ def jitter(face: np.ndarray, rng: np.random.Generator, shift: int = 2, zoom: flo
 
 
 def write_dataset(root: str | Path, kinds: Sequence[str] = FORGERY_KINDS, size: int = 64, frames: int = 3,
-                  test_fraction: float = 0.3, seed: int = 0) -> Path:
+                  test_fraction: float = 0.3, seed: int = 0, count: int | None = None) -> Path:
     """Write each forgery kind as a domain in the real/ + fake/ layout (see the module docstring).
 
     Every real face appears as one real video and one fake video per kind; faces are split into train and test by
-    identity (the same face is never on both sides), the same split for every kind. Returns `root`.
+    identity (the same face is never on both sides), the same split for every kind; `count` keeps the first faces
+    only (small test sets). Returns `root`.
     """
     root = Path(root)
-    faces = real_faces(size)
+    faces = real_faces(size)[:count]
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(faces))
     test = set(order[:max(1, round(test_fraction * len(faces)))].tolist())
