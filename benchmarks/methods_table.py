@@ -29,9 +29,10 @@ ENCODER = {k: DEMO_MODEL[k] for k in ("img_size", "patch_size", "in_chans", "emb
 DECODER = dict(decoder_embed_dim=64, decoder_depth=2, decoder_num_heads=4)
 
 
-def method_configs(teacher_file: Path) -> dict[str, dict]:
+def method_configs(teacher_file: Path, autoencoder_file: Path | None = None) -> dict[str, dict]:
     """Each method at the demo size; method-specific values scaled to 32 px images, 4 px patches."""
     teacher = dict(teacher="mimkit", teacher_weights=str(teacher_file))
+    autoencoder_file = autoencoder_file or teacher_file.parents[1] / "autoencoder" / "autoencoder.safetensors"
     return {
         "mae": {**DECODER, "mask_ratio": 0.75},
         "simmim": {"mask_patch_size": 8},                      # 2 x 2 tokens per mask unit (paper: 32 px / 4 px)
@@ -42,6 +43,12 @@ def method_configs(teacher_file: Path) -> dict[str, dict]:
         "maskalign": {**teacher, "aligned_layers": 3},
         "mrmae": {**DECODER, **teacher},
         "maskembed": {**teacher, "decoder_depth": 1},
+        "maskdcpt": {**DECODER, "mask_patch_size": 8},             # 2 x 2 tokens per hidden cell (paper: 16 px)
+        "robustmae": {**DECODER, "num_prompts": 4},
+        # mom is not here: it needs object boxes and distances, which the digits have not
+        # a 2x first stage (trained first, same steps): 16 x 16 latents, a 4-px token = 2 x 2 latent cells
+        "lmd": {**DECODER, "autoencoder": str(autoencoder_file)},
+        "umd": {"decoder_depth": 2},
     }
 
 
@@ -65,6 +72,15 @@ def main(argv=None) -> int:
     data = {"mean": mean, "std": std, "crop_pct": 1.0}
     configs = method_configs(out / "mae" / "model.safetensors")
     names = ["mae"] + [m for m in (args.methods or configs) if m != "mae"]
+    if "lmd" in names:
+        configs["lmd"]["total_steps"] = args.steps  # LMD's mask ratio grows over the whole run
+    if "lmd" in names and not Path(configs["lmd"]["autoencoder"]).is_file():
+        from mimkit.core.autoencoders import train_autoencoder
+
+        print("methods_table: training LMD's first-stage autoencoder", file=sys.stderr)
+        train_autoencoder(str(folders["pretrain"]), str(Path(configs["lmd"]["autoencoder"]).parent), img_size=32,
+                          in_chans=1, channels=[32, 64], max_steps=args.steps, batch_size=args.batch_size, lr=1e-3,
+                          num_workers=args.num_workers, progress=False)
     rows = []
     for name in names:
         run = out / name

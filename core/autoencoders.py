@@ -305,7 +305,7 @@ class AutoencoderModule(L.LightningModule):
         recon, posterior = self.model(images)
         parts = autoencoder_loss(images, recon, posterior, self.kl_weight)
         self.log("loss", parts["loss"].detach(), prog_bar=True, batch_size=images.shape[0])
-        self.history.append({"step": self.global_step + 1, **{k: float(v) for k, v in parts.items()}})
+        self.history.append({"step": self.global_step + 1, **{k: float(v.detach()) for k, v in parts.items()}})
         return parts["loss"]
 
     def configure_optimizers(self):

@@ -137,3 +137,59 @@ register_results([
     _dmjd(86.3, "finetune", "ConViT-L", 800, _DMJD_CONVIT),
     _dmjd(79.7, "linear", "ConViT-L", 800, _DMJD_CONVIT),
 ])
+
+
+# ---------------------------------------------------------------------------------------------- UMD
+UMD_REPO = ("philippe-eecs/small-vision, README.md, official JAX code of Hansen-Estruch et al., Unified Auto-Encoding "
+            "with Masked Diffusion, arXiv:2406.17688")
+_UMD_PRETRAIN = "800-epoch pre-training on ImageNet-1K"  # README: "Each reported number was taken at 800 Epochs"
+_UMD_GENERATION = ("class-conditional fine-tuning for 50 epochs after pre-training; 10k samples, 125 DDIM steps "
+                   "(lower is better)")
+_UMD_LATENT = "Latent-UMD: on Stable Diffusion's VAE latents (32 x 32 x 4), not implemented in mimkit"
+
+
+def _umd(value: float, protocol: str, metric: str, model: str, method: str, table: str, setting: str,
+         img_size: int, note: str = "") -> PublishedResult:
+    return PublishedResult(value=value, metric=metric, protocol=protocol, model=model, method=method,
+                           data="ImageNet-1K", source=UMD_REPO, table=table, img_size=img_size, setting=setting,
+                           note=note)
+
+
+register_results([
+    _umd(31.8, "few-shot", "top1", "ViT-B/4", "umd", "Pre-Training Commands (100 Shot LP)", _UMD_PRETRAIN, 64,
+         note="100-shot linear probe"),
+    _umd(36.6, "few-shot", "top1", "ViT-B/4", "mae", "Pre-Training Commands (100 Shot LP)", _UMD_PRETRAIN, 64,
+         note="100-shot linear probe; MAE-B/4 trained in UMD's code (adaln=False, batch 4096)"),
+    _umd(54.4, "few-shot", "top1", "ViT-L/2", "umd", "Pre-Training Commands (100 Shot LP)", _UMD_PRETRAIN, 256,
+         note=f"100-shot linear probe; {_UMD_LATENT}"),
+    _umd(19.8, "finetune", "fid10k", "ViT-B/4", "umd", "Fine-Tuning Command for Class-Conditional Generation",
+         _UMD_GENERATION, 64),
+    _umd(3.96, "finetune", "fid10k", "ViT-L/2", "umd", "Fine-Tuning Command for Class-Conditional Generation",
+         _UMD_GENERATION, 256, note=_UMD_LATENT),
+])
+
+
+# ---------------------------------------------------------------------------------------------- MaskDCPT
+MASKDCPT_REPO = ("MILab-PKU/MaskDCPT, README.md, official code (inference only) of Hu et al., Universal Image "
+                 "Restoration Pre-training via Masked Degradation Classification")
+_MASKDCPT_TABLE = "5D All-in-one Image Restoration (assets/maskdcpt_5d.png), NAFNet rows"
+_MASKDCPT_TASKS = {"dehazing": (31.40, 0.978, 25.23, 0.939), "deraining": (39.92, 0.986, 35.56, 0.967),
+                   "denoising": (31.41, 0.894, 31.02, 0.883), "deblurring": (31.40, 0.920, 26.53, 0.808),
+                   "low-light": (26.31, 0.888, 20.49, 0.809)}
+_MASKDCPT_NOTE = ("NAFNet is a convolutional restoration network, not implemented in mimkit (mimkit's MaskDCPT uses "
+                  "its ViT)")
+
+
+def _maskdcpt(value: float, metric: str, task: str, pretrained: bool) -> PublishedResult:
+    setting = "NAFNet + MaskDCPT pre-training" if pretrained else "NAFNet without pre-training (the table's baseline)"
+    return PublishedResult(value=value, metric=metric, protocol="finetune", model="NAFNet", method="maskdcpt",
+                           data=f"5D all-in-one restoration: {task}", source=MASKDCPT_REPO, table=_MASKDCPT_TABLE,
+                           img_size=0, setting=setting, note=_MASKDCPT_NOTE)
+
+
+register_results([
+    result
+    for task, (psnr, ssim, base_psnr, base_ssim) in _MASKDCPT_TASKS.items()
+    for result in (_maskdcpt(psnr, "psnr", task, True), _maskdcpt(ssim, "ssim", task, True),
+                   _maskdcpt(base_psnr, "psnr", task, False), _maskdcpt(base_ssim, "ssim", task, False))
+])

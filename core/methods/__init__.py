@@ -11,3 +11,4 @@ from . import maskembed  # noqa: F401
 from . import maskdcpt  # noqa: F401
 from . import lmd  # noqa: F401
 from . import robustmae  # noqa: F401
+from . import umd  # noqa: F401

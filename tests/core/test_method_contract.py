@@ -24,16 +24,27 @@ EXTRA = {
     "cae": dict(regressor_depth=1),
     "gm_df": dict(text_width=32, text_depth=1, text_heads=2, context_length=24, text_embed_dim=32),
     "hiend_mae": dict(decoder_layers=(2, 1), decoder_self_depth=1),
+    "lmd": dict(allow_random_autoencoder=True, autoencoder_kwargs=dict(channels=[8, 16])),  # a fresh 2x first stage
+    "m3ae": dict(text_width=32, text_depth=1, text_num_heads=2, hidden_size=32, fusion_layers=2, fusion_num_heads=2,
+                 mim_layer=1, context_length=24),
     "maskalign": dict(**TEACHER, aligned_layers=2),
     "maskembed": dict(**TEACHER, student_init="random"),
     "memmc_mae": dict(num_memory=4),
     "mrmae": TEACHER,
+    "pigeon": dict(num_codes=64, code_dim=8, tokenizer_decoder_dim=32, tokenizer_decoder_depth=1,
+                   tokenizer_decoder_heads=2, reconstructor_width=32, reconstructor_depth=1, reconstructor_num_heads=2,
+                   generator_heads=2),
     "simmim": dict(mask_patch_size=16),
     "smarties": dict(in_chans=None, sensor="rgb"),
     "tip": dict(image_encoder="vit", categorical_sizes=[3, 4], num_continuous=2, tabular_embed_dim=32, tabular_depth=1,
                 multimodal_embed_dim=32, multimodal_depth=1, tabular_num_heads=2, projection_dim=16),
     "uni4eye": dict(volume_size=16, volume_patch_size=8),
     "urfound": dict(text_width=32, text_depth=1, text_num_heads=2, context_length=24),
+    # random frozen CLIP-type and MAE encoders (tests only)
+    "xformer": dict(clip_model="vit_tiny_patch16_224", clip_kwargs=dict(patch_size=8, depth=2, embed_dim=48, num_heads=2),
+                    allow_random_encoders=True, num_queries=4, query_width=32, query_depth=1, query_num_heads=2,
+                    text_width=32, text_depth=1, text_num_heads=2, context_length=16, fusion_depth=1, caption_depth=1,
+                    projection_dim=16),
     # random judges (tests only), a 3-level image decoder for 8-pixel patches, a tiny discriminator
     "vec2face": dict(identity_network="random", perceptual_net="squeeze", perceptual_backbone="random", z_channels=16,
                      decoder_channels=16, channel_multipliers=(1, 1, 2, 2), discriminator_dims=(8, 16)),
@@ -62,6 +73,10 @@ def batch(name: str, cfg: dict, volume: bool = False, seed: int = 0) -> dict:
     out = {"image": torch.rand(*shape, generator=g)}
     if name == "urfound":
         out["text"] = ["A fundus photograph of glaucoma", "An OCT image shows drusen"]
+    if name in ("m3ae", "xformer"):
+        out["text"] = ["a handwritten digit seven", "a handwritten digit three"]
+    if name == "pigeon":  # two history images per target
+        out["history"] = torch.rand(2, 2, *shape[1:], generator=g)
     if name == "tip":  # a table row per image: 2 categorical columns (3 and 4 categories), 2 continuous, one missing
         out["tabular"] = torch.tensor([[2, 0, 0.5, -1.0], [1, 3, -0.2, 0.7]])
         out["tabular_missing"] = torch.tensor([[False, False, True, False], [False, False, False, False]])

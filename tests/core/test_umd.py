@@ -1,0 +1,226 @@
+"""UMD: one adaLN ViT autoencoder that unmasks clean images and denoises masked noised ones; DDIM sampling."""
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mimkit.core import build_method
+from mimkit.core.cli import main
+from mimkit.core.diffusion import NoiseSchedule, beta_schedule
+from mimkit.core.errors import ConfigError
+from mimkit.core.registry import method_arguments
+
+TINY = dict(img_size=32, patch_size=8, in_chans=3, embed_dim=32, depth=2, num_heads=2, decoder_depth=1)
+
+
+def build(**kwargs):
+    torch.manual_seed(0)
+    return build_method("umd", **{**TINY, **kwargs})
+
+
+def astronaut(count: int = 4, size: int = 32) -> torch.Tensor:
+    """Real pixels: `count` crops of scikit-image's astronaut.png (public domain), downscaled to size x size."""
+    from skimage import data
+
+    image = torch.from_numpy(data.astronaut()).permute(2, 0, 1).float() / 255
+    crops = [image[:, 30 * i: 30 * i + 256, 20 + 25 * i: 20 + 25 * i + 256] for i in range(count)]
+    batch = F.interpolate(torch.stack(crops), size=(size, size), mode="area")
+    return (batch - batch.mean((0, 2, 3), keepdim=True)) / batch.std((0, 2, 3), keepdim=True)
+
+
+class Recorder:
+    """Wraps a model's `predict` and `diffuse` to keep every call's inputs and outputs."""
+
+    def __init__(self, model):
+        self.calls, self.diffused = [], []
+        predict, diffuse = model.predict, model.diffuse
+
+        def recorded_predict(x, condition, masker=None, step=None):
+            out = predict(x, condition, masker, step)
+            self.calls.append(dict(x=x, condition=condition, masker=masker, x0=out[0], eps=out[1], mask=out[2]))
+            return out
+
+        def recorded_diffuse(x0):
+            out = diffuse(x0)
+            self.diffused.append(dict(x0=x0, x_t=out[0], t=out[1], noise=out[2]))
+            return out
+
+        model.predict, model.diffuse = recorded_predict, recorded_diffuse
+
+
+def test_defaults_follow_the_official_recipe():
+    args = method_arguments("umd")
+    assert (args["no_noise_prob"], args["mask_ratio"], args["mask_ratio_no_noise"]) == (0.5, 0.375, 0.75)
+    assert (args["noise_schedule"], args["timesteps"], args["sampling_steps"], args["eta"]) == ("cosine", 1000, 125, 1.0)
+    assert (args["encoder.img_size"], args["encoder.patch_size"], args["encoder.embed_dim"]) == (64, 4, 768)
+    assert args["encoder.pos_embed"] == "learned" and args["decoder_depth"] == 4 and args["num_class_tokens"] == 4
+    for bad in (dict(no_noise_prob=1.5), dict(mask_ratio=1.0), dict(noise_schedule="sigmoid")):
+        with pytest.raises(ConfigError):
+            build(**bad)
+
+
+def test_the_noise_schedules_match_their_formulas():
+    f = lambda u: math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+    cosine = NoiseSchedule("cosine", 1000)
+    expected = torch.tensor([f((t + 1) / 1000) / f(0) for t in range(1000)], dtype=torch.float64)
+    # the product of (1 - beta) telescopes to alpha_bar(t + 1) / alpha_bar(0) until betas hit their 0.999 cap
+    capped = int((beta_schedule("cosine", 1000) >= 0.999).sum())
+    assert capped == 1 and float(cosine.betas[-1]) == 0.999
+    assert torch.allclose(cosine.alphas_cumprod[:-1], expected[:-1], rtol=1e-9, atol=1e-15)
+    linear = NoiseSchedule("linear", 1000)
+    assert torch.allclose(linear.betas, torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64))
+    assert float(NoiseSchedule("linear", 500).betas[-1]) == pytest.approx(0.04)  # scaled by 1000 / T
+    x0, noise, t = torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4), torch.tensor([0, 500, 999])
+    abar = cosine.alphas_cumprod[t].float().view(3, 1, 1, 1)
+    assert torch.allclose(cosine.q_sample(x0, t, noise), abar.sqrt() * x0 + (1 - abar).sqrt() * noise, atol=1e-6)
+    t = torch.tensor([0, 300, 600])  # (at t = 999, abar ~ 1e-9: the inversion is float32 rounding)
+    assert torch.allclose(cosine.x0_from_eps(cosine.q_sample(x0, t, noise), t, noise), x0, atol=1e-4)
+
+
+def test_the_clean_part_has_no_noise_and_timestep_zero():
+    model = build()
+    rec = Recorder(model)
+    images = astronaut(8)
+    out = model({"image": images})
+    noised, clean = rec.calls
+    # the noised half: q_sample of the first images, conditioned on t + 1 in 1..T, the noised masker (0.375)
+    (diffused,) = rec.diffused
+    assert torch.equal(diffused["x0"], images[:4]) and torch.equal(noised["x"], diffused["x_t"])
+    assert torch.equal(noised["condition"], diffused["t"] + 1) and 1 <= int(noised["condition"].min())
+    assert int(noised["condition"].max()) <= 1000 and noised["masker"] is model.masker
+    assert not torch.allclose(noised["x"], images[:4])
+    # the clean half: the last images as they are, timestep 0, the clean masker (0.75)
+    assert torch.equal(clean["x"], images[4:]) and torch.equal(clean["condition"], torch.zeros(4, dtype=torch.long))
+    assert clean["masker"] is model.clean_masker
+    assert torch.all(out.mask[:4].sum(1) == model.masker.num_masked(16, None))        # 6 of 16 hidden
+    assert torch.all(out.mask[4:].sum(1) == model.clean_masker.num_masked(16, None))  # 12 of 16 hidden
+
+
+def test_each_part_regresses_what_the_recipe_says():
+    model = build()
+    rec = Recorder(model)
+    images = astronaut(4)
+    out = model({"image": images})
+    noised, clean = rec.calls
+    grads = torch.autograd.grad(out.loss, [noised["x0"], noised["eps"], clean["x0"], clean["eps"]],
+                                allow_unused=True, materialize_grads=True)
+    hidden_n, hidden_c = noised["mask"].bool(), clean["mask"].bool()
+    # noised: eps on visible patches only, x0 on masked patches only
+    assert torch.all(grads[1][hidden_n] == 0) and torch.all(grads[1][~hidden_n].abs().sum(-1) > 0)
+    assert torch.all(grads[0][~hidden_n] == 0) and torch.all(grads[0][hidden_n].abs().sum(-1) > 0)
+    # clean: x0 on masked patches only, eps not at all
+    assert torch.all(grads[3] == 0) and torch.all(grads[2][~hidden_c] == 0)
+    assert torch.all(grads[2][hidden_c].abs().sum(-1) > 0)
+    # the values: (eps MSE visible + x0 MSE masked) / 2 and x0 MSE masked, weighted by the shares of the batch
+    patches = lambda x: model.target(x)  # noqa: E731
+    d = rec.diffused[0]
+    eps_se = ((noised["eps"] - patches(d["noise"])) ** 2).mean(-1)
+    x0_se = ((noised["x0"] - patches(images[:2])) ** 2).mean(-1)
+    diffusion = (eps_se[~hidden_n].mean() + x0_se[hidden_n].mean()) / 2
+    reconstruction = ((clean["x0"] - patches(images[2:])) ** 2).mean(-1)[hidden_c].mean()
+    assert torch.allclose(out.parts["diffusion"], diffusion) and torch.allclose(out.parts["reconstruction"], reconstruction)
+    assert torch.allclose(out.loss, 0.5 * diffusion + 0.5 * reconstruction)
+
+
+@pytest.mark.parametrize("probability, batch, clean", [(0.0, 8, 0), (0.25, 8, 2), (0.5, 5, 2), (0.75, 8, 6), (1.0, 4, 4)])
+def test_the_split_follows_no_noise_prob(probability, batch, clean):
+    model = build(no_noise_prob=probability)
+    rec = Recorder(model)
+    out = model({"image": astronaut(batch)})
+    sizes = {("clean" if bool((call["condition"] == 0).all()) else "noised"): call["x"].shape[0] for call in rec.calls}
+    assert sizes.get("clean", 0) == clean and sizes.get("noised", 0) == batch - clean
+    assert model.split(batch) == (batch - clean, clean)
+    parts = out.parts
+    expected = parts.get("diffusion", 0) * (batch - clean) / batch + parts.get("reconstruction", 0) * clean / batch
+    assert torch.allclose(out.loss, torch.as_tensor(expected, dtype=torch.float32))
+
+
+def test_without_masks_the_noised_part_is_dits_loss():
+    model = build(no_noise_prob=0.0, mask_ratio=0.0)
+    rec = Recorder(model)
+    out = model({"image": astronaut(2)})
+    (call,), d = rec.calls, rec.diffused[0]
+    assert call["mask"].sum() == 0
+    eps = ((call["eps"] - model.target(d["noise"])) ** 2).mean()
+    x0 = ((call["x0"] - model.target(d["x0"])) ** 2).mean()
+    assert torch.allclose(out.loss, (eps + x0) / 2)
+
+
+def test_ddim_recovers_the_one_point_a_perfect_model_knows():
+    schedule = NoiseSchedule("cosine", 1000)
+    assert schedule.ddim_timesteps(125)[:3] == [999, 991, 983] and schedule.ddim_timesteps(125)[-2:] == [7, 0]
+    assert len(schedule.ddim_timesteps(125)) == 126
+    target = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    oracle = lambda x, t: schedule.eps_from_x0(x, t, target)  # noqa: E731
+    for eta in (0.0, 1.0):
+        sample = schedule.ddim_sample(oracle, target.shape, steps=10, eta=eta, generator=torch.Generator().manual_seed(1))
+        assert torch.allclose(sample, target, atol=1e-4), eta
+    clipped = schedule.ddim_sample(oracle, target.shape, steps=10, clip=(-0.5, 0.5))
+    assert clipped.abs().max() <= 0.5
+
+
+def test_sampling_conditions_on_t_plus_one_and_is_reproducible():
+    model = build()
+    model.eval()
+    rec = Recorder(model)
+    first = model.sample(2, steps=4, generator=torch.Generator().manual_seed(0))
+    assert first.shape == (2, 3, 32, 32) and torch.isfinite(first).all()
+    conditions = [int(call["condition"][0]) for call in rec.calls]
+    assert conditions == [1000, 750, 500, 250, 1] and all(call["masker"] is None for call in rec.calls)
+    again = model.sample(2, steps=4, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(first, again)
+
+
+def test_the_encoder_reads_clean_images_for_evaluation():
+    model = build()
+    images = astronaut(2)
+    enc = model.encoder
+    with torch.no_grad():  # adaLN-Zero starts as the identity: give the modulation and class tokens some weight
+        for block in enc.blocks:
+            block.modulation.weight.normal_(std=0.1)
+        enc.cls_token.normal_(std=0.02)
+    features = enc.forward_features(images)
+    assert features.shape == (2, 4 + 16, 32)  # four class tokens, then the patches
+    zero = torch.zeros(2, dtype=torch.long)
+    assert torch.allclose(features, enc.forward_visible(images, None, t=zero))
+    assert not torch.allclose(enc.forward_visible(images, None, t=zero + 500), features)  # t does condition
+    assert torch.allclose(enc(images), features[:, :4].mean(1))
+
+
+def test_loss_falls_on_fixed_data(fixed_batch_training):
+    model = build()
+    run = fixed_batch_training(model, {"image": astronaut(4)}, steps=40, reseed=4)
+    assert run.last() < 0.8 * run.first(), run.losses
+
+
+def test_pretrain_then_knn_from_the_command_line(tmp_path, make_pngs):
+    images = make_pngs(tmp_path / "images", 12, channels=3)
+    train = make_pngs(tmp_path / "train", 9, classes=3, seed=1, channels=3)
+    test = make_pngs(tmp_path / "test", 6, classes=3, seed=2, channels=3)
+    run = tmp_path / "umd"
+    assert main(["pretrain", "--method", "umd", "--data", str(images), "--out", str(run), "--img-size", "32",
+                 "--patch-size", "8", "--embed-dim", "32", "--depth", "2", "--num-heads", "2", "--batch-size", "4",
+                 "--num-workers", "0", "--no-progress", "--accelerator", "cpu", "--max-steps", "2",
+                 "--set", "decoder_depth=1"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["method"] == "umd" and metrics["train"]["steps"] == 2
+    assert {"diffusion", "reconstruction"} <= set(metrics["train"]["history"][-1])
+    assert (run / "pictures" / "reconstruction.png").is_file()
+    assert main(["evaluate", "--run", str(run), "--protocol", "knn", "--train", str(train), "--test", str(test),
+                 "--k", "3"]) == 0
+    results = json.loads((run / "metrics.json").read_text())["results"]
+    assert results[-1]["protocol"] == "knn" and 0 <= results[-1]["value"] <= 100
+
+
+def test_the_readme_figures_are_registered_with_their_source():
+    import mimkit.core.bench  # noqa: F401  (registers core's published figures)
+    from mimkit.benchmarks.published import published_results
+
+    umd = {(r.model, r.protocol, r.metric, r.value) for r in published_results(method="umd")}
+    assert {("ViT-B/4", "few-shot", "top1", 31.8), ("ViT-B/4", "finetune", "fid10k", 19.8),
+            ("ViT-L/2", "few-shot", "top1", 54.4), ("ViT-L/2", "finetune", "fid10k", 3.96)} <= umd
+    mae = [r for r in published_results(method="mae", model="ViT-B/4")]
+    assert [r.value for r in mae] == [36.6] and mae[0].img_size == 64
+    assert all("philippe-eecs/small-vision, README.md" in r.source for r in published_results(method="umd") + mae)
