@@ -41,8 +41,9 @@ EXTRA = {
     "uni4eye": dict(volume_size=16, volume_patch_size=8),
     "urfound": dict(text_width=32, text_depth=1, text_num_heads=2, context_length=24),
     # random frozen CLIP-type and MAE encoders (tests only)
-    "xformer": dict(clip_model="vit_tiny_patch16_224", clip_kwargs=dict(patch_size=8, depth=2, embed_dim=48, num_heads=2),
-                    allow_random_encoders=True, num_queries=4, query_width=32, query_depth=1, query_num_heads=2,
+    "xformer": dict(clip_model="vit_tiny_patch16_224", allow_random_encoders=True,
+                    clip_kwargs=dict(patch_size=8, depth=2, embed_dim=48, num_heads=2),
+                    num_queries=4, query_width=32, query_depth=1, query_num_heads=2,
                     text_width=32, text_depth=1, text_num_heads=2, context_length=16, fusion_depth=1, caption_depth=1,
                     projection_dim=16),
     # random judges (tests only), a 3-level image decoder for 8-pixel patches, a tiny discriminator
