@@ -214,8 +214,8 @@ class UNETRHead(Head):
     """UNETR-style decoder (Hatamizadeh et al., "UNETR: Transformers for 3D Medical Image Segmentation", WACV 2022):
     hidden states of evenly spaced blocks feed MONAI's UNETR blocks; 2D or 3D after the encoder.
 
-    For a 12-block ViT with 16^3 patches this is UNETR: the outputs of blocks 3, 6 and 9 (the paper's z3, z6,
-    z9; MONAI's code reads blocks 4, 7, 10) become skips at 1/2, 1/4 and 1/8 resolution through
+    For a 12-block ViT with 16^3 patches this is UNETR: the outputs of blocks 4, 7 and 10 (MONAI's and
+    Hi-End-MAE's code: hidden_states_out[3], [6], [9]; the paper calls them z3, z6, z9) become skips at 1/2, 1/4 and 1/8 resolution through
     UnetrPrUpBlock, the final normed output enters the first UnetrUpBlock, and the input itself is the
     full-resolution skip (UnetrBasicBlock). A patch of 2^k has k decoder stages and k - 1 hidden skips; any
     other patch (Hi-End-MAE's 12) gets floor(log2 p) transposed-convolution stages and a last stage that
@@ -248,8 +248,8 @@ class UNETRHead(Head):
         self.power_of_two = 2 ** stages == p
         num_skips = stages - 1 if self.power_of_two else stages
         depth = len(encoder.blocks)
-        if skip_layers is None:  # evenly spaced: 3, 6, 9 for 12 blocks and 3 skips (UNETR)
-            skip_layers = [min(depth, max(1, round(depth * j / (num_skips + 1)))) for j in range(1, num_skips + 1)]
+        if skip_layers is None:  # evenly spaced as MONAI's UNETR indexes them: blocks 4, 7, 10 of 12 for 3 skips
+            skip_layers = [min(depth, round(depth * j / (num_skips + 1)) + 1) for j in range(1, num_skips + 1)]
         self.skip_layers = self.layers = tuple(int(layer) for layer in skip_layers)
         if len(self.skip_layers) != num_skips or any(not 1 <= layer <= depth for layer in self.skip_layers):
             raise ConfigError(f"skip_layers must name {num_skips} encoder blocks between 1 and {depth} for patch "

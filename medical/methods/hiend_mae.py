@@ -25,7 +25,7 @@ from mimkit.core.targets import PixelTarget, masked_mse
 
 @register_method("hiend_mae")
 class HiEndMAE(MIMMethod):
-    """3D MAE whose decoder cross-attends to encoder layers 9, 6 and 3 in turn after two self-attention blocks."""
+    """3D MAE whose decoder cross-attends to encoder blocks 10, 7 and 4 in turn after two self-attention blocks."""
 
     supported_dims = (2, 3)
 
@@ -36,9 +36,10 @@ class HiEndMAE(MIMMethod):
                                                         depth=12, num_heads=16, spatial_dims=3),
                  # networks/vit.py decoder_large_patch12_96: 528 wide, 2 self-attention + 3 cross-attention blocks
                  decoder_embed_dim: int = 528, decoder_self_depth: int = 2, decoder_num_heads: int = 16,
-                 # Encoder layers (1-based) read by the cross-attention blocks, deep to shallow: the paper's
-                 # layers 9, 6, 3 (the official code indexes its list of block outputs from 0, reading 10, 7, 4).
-                 decoder_layers: Sequence[int] = (9, 6, 3),
+                 # Encoder blocks (1-based) read by the cross-attention blocks, deep to shallow: the released
+                 # code reads entries 9, 6, 3 of its 0-based list of block outputs, i.e. blocks 10, 7, 4 (the
+                 # paper names them layers 9, 6, 3)
+                 decoder_layers: Sequence[int] = (10, 7, 4),
                  mask_ratio: float | RatioSchedule = 0.75,  # official main.py: --mask_ratio 0.75
                  norm_pix_loss: bool = True):  # official code: target normalised per patch (affine-free LayerNorm)
         super().__init__()

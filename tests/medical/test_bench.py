@@ -36,7 +36,8 @@ def test_segmenter_follows_unetr_for_a_12_block_vit_with_16_voxel_patches():
                             spatial_dims=3)
     model = ViTSegmenter(encoder, num_classes=3, feature_size=4)
     head = model.head
-    assert head.skip_layers == (3, 6, 9)                      # the paper's z3, z6, z9 (z12 enters the decoder)
+    # MONAI's UNETR reads hidden_states_out[3], [6], [9]: blocks 4, 7, 10 (z12 enters the decoder)
+    assert head.skip_layers == (4, 7, 10)
     assert [block.__class__ for block in head.skips] == [UnetrPrUpBlock] * 3
     # skip j is upsampled 3, 2, 1 times from the token grid: UNETR's encoder2..4 (num_layer 2, 1, 0)
     assert [len(block.blocks) for block in head.skips] == [2, 1, 0]

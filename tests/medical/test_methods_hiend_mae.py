@@ -25,7 +25,7 @@ TINY = dict(img_size=16, patch_size=8, in_chans=1, embed_dim=48, depth=4, num_he
 def test_paper_defaults():
     args = method_arguments("hiend_mae")
     assert args["encoder.img_size"] == 96 and args["encoder.patch_size"] == 12 and args["encoder.spatial_dims"] == 3
-    assert args["mask_ratio"] == 0.75 and args["decoder_layers"] == (9, 6, 3) and args["norm_pix_loss"] is True
+    assert args["mask_ratio"] == 0.75 and args["decoder_layers"] == (10, 7, 4) and args["norm_pix_loss"] is True
     assert args["decoder_self_depth"] == 2
 
 
@@ -96,3 +96,17 @@ def test_recipe_matches_the_method_defaults():
     assert recipe["method"] == "hiend_mae" and recipe["data"]["spatial_dims"] == model["spatial_dims"] == 3
     for key, value in model.items():
         assert key in defaults and (tuple(value) if isinstance(value, list) else value) == defaults[key], key
+
+
+def test_default_cross_blocks_read_blocks_10_7_4_as_the_released_code():
+    # the released code reads entries 9, 6, 3 of its 0-based list of block outputs: blocks 10, 7, 4 (1-based)
+    settings = {k: v for k, v in TINY.items() if k != "decoder_layers"}
+    model = build_method("hiend_mae", **{**settings, "depth": 12, "embed_dim": 16})
+    outputs, contexts = {}, []
+    for number, block in enumerate(model.encoder.blocks, start=1):
+        block.register_forward_hook(lambda m, a, o, number=number: outputs.__setitem__(number, o))
+    for proj in model.decoder.context_proj:
+        proj.register_forward_hook(lambda m, a, o: contexts.append(a[0]))
+    model({"image": torch.rand(1, 1, 16, 16, 16)})
+    read = [next(n for n, o in outputs.items() if o.shape == c.shape and torch.equal(o, c)) for c in contexts]
+    assert read == [10, 7, 4]
