@@ -8,8 +8,10 @@ big_vision/gaussian_diffusion.py, models/vit.py, models/embeddings.py) uses them
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Callable, Sequence
 
+import lightning as L
 import torch
 import torch.nn.functional as F
 from timm.layers import Mlp
@@ -257,3 +259,53 @@ class TimestepDecoder(nn.Module):
         x = self.norm(x)[:, 1:]
         shift, scale = self.final_modulation(cond).chunk(2, dim=-1)
         return self.pred(modulate(x, shift, scale))
+
+
+# ---------------------------------------------------------------------------------------------- pictures
+def save_sample_grid(images: torch.Tensor, path: str | Path, tile_px: int = 96) -> Path:
+    """PNG grid of generated images (B, C, H, W): each scaled by its own 1st-99th percentiles, one or three
+    channels shown, tiles enlarged (nearest) to at least `tile_px` pixels."""
+    from PIL import Image
+
+    images = images.detach().float().cpu()
+    if images.ndim != 4:
+        raise DataError(f"samples must be (B, C, H, W), got shape {tuple(images.shape)}")
+    images = images[:, :3] if images.shape[1] >= 3 else images[:, :1]
+    count, _, height, width = images.shape
+    zoom = max(1, math.ceil(tile_px / max(height, width)))
+    columns = math.ceil(math.sqrt(count))
+    rows = math.ceil(count / columns)
+    grid = torch.zeros(images.shape[1], rows * height * zoom, columns * width * zoom)
+    for i, image in enumerate(images):
+        low, high = torch.quantile(image.flatten(), torch.tensor([0.01, 0.99])).tolist()
+        tile = ((image - low) / max(high - low, 1e-6)).clamp(0, 1)
+        tile = tile.repeat_interleave(zoom, 1).repeat_interleave(zoom, 2)
+        r, c = divmod(i, columns)
+        grid[:, r * height * zoom:(r + 1) * height * zoom, c * width * zoom:(c + 1) * width * zoom] = tile
+    array = (grid * 255).round().byte().permute(1, 2, 0).squeeze(-1).numpy()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path
+
+
+class SamplePictures(L.Callback):
+    """Writes RUN/pictures/samples.png at the end of pretraining for a method that generates (`method.sample`):
+    `--trainer.callbacks+=mimkit.core.diffusion.SamplePictures`."""
+
+    def __init__(self, count: int = 16, steps: int | None = None, seed: int = 0,
+                 clip: tuple[float, float] | None = None):
+        self.count, self.steps, self.seed, self.clip = count, steps, seed, clip
+
+    def on_train_end(self, trainer, module) -> None:
+        method = getattr(module, "method", module)
+        if not trainer.is_global_zero or not callable(getattr(method, "sample", None)):
+            return
+        was_training = method.training
+        method.eval()
+        try:
+            samples = method.sample(self.count, steps=self.steps, clip=self.clip,
+                                    generator=torch.Generator().manual_seed(self.seed))
+        finally:
+            method.train(was_training)
+        save_sample_grid(samples, Path(trainer.default_root_dir) / "pictures" / "samples.png")

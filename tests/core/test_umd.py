@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from mimkit.core import build_method
 from mimkit.core.cli import main
@@ -203,9 +204,12 @@ def test_pretrain_then_knn_from_the_command_line(tmp_path, make_pngs):
     assert main(["pretrain", "--method", "umd", "--data", str(images), "--out", str(run), "--img-size", "32",
                  "--patch-size", "8", "--embed-dim", "32", "--depth", "2", "--num-heads", "2", "--batch-size", "4",
                  "--num-workers", "0", "--no-progress", "--accelerator", "cpu", "--max-steps", "2",
-                 "--set", "decoder_depth=1"]) == 0
+                 "--set", "decoder_depth=1", "--trainer.callbacks+=mimkit.core.diffusion.SamplePictures",
+                 "--trainer.callbacks.count=4", "--trainer.callbacks.steps=2"]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["method"] == "umd" and metrics["train"]["steps"] == 2
+    with Image.open(run / "pictures" / "samples.png") as samples:  # 2 x 2 DDIM samples, 32 px tiles enlarged 3x
+        assert samples.size == (192, 192) and samples.mode == "RGB"
     assert {"diffusion", "reconstruction"} <= set(metrics["train"]["history"][-1])
     assert (run / "pictures" / "reconstruction.png").is_file()
     assert main(["evaluate", "--run", str(run), "--protocol", "knn", "--train", str(train), "--test", str(test),
