@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mimkit.core.decoders import MaskedTokenDecoder, decoder_blocks
-from mimkit.core.encoders import ChannelViTEncoder, EncoderConfig, gather_tokens, init_weights
+from mimkit.core.encoders import ChannelViTEncoder, EncoderConfig, gather_tokens, init_weights, run_blocks
 from mimkit.core.errors import ConfigError, DataError
 from mimkit.core.masking import ChannelPatchMasker, RatioSchedule
 from mimkit.core.methods.base import MIMMethod, MIMOutput
@@ -74,6 +74,20 @@ class ChAMAEEncoder(ChannelViTEncoder):
     def __init__(self, fusion: str = "add", **kwargs):
         super().__init__(**kwargs)
         self.fusion = HybridTokenFusion(self.embed_dim, self.num_heads, fusion)
+        # official: one learned position table over the class token, the memory tokens and one channel's patches
+        # (trunc-normal 0.02); the memory tokens' rows live here, the others in pos_embed
+        self.memory_pos_embed = (nn.Parameter(torch.zeros(1, self.num_memory_tokens, self.embed_dim))
+                                 if self.num_memory_tokens and not self.fixed_pos else None)
+        if self.memory_pos_embed is not None:
+            nn.init.trunc_normal_(self.memory_pos_embed, std=0.02)
+
+    def forward_tokens(self, tokens: torch.Tensor, return_layers: Sequence[int] | None = None):
+        """Prepend the class and memory tokens (each with its learned position), run the blocks and the norm."""
+        prefix = [(self.cls_token + self.pos_embed[:, :1]).expand(tokens.shape[0], -1, -1)]
+        if self.memory_tokens is not None:
+            memory = self.memory_tokens if self.memory_pos_embed is None else self.memory_tokens + self.memory_pos_embed
+            prefix.append(memory.expand(tokens.shape[0], -1, -1))
+        return run_blocks(self.blocks, self.norm, torch.cat(prefix + [tokens], dim=1), return_layers)
 
     def pool(self, features: torch.Tensor, mode: str = "fusion") -> torch.Tensor:
         if mode == "fusion":
@@ -149,7 +163,8 @@ def fourier_loss(pred: torch.Tensor, target: torch.Tensor, patch_size: Sequence[
 class ChAMAE(MIMMethod):
     """Channel-aware MAE over per-channel tokens with dynamic channel-patch masking and memory tokens."""
 
-    def __init__(self, encoder: EncoderConfig = EncoderConfig(embed_dim=384, depth=12, num_heads=6),  # paper: ViT-S
+    def __init__(self,  # paper: ViT-S; official: learned positions (pos_embed over class, memory and patch tokens)
+                 encoder: EncoderConfig = EncoderConfig(embed_dim=384, depth=12, num_heads=6, pos_embed="learned"),
                  decoder_embed_dim: int | None = None, decoder_depth: int = 2,  # official config: 2 blocks
                  decoder_num_heads: int = 16,
                  mask_ratio: float | RatioSchedule = 0.75,  # official "alternate" setting: 0.75

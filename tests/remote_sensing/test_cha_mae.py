@@ -126,3 +126,30 @@ def test_cha_mae_loss_falls_on_fixed_data(fixed_batch_training):
     run = fixed_batch_training(model, batch, steps=40, lr=3e-3)
     assert run.last(5) < 0.6 * run.first(5)
     assert model.reconstruct(batch, run.out).shape == (8, 4, 32, 32)
+
+
+def test_learned_positions_over_class_memory_and_patch_tokens_as_official():
+    from mimkit.core.registry import method_arguments
+
+    assert method_arguments("cha_mae")["encoder.pos_embed"] == "learned"
+    model = build_method("cha_mae", **TINY, p_patch=1.0, p_channel=0.0)  # 2 memory tokens; patches hidden
+    enc = model.encoder
+    assert enc.pos_embed.requires_grad and enc.memory_pos_embed.shape == (1, 2, 32)
+    seen = []
+    enc.blocks[0].register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    out = model({"image": torch.randn(2, 4, 32, 32)})
+    # the memory tokens enter the blocks with their own learned positions
+    assert torch.allclose(seen[0][0, 1:3], (enc.memory_tokens + enc.memory_pos_embed)[0])
+    out.loss.backward()
+    assert enc.memory_pos_embed.grad.abs().sum() > 0 and enc.pos_embed.grad.abs().sum() > 0
+
+
+def test_recipe_masks_channels_as_the_official_code_reads_its_flag():
+    from importlib import resources
+
+    import yaml
+
+    recipe = yaml.safe_load(resources.files("mimkit.remote_sensing").joinpath("recipes", "cha_mae.yaml").read_text())
+    # the code reads decoder.dcp_at_least_mask_one_channel (False); the script's top-level override never reaches it
+    assert recipe["model"]["at_least_one_channel"] is False
+    assert recipe["model"]["encoder"]["pos_embed"] == "learned"
