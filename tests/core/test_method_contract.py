@@ -30,6 +30,8 @@ EXTRA = {
     "maskalign": dict(**TEACHER, aligned_layers=2),
     "maskembed": dict(**TEACHER, student_init="random"),
     "memmc_mae": dict(num_memory=4),
+    "mom": dict(object_dim=32, object_depth=1, object_decoder_depth=1, object_num_heads=2, crop_size=(16, 16),
+                min_box_size=(2, 2)),
     "mrmae": TEACHER,
     "pigeon": dict(num_codes=64, code_dim=8, tokenizer_decoder_dim=32, tokenizer_decoder_depth=1,
                    tokenizer_decoder_heads=2, reconstructor_width=32, reconstructor_depth=1, reconstructor_num_heads=2,
@@ -81,6 +83,9 @@ def batch(name: str, cfg: dict, volume: bool = False, seed: int = 0) -> dict:
     if name == "tip":  # a table row per image: 2 categorical columns (3 and 4 categories), 2 continuous, one missing
         out["tabular"] = torch.tensor([[2, 0, 0.5, -1.0], [1, 3, -0.2, 0.7]])
         out["tabular_missing"] = torch.tensor([[False, False, True, False], [False, False, False, False]])
+    if name == "mom":  # per-object boxes (x1, y1, x2, y2; NaN rows pad) and distances
+        out["boxes"] = torch.tensor([[[2, 3, 20, 25], [10, 0, 31, 12]], [[0, 0, 16, 16], [float("nan")] * 4]])
+        out["distances"] = torch.tensor([[4.0, 9.0], [2.5, float("nan")]])
     return out
 
 
