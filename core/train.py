@@ -343,7 +343,10 @@ def _picture_batch(dataset, count: int = 8) -> dict | None:
     items = [source[i] for i in range(min(count, len(source)))]
     if not items or not torch.is_tensor(items[0].get("image")):
         return None
-    return {"image": torch.stack([item["image"] for item in items])}
+    # every tensor the items share at one shape: a method may need more than images (MoM: padded boxes)
+    shared = [key for key, value in items[0].items() if torch.is_tensor(value)
+              and all(torch.is_tensor(item.get(key)) and item[key].shape == value.shape for item in items)]
+    return {key: torch.stack([item[key] for item in items]) for key in shared}
 
 
 __all__ = ["TrainConfig", "MIMModule", "MIMDataModule", "pretrain", "parameter_groups", "warmup_cosine",
