@@ -12,3 +12,4 @@ from . import maskdcpt  # noqa: F401
 from . import lmd  # noqa: F401
 from . import robustmae  # noqa: F401
 from . import umd  # noqa: F401
+from . import mom  # noqa: F401
