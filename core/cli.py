@@ -143,6 +143,25 @@ def export(out: str, run: str | None = None, checkpoint: str | None = None) -> P
     return path
 
 
+def shard(folder: str, out: str, chunk_bytes: str = "64MB", num_workers: int = 1, overwrite: bool = False) -> dict:
+    """Decode an image folder once into LitData shards that every `--data` reads in its place.
+
+    Args:
+        folder: a folder of images (flat, or one subfolder per class)
+        out: the shard folder to write
+        chunk_bytes: the size of one chunk file (LitData's chunk_bytes, e.g. 64MB)
+        num_workers: processes decoding the images
+        overwrite: replace the shards already in --out
+    """
+    from .shards import shard_summary, write_shards
+
+    if num_workers < 1:
+        raise ConfigError(f"--num-workers must be at least 1, got {num_workers}")
+    meta = write_shards(folder, out, chunk_bytes=chunk_bytes, num_workers=num_workers, overwrite=overwrite)
+    print("\n".join(shard_summary(meta, out)))
+    return meta
+
+
 def methods(name: str | None = None) -> None:
     """List the registered methods, or one method's arguments and defaults.
 
@@ -213,6 +232,8 @@ def build_tool() -> Tool:
         Command("embed", embed, "write one embedding per image (safetensors or Parquet, with the file names)"),
         Command("autoencoder", train_autoencoder, "train a small KL autoencoder on your images: LMD's first stage",
                 aliases={"--no-progress": "--progress=false"}),
+        Command("shard", shard, "decode an image folder once into LitData shards (read by --data like a folder)",
+                preprocess=positional("folder")),
         Command("reconstruct", reconstruct, "save a reconstruction grid of a run on some images"),
         Command("export", export, "write a run's encoder as a timm state dict"),
         Command("methods", methods, "list registered methods, or one method's arguments",

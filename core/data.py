@@ -379,6 +379,13 @@ class ImageFolderDataset(NormalisedDataset):
         return sample
 
 
+def image_dataset(root: str | Path, **options) -> ImageFolderDataset:
+    """An image folder, or a shard folder written by `mimkit shard` (core.shards), read the same way."""
+    from .shards import ShardDataset, is_shard_folder  # late: shards builds on this module
+
+    return (ShardDataset if is_shard_folder(root) else ImageFolderDataset)(root, **options)
+
+
 def sample_seed(seed: int, position: int) -> int:
     """Augmentation seed for a sampling position, a pure function of (seed, position)."""
     return int(np.random.SeedSequence([seed, position]).generate_state(1)[0])
@@ -449,7 +456,7 @@ def labelled_dataset(folder: str | Path, encoder, data: dict, what: str = "data"
     """A class-subfolder image folder prepared for `encoder` (its size and channels) with a run's data settings
     (mean/std, crop_pct); `what` names the argument in the error for a folder without classes."""
     img_size = tuple(encoder.img_size)
-    dataset = ImageFolderDataset(folder, img_size=img_size, patch_size=encoder.patch_size, in_chans=encoder.in_chans,
+    dataset = image_dataset(folder, img_size=img_size, patch_size=encoder.patch_size, in_chans=encoder.in_chans,
                                  transform=eval_transform(img_size, crop_pct=data.get("crop_pct", 1.0)),
                                  mean=data.get("mean"), std=data.get("std"), labelled=True)
     if not dataset.classes:
@@ -504,7 +511,7 @@ class ImageFolderData:
         if views is not None and (tuple(self.crop_scale) != (0.2, 1.0) or not self.hflip):
             raise ConfigError(f"{method} makes its own crops and flips from the full image: leave data.crop_scale and "
                               f"data.hflip unset (got {list(self.crop_scale)} and {self.hflip})")
-        dataset = ImageFolderDataset(
+        dataset = image_dataset(
             self.root, img_size=img_size, in_chans=encoder_setting(model, "in_chans"),
             patch_size=encoder_setting(model, "patch_size", method),
             transform=views(model, img_size) if views is not None else

@@ -1,0 +1,172 @@
+"""Image folders as LitData shards: decode every file once, read chunks at training time.
+
+`write_shards(folder, out)` decodes each image (PNG, JPEG, 8/16-bit TIFF, .npy) once with `litdata.optimize` and
+stores the raw arrays (C, H, W, their own dtype) with label and relative path in chunk files, plus
+`mimkit_shards.json` (channels, classes, counts, the files that could not be read and why). `ShardDataset` reads
+them back through `litdata.StreamingDataset` as an indexable dataset, so pretraining keeps its resumable sampler
+(disjoint samples per process, the same sample position after `--resume`) and its per-step augmentation; any
+command that takes `--data` takes a shard folder in place of an image folder.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .data import IMAGE_SUFFIXES, ImageFolderDataset, probe_image, read_image, scan_folder
+from .errors import DataError
+
+META = "mimkit_shards.json"
+FORMAT = "mimkit-image-shards/1"
+
+
+def is_shard_folder(path: str | Path) -> bool:
+    """Whether `path` holds shards written by `write_shards` (LitData's index.json and mimkit's metadata)."""
+    path = Path(path)
+    return (path / "index.json").is_file() and (path / META).is_file()
+
+
+class _Decode:
+    """The per-file step of `litdata.optimize` (a generator: an unreadable file yields nothing and is logged)."""
+
+    def __init__(self, root: Path, skip_log: Path, in_chans: int):
+        self.root, self.skip_log, self.in_chans = root, skip_log, in_chans
+
+    def __call__(self, item):
+        index, path, label = item
+        path = Path(path)
+        try:
+            image = read_image(path)
+            if image.shape[0] != self.in_chans:
+                raise DataError(f"{path}: decoded to {image.shape[0]} channel(s), expected {self.in_chans}")
+            if image.dtype.kind == "f" and not np.isfinite(image).all():
+                raise DataError(f"{path}: holds NaN or infinite pixel values")
+        except DataError as error:  # runs in an optimize worker: the log file carries it back
+            with open(self.skip_log, "a") as log:
+                log.write(json.dumps({"path": str(path), "reason": str(error)}) + "\n")
+            return
+        yield {"image": np.ascontiguousarray(image), "label": int(label), "index": int(index),
+               "path": str(path.relative_to(self.root))}
+
+
+def write_shards(folder: str | Path, out: str | Path, chunk_bytes: str = "64MB", num_workers: int = 1,
+                 labelled: bool | None = None, overwrite: bool = False) -> dict:
+    """Decode the images of `folder` (flat, or one subfolder per class) once into LitData shards in `out`; returns
+    the metadata written to OUT/mimkit_shards.json."""
+    import litdata
+
+    root, out = Path(folder).expanduser().resolve(), Path(out).expanduser().resolve()
+    if not root.is_dir():
+        raise DataError(f"shard source {str(root)!r} is not a folder of images")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise DataError(f"shard folder {str(out)!r} is not empty; choose another --out or pass --overwrite")
+        if not is_shard_folder(out):
+            raise DataError(f"{str(out)!r} holds files that are not mimkit shards; refusing to overwrite it")
+    if out == root or root in out.parents:
+        raise DataError(f"--out {str(out)!r} must not lie inside the source folder {str(root)!r}")
+    files, targets, classes, labelled = scan_folder(root, IMAGE_SUFFIXES, labelled)
+    if not files:
+        raise DataError(f"no image files under {root} (accepted suffixes: {' '.join(IMAGE_SUFFIXES)})")
+    skipped, shapes = [], {}
+    for path in files:
+        try:
+            shapes[path] = probe_image(path)
+        except DataError as error:
+            skipped.append({"path": str(path), "reason": str(error)})
+    if not shapes:
+        raise DataError(f"none of the {len(files)} image files under {root} could be read; first: "
+                        f"{skipped[0]['reason']}")
+    channels = sorted({s[0] for s in shapes.values()})
+    if len(channels) > 1:
+        raise DataError(f"images under {root} have different channel counts {channels}; shard one kind at a time")
+    targets = targets or [-1] * len(files)
+    inputs = [(i, str(p), t) for i, (p, t) in enumerate(zip(files, targets)) if p in shapes]
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        log = Path(scratch) / "skipped.jsonl"
+        log.touch()
+        litdata.optimize(fn=_Decode(root, log, channels[0]), inputs=inputs, output_dir=str(out),
+                         chunk_bytes=chunk_bytes, num_workers=num_workers, mode="overwrite", verbose=False,
+                         keep_data_ordered=True)
+        decode_failures = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    skipped += decode_failures
+    count = len(inputs) - len(decode_failures)
+    meta = {"format": FORMAT, "source": str(root), "count": count, "in_chans": channels[0], "classes": classes,
+            "labelled": labelled, "skipped": skipped, "chunk_bytes": chunk_bytes}
+    partial = out / (META + ".partial")
+    partial.write_text(json.dumps(meta, indent=2) + "\n")
+    os.replace(partial, out / META)
+    return meta
+
+
+class ShardDataset(ImageFolderDataset):
+    """Images from a shard folder, augmented and normalised exactly as `ImageFolderDataset` does (same arguments);
+    `files` holds the stored relative paths, `skipped` what could not be read when the shards were written."""
+
+    def _scan(self, labelled: bool | None) -> tuple[list[str], list[int], list[str]]:
+        from litdata import StreamingDataset
+
+        if not is_shard_folder(self.root):
+            raise DataError(f"{self.root} is not a mimkit shard folder (expected index.json and {META}; write one with "
+                            f"`mimkit shard FOLDER --out {self.root}`)")
+        try:
+            self.meta = json.loads((self.root / META).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise DataError(f"{self.root / META} is not readable JSON: {error}") from None
+        if self.meta.get("format") != FORMAT:
+            raise DataError(f"{self.root / META}: format {self.meta.get('format')!r}, expected {FORMAT!r}")
+        self.stream = StreamingDataset(str(self.root))
+        if len(self.stream) != self.meta["count"]:
+            raise DataError(f"{self.root}: the shards hold {len(self.stream)} samples but {META} says "
+                            f"{self.meta['count']} (an interrupted write?); write them again")
+        use_labels = self.meta["labelled"] if labelled is None else labelled and self.meta["labelled"]
+        classes = list(self.meta["classes"]) if use_labels else []
+        self._labels = use_labels
+        return [f"{self.root}::{i}" for i in range(len(self.stream))], [], classes
+
+    def _check_headers(self, in_chans: int | None) -> None:
+        self.skipped.extend((Path(s["path"]), s["reason"]) for s in self.meta.get("skipped", []))
+        stored = int(self.meta["in_chans"])
+        if in_chans and in_chans != stored:
+            raise DataError(f"the shards in {self.root} hold {stored}-channel images but in_chans is {in_chans}")
+        self.in_chans = stored
+        if self._labels:
+            self.targets = [int(self.stream[i]["label"]) for i in range(len(self.stream))]
+
+    def _read(self, index: int) -> np.ndarray:
+        from .data import to_unit_range
+
+        item = self.stream[index]
+        image = np.asarray(item["image"])
+        if image.dtype.kind == "f" and not np.isfinite(image).all():  # written before a check, or edited since
+            raise DataError(f"{self.root} sample {index} ({item['path']}): NaN or infinite pixel values")
+        return to_unit_range(image)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["stream"] = None  # each loader worker opens its own reader
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        from litdata import StreamingDataset
+
+        self.stream = StreamingDataset(str(self.root))
+
+
+__all__ = ["write_shards", "ShardDataset", "is_shard_folder", "META"]
+
+
+def shard_summary(meta: dict, out: str | Path) -> Sequence[str]:
+    """The lines `mimkit shard` prints."""
+    lines = [f"wrote {meta['count']} images ({meta['in_chans']} channel(s)"
+             f"{', ' + str(len(meta['classes'])) + ' classes' if meta['classes'] else ''}) as shards in {out}"]
+    if meta["skipped"]:
+        lines.append(f"skipped {len(meta['skipped'])} unreadable file(s) (listed in {Path(out) / META}); first: "
+                     f"{meta['skipped'][0]['reason']}")
+    return lines
