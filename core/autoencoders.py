@@ -156,20 +156,23 @@ def load_autoencoder(path: str | Path) -> tuple[KLAutoencoder, dict]:
 class FrozenAutoencoder(nn.Module):
     """A first stage that never trains: images (normalised as the loader gives them) <-> latents.
 
-    `latents(x)` is the posterior mode times `scale` (LMD's official code: SD's VAE, mode, no scaling);
-    `decode(z)` returns images in the loader's normalisation. A diffusers VAE reads [-1, 1] pixels, so it needs
+    `latents(x)` is the posterior mode (or a sample, `sample_posterior`) times `scale` (LMD's official code: SD's
+    VAE, mode, no scaling; UMD's latent variant: a sample times SD's scaling factor 0.18215); `scale=None` takes
+    a diffusers VAE's own `scaling_factor` (1 for mimkit's). `decode(z)` returns images in the loader's normalisation. A diffusers VAE reads [-1, 1] pixels, so it needs
     the loader's per-channel `data_mean`/`data_std` to undo the normalisation; a mimkit VAE was trained on
     normalised images and needs neither.
     """
 
-    def __init__(self, model: nn.Module, scale: float = 1.0, data_mean: Sequence[float] | None = None,
-                 data_std: Sequence[float] | None = None):
+    def __init__(self, model: nn.Module, scale: float | None = 1.0, data_mean: Sequence[float] | None = None,
+                 data_std: Sequence[float] | None = None, sample_posterior: bool = False):
         super().__init__()
         self.model = model
         self.kind = "mimkit" if isinstance(model, KLAutoencoder) else "diffusers"
         for p in self.model.parameters():
             p.requires_grad_(False)
-        self.scale = float(scale)
+        if scale is None:
+            scale = float(getattr(model.config, "scaling_factor", 1.0)) if self.kind == "diffusers" else 1.0
+        self.scale, self.sample_posterior = float(scale), bool(sample_posterior)
         if self.kind == "diffusers":
             cfg = model.config
             self.in_chans, self.latent_channels = int(cfg.in_channels), int(cfg.latent_channels)
@@ -199,9 +202,10 @@ class FrozenAutoencoder(nn.Module):
         """(B, C, H, W) images -> (B, latent_channels, H / f, W / f) latents, without gradients."""
         if self.kind == "diffusers":
             pixels = (images.float() * self.data_std + self.data_mean) * 2.0 - 1.0
-            z = self.model.encode(pixels).latent_dist.mode()
+            posterior = self.model.encode(pixels).latent_dist
         else:
-            z = self.model.encode(images.float()).mode()
+            posterior = self.model.encode(images.float())
+        z = posterior.sample() if self.sample_posterior else posterior.mode()
         return z * self.scale
 
     @torch.no_grad()
@@ -215,8 +219,8 @@ class FrozenAutoencoder(nn.Module):
 
 
 def build_autoencoder(source: str | None = None, *, allow_random: bool = False, kwargs: dict | None = None,
-                      scale: float = 1.0, data_mean: Sequence[float] | None = None,
-                      data_std: Sequence[float] | None = None) -> FrozenAutoencoder:
+                      scale: float | None = 1.0, data_mean: Sequence[float] | None = None,
+                      data_std: Sequence[float] | None = None, sample_posterior: bool = False) -> FrozenAutoencoder:
     """A frozen first stage from a local file (`mimkit autoencoder` output) or a diffusers `AutoencoderKL` folder
     (config.json + weights, e.g. Stable Diffusion's `vae` folder); `allow_random` builds a fresh `KLAutoencoder`
     of `kwargs` instead (tests only: a random first stage encodes nothing useful)."""
@@ -224,7 +228,7 @@ def build_autoencoder(source: str | None = None, *, allow_random: bool = False, 
         if not allow_random:
             raise ConfigError("no first-stage autoencoder given: set autoencoder to a file written by `mimkit "
                               "autoencoder` or to a local diffusers AutoencoderKL folder (nothing is downloaded)")
-        return FrozenAutoencoder(KLAutoencoder(**(kwargs or {})), scale, data_mean, data_std)
+        return FrozenAutoencoder(KLAutoencoder(**(kwargs or {})), scale, data_mean, data_std, sample_posterior)
     if kwargs:
         raise ConfigError(f"autoencoder_kwargs {sorted(kwargs)} only shape a fresh autoencoder; the file "
                           f"{source} brings its own configuration")
@@ -239,9 +243,9 @@ def build_autoencoder(source: str | None = None, *, allow_random: bool = False, 
             raise ConfigError(f"{path} is a diffusers AutoencoderKL folder; reading it needs diffusers "
                               f"(pip install diffusers)") from None
         model = AutoencoderKL.from_pretrained(str(path), local_files_only=True)
-        return FrozenAutoencoder(model, scale, data_mean, data_std)
+        return FrozenAutoencoder(model, scale, data_mean, data_std, sample_posterior)
     model, _ = load_autoencoder(path)
-    return FrozenAutoencoder(model, scale, data_mean, data_std)
+    return FrozenAutoencoder(model, scale, data_mean, data_std, sample_posterior)
 
 
 class LatentViTEncoder(ViTEncoder):
@@ -281,14 +285,15 @@ class LatentViTEncoder(ViTEncoder):
         return self.autoencoder.latents(images)
 
     def forward_latents(self, latents: torch.Tensor, ids_keep: torch.Tensor | None,
-                        return_layers: Sequence[int] | None = None):
-        """Encode latents (B, latent_channels, h, w) directly: only the tokens at `ids_keep` when given."""
-        return super().forward_visible(latents, ids_keep, return_layers)
+                        return_layers: Sequence[int] | None = None, **kwargs):
+        """Encode latents (B, latent_channels, h, w) directly: only the tokens at `ids_keep` when given (`kwargs`,
+        such as a timestep, go to the ViT)."""
+        return super().forward_visible(latents, ids_keep, return_layers, **kwargs)
 
     def forward_visible(self, x: torch.Tensor, ids_keep: torch.Tensor | None,
-                        return_layers: Sequence[int] | None = None):
+                        return_layers: Sequence[int] | None = None, **kwargs):
         """Images -> latents -> the visible tokens (all when `ids_keep` is None) through the ViT."""
-        return self.forward_latents(self.to_latents(x), ids_keep, return_layers)
+        return self.forward_latents(self.to_latents(x), ids_keep, return_layers, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------- training it

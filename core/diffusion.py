@@ -18,6 +18,7 @@ from timm.layers import Mlp
 from timm.models.vision_transformer import Attention
 from torch import nn
 
+from .autoencoders import LatentViTEncoder
 from .decoders import restore_tokens
 from .encoders import LayerNorm, ViTEncoder, gather_tokens, init_weights
 from .errors import ConfigError, DataError
@@ -222,6 +223,10 @@ class TimestepViTEncoder(ViTEncoder):
         if mode == "token" and self.num_prefix_tokens:
             return features[:, :self.num_prefix_tokens].mean(1)
         return features[:, self.num_prefix_tokens:].mean(1)
+
+
+class LatentTimestepViTEncoder(LatentViTEncoder, TimestepViTEncoder):
+    """The timestep-conditioned ViT over a frozen first stage's latents (Latent-UMD): images in, latents to the blocks."""
 
 
 class TimestepDecoder(nn.Module):

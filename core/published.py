@@ -145,7 +145,7 @@ UMD_REPO = ("philippe-eecs/small-vision, README.md, official JAX code of Hansen-
 _UMD_PRETRAIN = "800-epoch pre-training on ImageNet-1K"  # README: "Each reported number was taken at 800 Epochs"
 _UMD_GENERATION = ("class-conditional fine-tuning for 50 epochs after pre-training; 10k samples, 125 DDIM steps "
                    "(lower is better)")
-_UMD_LATENT = "Latent-UMD: on Stable Diffusion's VAE latents (32 x 32 x 4), not implemented in mimkit"
+_UMD_LATENT = "Latent-UMD on Stable Diffusion's VAE latents (32 x 32 x 4): recipe core/recipes/umd_latent.yaml"
 
 
 def _umd(value: float, protocol: str, metric: str, model: str, method: str, table: str, setting: str,

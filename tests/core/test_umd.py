@@ -228,3 +228,45 @@ def test_the_readme_figures_are_registered_with_their_source():
     mae = [r for r in published_results(method="mae", model="ViT-B/4")]
     assert [r.value for r in mae] == [36.6] and mae[0].img_size == 64
     assert all("philippe-eecs/small-vision, README.md" in r.source for r in published_results(method="umd") + mae)
+
+
+def test_latent_umd_diffuses_and_unmasks_the_first_stage_latents():
+    model = build(allow_random_autoencoder=True, autoencoder_kwargs=dict(channels=[8, 16]), noise_schedule="linear",
+                  autoencoder_sample_posterior=False)
+    first_stage = model.encoder.autoencoder
+    rec = Recorder(model)
+    seen = []
+    model.encoder.patch_embed.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    images = astronaut(4)
+    out = model({"image": images})
+    latents = first_stage.latents(images)                  # (4, 4, 16, 16): a 2x first stage
+    (diffused,), (noised, clean) = rec.diffused, rec.calls
+    assert torch.equal(diffused["x0"], latents[:2]) and torch.equal(clean["x"], latents[2:])
+    assert torch.equal(noised["x"], model.diffusion.q_sample(latents[:2], diffused["t"], diffused["noise"]))
+    assert [tuple(x.shape) for x in seen] == [(2, 4, 16, 16)] * 2  # the ViT reads latents only
+    assert out.pred.shape == (4, 16, 4 * 4 * 4) and model.diffusion.kind == "linear"
+    out.loss.backward()
+    assert all(p.grad is None and not p.requires_grad for p in first_stage.parameters())
+    rebuilt = model.reconstruct({"image": images}, out)
+    assert rebuilt.shape == images.shape
+    model.eval()
+    samples = model.sample(2, steps=2, generator=torch.Generator().manual_seed(0))
+    assert samples.shape == (2, 3, 32, 32)  # decoded to pixels by the first stage
+
+
+def test_latent_umd_takes_a_diffusers_vaes_scaling_factor(tmp_path):
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                                  up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16),
+                                  latent_channels=4, norm_num_groups=8, sample_size=32, scaling_factor=0.3)
+    vae.save_pretrained(tmp_path / "vae")
+    half = [0.5, 0.5, 0.5]  # the loader's [-1, 1] pixels (data mean = std = 0.5), as the official pipeline
+    model = build(autoencoder=str(tmp_path / "vae"), autoencoder_data_mean=half, autoencoder_data_std=half,
+                  autoencoder_sample_posterior=False)
+    images = astronaut(2).clamp(-1, 1)
+    assert model.encoder.autoencoder.scale == 0.3
+    with torch.no_grad():
+        expected = 0.3 * vae.encode(images).latent_dist.mode()
+    assert torch.allclose(model.to_space(images), expected, atol=1e-5)
+    assert torch.isfinite(model({"image": images}).loss)
