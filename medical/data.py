@@ -15,6 +15,7 @@ import copy
 import hashlib
 import json
 import logging
+import random
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
@@ -130,7 +131,7 @@ class Preprocessing:
 _DATA_ALIASES = {"hu_window": "intensity_range", "horizontal_flip": "hflip"}
 # `data` keys read by the dataset builders and the CLI rather than by Preprocessing.
 DATASET_KEYS = ("mean", "std", "crops_per_volume", "cache", "cache_dir", "layout", "normal_only", "normal_class",
-                "uncertainty", "classes", "caption", "caption_fundus", "caption_oct", "views", "skipped_files",
+                "uncertainty", "classes", "caption", "descriptions", "caption_fundus", "caption_oct", "views", "skipped_files",
                 "modality", "spatial_dims", "volume_data", "roi", "volume_size", "volume_mean", "volume_std",
                 "json_name")
 
@@ -182,7 +183,8 @@ class MedicalDataset(NormalisedDataset):
                  classes: Sequence[str] | None = None, label_kind: str | None = None, cache: str = "none",
                  cache_dir: str | Path | None = None, samples_per_volume: int = 1, strict: bool = False,
                  whole_volume: bool = False, caption: str | None = None, root: str | Path | None = None,
-                 stats_samples: int = 32, cache_workers: int = 2):
+                 stats_samples: int = 32, cache_workers: int = 2,
+                 descriptions: Mapping[str, Sequence[str]] | None = None):
         if cache not in CACHES:
             raise ConfigError(f"--cache must be one of {', '.join(CACHES)}, got {cache!r}")
         if cache == "disk" and cache_dir is None:
@@ -195,6 +197,7 @@ class MedicalDataset(NormalisedDataset):
         self.root = Path(root) if root is not None else None
         self.classes = list(classes) if classes is not None else []
         self.label_kind, self.caption, self.whole_volume = label_kind, caption, whole_volume
+        self.descriptions = {str(k): [str(d) for d in v] for k, v in (descriptions or {}).items()}
         self.samples_per_volume = samples_per_volume
         self.patch_size = as_tuple(patch_size, preprocessing.spatial_dims, "patch_size")
         self.skipped: list[tuple[str, str]] = []
@@ -371,7 +374,11 @@ class MedicalDataset(NormalisedDataset):
         elif self.label_kind == "class":
             sample["label"] = int(label)
         if self.caption is not None and self.label_kind == "class":
-            sample["text"] = self.caption.replace("[CLS]", self.classes[int(label)])
+            name = self.classes[int(label)]
+            if self.train and name in self.descriptions:
+                # UrFound's AugmentDescription: the category name, or one of its expert descriptions, uniformly
+                name = random.Random(seed).choice([name] + self.descriptions[name])
+            sample["text"] = self.caption.replace("[CLS]", name)
         return sample
 
 
@@ -428,6 +435,25 @@ def build_dataset(root: str | Path, layout: str, preprocessing: Preprocessing, *
 # The method each modality pretrains with unless `method` says otherwise, and its spatial dims.
 DEFAULT_METHODS = {"ct": "hiend_mae", "mr": "hiend_mae", "xray": "thorax_mae", "oct": "uni4eye", "fundus": "uni4eye"}
 DEFAULT_DIMS = {"ct": 3, "mr": 3, "xray": 2, "oct": 2, "fundus": 2}
+def read_descriptions(path: str | Path) -> dict[str, list[str]]:
+    """Expert descriptions per category from a YAML/JSON file {category: [description, ...]} (UrFound's FLAIR
+    dictionary has this shape); a category name in a caption is swapped for one of them at random."""
+    import yaml
+
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"descriptions file {str(path)!r} does not exist")
+    try:
+        content = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"descriptions file {file}: not valid YAML/JSON ({str(error).splitlines()[0]})") from None
+    if not isinstance(content, dict) or not all(
+            isinstance(k, str) and isinstance(v, list) and all(isinstance(d, str) for d in v) for k, v in content.items()):
+        raise ConfigError(f"descriptions file {file}: expected a mapping category -> list of description strings, "
+                          f"found {type(content).__name__}")
+    return content
+
+
 # UrFound's caption templates (util/flair_dataloader/transforms.py), "[CLS]" = the class folder's name.
 CAPTIONS = {"fundus": "A fundus photograph of [CLS]", "oct": "An Optical Coherence Tomography Image shows [CLS]"}
 # MedicalData fields that shape Preprocessing (the rest choose files, caching and labels)
@@ -463,6 +489,8 @@ class MedicalData:
         uncertainty: CheXpert's uncertain (-1) labels: ones (U-Ones) or zeros (U-Zeros)
         volume_data: a folder of 3D volumes paired with the 2D images of root in unified 2D + 3D batches (uni4eye)
         caption: UrFound's caption template, [CLS] = the class folder name (None: the modality's)
+        descriptions: a YAML/JSON file {category: [expert description, ...]}: in training captions a category name
+            is swapped for one of its descriptions (or kept), uniformly, as UrFound's AugmentDescription
         foreground: crop volumes to their foreground (None: ct and mr)
         min_roi_fraction: refuse volumes shorter than this fraction of the ROI on an axis
         crop: 3D crops: random, or rand_pos_neg (foreground-biased, Hi-End-MAE)
@@ -498,6 +526,7 @@ class MedicalData:
     uncertainty: str = "ones"
     volume_data: str | None = None
     caption: str | None = None
+    descriptions: str | None = None
     foreground: bool | None = Preprocessing.foreground
     min_roi_fraction: float = Preprocessing.min_roi_fraction
     crop: str = Preprocessing.crop
@@ -587,6 +616,11 @@ class MedicalData:
                 raise ConfigError("urfound learns from captions: use --layout classes (the class folder names fill "
                                   "the caption template)")
             caption = (self.caption or CAPTIONS.get(modality, "[CLS]")).replace("[ATR] ", "")
+            options_extra = {"descriptions": read_descriptions(self.descriptions)} if self.descriptions else {}
+        elif self.descriptions:
+            raise ConfigError("descriptions (expert descriptions per category) are read by urfound only")
+        else:
+            options_extra = {}
         options = dict(patch_size=encoder_setting(model, "patch_size", method),
                        in_chans=encoder_setting(model, "in_chans"), mean=self.mean, std=self.std,
                        cache=self.cache or ("memory" if pre.volumes else "none"), cache_dir=self.cache_dir,
@@ -594,7 +628,7 @@ class MedicalData:
         layout_options = {"normal_only": self.normal_only, "normal_class": self.normal_class,
                           "uncertainty": self.uncertainty}
         dataset = build_dataset(self.root, self.layout, pre, labelled=caption is not None, options=layout_options,
-                                caption=caption, **options)
+                                caption=caption, **options, **options_extra)
         self.spatial_dims = dims
         self.mean, self.std = (_floats(v) for v in dataset.stats)
         self.spacing = list(pre.spacing) if pre.spacing is not None else None  # what was applied, defaults included

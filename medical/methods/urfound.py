@@ -89,8 +89,15 @@ class UrFound(MIMMethod):
                  # official code's BERT text branch: 6 layers, width 384, 6 heads, 1536-wide MLP, 100 tokens
                  text_width: int = 384, text_depth: int = 6, text_num_heads: int = 6, context_length: int = 100,
                  text_mask_ratio: float = 0.5,  # official dataset code: each word masked with probability 0.5
-                 text_loss_weight: float = 1.0):  # official engine: loss = image loss + text loss
+                 text_loss_weight: float = 1.0,  # official engine: loss = image loss + text loss
+                 # official: BERT's masked-LM loss with every position labelled (labels = the unmasked ids, no
+                 # -100), so the cross-entropy averages over the whole context, padding included; "masked": only
+                 # the hidden words (mimkit's earlier choice)
+                 text_loss_positions: str = "all"):
         super().__init__()
+        if text_loss_positions not in ("all", "masked"):
+            raise ConfigError(f"text_loss_positions must be 'all' or 'masked', got {text_loss_positions!r}")
+        self.text_loss_positions = text_loss_positions
         if int(target_scale) < 1:
             raise ConfigError(f"target_scale must be a positive integer, got {target_scale}")
         if not 0.0 < text_mask_ratio < 1.0:
@@ -170,7 +177,7 @@ class UrFound(MIMMethod):
         image_vector = latent[:, self.encoder.num_prefix_tokens:].mean(1)
         logits = self.text_model(tokens.masked_fill(hidden_words, self.text_model.mask_id), valid, image_vector)
         per_token = F.cross_entropy(logits.float().transpose(1, 2), tokens, reduction="none")
-        text_loss = masked_mean(per_token, hidden_words.float())
+        text_loss = per_token.mean() if self.text_loss_positions == "all" else masked_mean(per_token, hidden_words.float())
         loss = image_loss + self.text_loss_weight * text_loss
         return MIMOutput(loss=loss, parts={"reconstruction": image_loss.detach(), "text": text_loss.detach()},
                          pred=pred, mask=mask.mask)

@@ -395,6 +395,13 @@ def test_class_folders_for_oct_and_fundus(tmp_path):
     captioned = build_dataset(tmp_path / "oct", "classes", pre, split="train", patch_size=8,
                               caption="An OCT image shows [CLS]")
     assert captioned[0]["text"] == "An OCT image shows CNV"
+    # UrFound's AugmentDescription: a category name is swapped for one of its expert descriptions, or kept
+    described = build_dataset(tmp_path / "oct", "classes", pre, split="train", patch_size=8,
+                              caption="An OCT image shows [CLS]",
+                              descriptions={"CNV": ["choroidal neovascularization", "new vessels under the retina"]})
+    texts = {described[(0, seed)]["text"] for seed in range(40)}
+    assert texts == {"An OCT image shows CNV", "An OCT image shows choroidal neovascularization",
+                     "An OCT image shows new vessels under the retina"}
 
 
 def test_recipe_data_sections_become_preprocessing_and_unused_keys_are_named(caplog):

@@ -67,7 +67,7 @@ def test_whole_words_are_masked_and_only_caption_words():
 
 def test_text_prediction_is_conditioned_on_the_image_and_trains_the_encoder():
     torch.manual_seed(0)
-    model = build_method("urfound", **TINY)
+    model = build_method("urfound", **TINY, text_loss_positions="masked")  # the hidden words only
     tokens, words = model.tokenize(CAPTIONS[:1])
     valid = torch.ones_like(tokens, dtype=torch.bool)
     a = model.text_model(tokens, valid, torch.zeros(1, 32))
@@ -134,3 +134,18 @@ def test_captions_required_to_train_but_not_for_pictures():
     out = model({"image": images})  # eval mode (pictures, inference): the image path alone
     assert set(out.parts) == {"reconstruction"} and out.pred.shape == (4, 16, 768)
     assert model.output_patch_size == (16, 16)  # each token paints a 16 x 16 patch of the 64 x 64 input
+
+
+def test_official_text_loss_averages_over_every_position_of_the_context():
+    # UrFound's BERT labels every position with its true id (no -100): the masked-LM cross-entropy is the mean
+    # over the whole context, padding included, and is added to the image loss with weight 1
+    torch.manual_seed(0)
+    model = build_method("urfound", **TINY)
+    captured = {}
+    model.text_model.register_forward_hook(lambda m, args, out: captured.__setitem__("logits", out))
+    model.text_model.register_forward_pre_hook(lambda m, args: captured.__setitem__("tokens", args[0]))
+    out = model(batch())
+    tokens, _ = model.tokenize(CAPTIONS)
+    expected = torch.nn.functional.cross_entropy(captured["logits"].float().transpose(1, 2), tokens)
+    assert torch.allclose(out.parts["text"], expected.detach())
+    assert torch.allclose(out.loss, out.parts["reconstruction"] + expected, atol=1e-6)
