@@ -7,6 +7,13 @@ subset of the hidden tokens is reconstructed (mask ratio 0.85, 25% of all tokens
 decoder is cross-attention only: queries for the selected hidden positions read the encoder's tokens, so
 neither the encoder nor the decoder sees the other hidden tokens. With N tokens the encoder runs on
 1 + (1 - mask_ratio) N tokens and the decoder on target_ratio N queries.
+
+Token scores (`score`): the released code standardises each patch's HOG vector and then averages it, which
+gives every patch the same score, so its softmax is uniform and the first half of the visible tokens (and the
+reconstructed ones) are drawn uniformly: `score="official"` (the default) reproduces that. `score="hog_energy"`
+is mimkit's reading of the paper's intent: the HOG energy of each patch standardised over the image, so edges
+and texture are picked more often. Absent: the official training also prunes the data set with InfoBatch
+(prune ratio 0.5, delta 0.875), which needs per-sample losses fed back to the sampler; mimkit does not do it.
 """
 from __future__ import annotations
 
@@ -17,6 +24,7 @@ import torch
 
 from mimkit.core.decoders import CrossAttentionBlock, MaskedTokenDecoder
 from mimkit.core.encoders import EncoderConfig, gather_tokens
+from mimkit.core.errors import ConfigError
 from mimkit.core.masking import Mask, RatioSchedule, SelectiveMasker
 from mimkit.core.methods.base import MIMMethod, MIMOutput
 from mimkit.core.registry import register_method
@@ -54,8 +62,12 @@ class SelectiveMAE(MIMMethod):
                  target_ratio: float = 0.25,  # paper ("kept mask ratio"): 25% of all tokens reconstructed
                  norm_pix_loss: bool = True, total_steps: int | None = None,
                  expansion_schedule: Sequence[float] = (0.35, 0.375, 0.725, 0.75),  # epochs 280/300/580/600 of 800
-                 expansion_rounds: int = 2, hog_orientations: int = 9, decoder_self_attention: bool = False):
+                 expansion_rounds: int = 2, hog_orientations: int = 9, decoder_self_attention: bool = False,
+                 score: str = "official"):  # "official" (constant HOG score: uniform) or "hog_energy"
         super().__init__()
+        if score not in ("official", "hog_energy"):
+            raise ConfigError(f"score must be 'official' or 'hog_energy', got {score!r}")
+        self.score = score
         self.encoder = enc = self.build_encoder(encoder)
         self.masker = SelectiveMasker(mask_ratio, target_ratio, total_steps, expansion_schedule, expansion_rounds)
         self.target = PixelTarget(enc.patch_size, normalize=norm_pix_loss)
@@ -66,7 +78,9 @@ class SelectiveMAE(MIMMethod):
 
     def select(self, images: torch.Tensor, tokens: torch.Tensor, step: int | None = None):
         """The visible and reconstructed tokens of a batch (a `SelectiveMask`)."""
-        scores = patch_hog_scores(images, self.encoder.patch_size, self.hog_orientations)
+        # the official score is the same for every patch: no scores = uniform selection probabilities
+        scores = (patch_hog_scores(images, self.encoder.patch_size, self.hog_orientations)
+                  if self.score == "hog_energy" else None)
         return self.masker(images.shape[0], tokens.shape[1], step=step, scores=scores, features=tokens)
 
     def forward(self, batch: dict, step: int | None = None) -> MIMOutput:

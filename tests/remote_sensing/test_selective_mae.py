@@ -97,3 +97,20 @@ def test_selective_mae_loss_falls_on_fixed_data(fixed_batch_training):
     run = fixed_batch_training(model, batch, steps=40)
     assert run.last(5) < 0.5 * run.first(5)
     assert model.reconstruct(batch, run.out).shape == (8, 3, 32, 32)
+
+
+def test_official_score_is_constant_so_selection_ignores_the_image_and_hog_energy_is_a_named_option():
+    # the released HOGLayerC standardises each patch's histogram vector and then averages it: every patch gets ~0
+    model = build_method("selective_mae", **TINY)
+    assert model.score == "official"
+    seen = []
+    original = model.masker
+    model.masker = lambda *a, **k: seen.append(k.get("scores")) or original(*a, **k)
+    textured = torch.zeros(1, 3, 32, 32)
+    textured[..., 8:12, 8:12] = torch.rand(1, 3, 4, 4)  # patch (2, 2) of the 8 x 8 grid: token 18
+    model.select(textured, torch.randn(1, 64, 32))
+    assert seen[-1] is None  # no scores: uniform selection probabilities, as the constant official score gives
+    energy = build_method("selective_mae", **TINY, score="hog_energy")
+    energy.masker = lambda *a, **k: seen.append(k.get("scores")) or original(*a, **k)
+    energy.select(textured, torch.randn(1, 64, 32))
+    assert seen[-1] is not None and int(seen[-1].argmax()) == 18  # the textured patch ranks first
