@@ -2,8 +2,8 @@
 
 - `digits`: scikit-learn's 1,797 handwritten digits (`sklearn/datasets/data/digits.csv.gz`, 8x8, shown at 32x32)
   with a table whose columns are measured on each image (ink, width, height, centre of mass, left-right
-  symmetry), two noisy label-linked columns (parity and "has a closed loop", each 15% wrong), two noise columns
-  (a number and a 3-way "site") and missing cells; the target is the digit. Also captions built from the label and
+  symmetry; noise of a tenth of each one's spread), two noisy label-linked columns (parity and "has a closed
+  loop", each 15% wrong), two noise columns (a number and a 3-way "site") and missing cells; the target is the digit. Also captions built from the label and
   the measurements, and VQA-RAD-style questions.
 - `crops`: 32x32 crops of scikit-image's bundled photographs and micrographs (astronaut, camera, coffee, chelsea,
   coins, the immunohistochemistry and cell micrographs, ...), the target being the source picture; the table holds
@@ -35,9 +35,9 @@ SKIMAGE_PICTURES = ("astronaut", "camera", "coffee", "chelsea", "coins", "immuno
                     "hubble_deep_field", "moon", "page", "grass", "brick", "gravel")
 
 
-def _write_rows(path: Path, rows: list[dict]) -> Path:
+def _write_rows(path: Path, rows: list[dict], fields: Sequence[str] | None = None) -> Path:
     with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(handle, fieldnames=list(fields or rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     return path
@@ -83,17 +83,19 @@ def write_digits(root: str | Path, count: int | None = None, size: int = 32, mis
     root = Path(root)
     (root / "images").mkdir(parents=True, exist_ok=True)
     rows, captions, questions = [], [], []
-    for i in picks:
+    measurements = [digit_measurements(digits.images[i] / 16.0) for i in picks]
+    # measurement noise: a tenth of each measurement's spread over the set
+    spread = {k: float(np.std([m[k] for m in measurements])) for k in measurements[0]}
+    for i, measured in zip(picks, measurements):
         image = digits.images[i] / 16.0
         label = int(digits.target[i])
         name = f"images/digit_{i:04d}.png"
         Image.fromarray((image * 255).astype(np.uint8)).resize((size, size), Image.BICUBIC).save(root / name)
-        measured = digit_measurements(image)
         flip = lambda value: 1 - value if rng.random() < label_noise else value  # noqa: E731
         row = {"image": name, "parity": ["even", "odd"][flip(label % 2)],
                "closed_loop": ["no", "yes"][flip(int(label in LOOPS))],
                "site": f"site_{rng.integers(3)}",
-               **{k: round(v + rng.normal(0, 0.05 * (abs(v) + 1)), 4) for k, v in measured.items()},
+               **{k: round(v + rng.normal(0, 0.1 * spread[k]), 4) for k, v in measured.items()},
                "noise": round(float(rng.normal()), 4), "digit": label}
         rows.append(row)
         thickness = "thick" if measured["ink"] > 0.3 else "thin"
@@ -179,18 +181,24 @@ def _header_value(dataset, field: str):
     return str(value) if not isinstance(value, (int, float)) else value
 
 
-def write_dicom_table(root: str | Path, size: int = 64, test_fraction: float = 0.25, seed: int = 0) -> dict:
-    """pydicom's bundled test files as PNGs with their header fields; returns {"root", "written", "skipped"}."""
+def write_dicom_table(root: str | Path, size: int = 64, pattern: str = "*.dcm", test_fraction: float = 0.25,
+                      seed: int = 0) -> dict:
+    """pydicom's bundled test files (`pydicom/data/test_files`, those matching `pattern`) as PNGs with their header
+    fields; returns {"root", "written", "skipped"}."""
+    import warnings
+
     import pydicom
-    from pydicom.data import get_testdata_files
 
     root = Path(root)
     (root / "images").mkdir(parents=True, exist_ok=True)
     rows, skipped = [], []
-    for path in sorted(set(get_testdata_files("*.dcm"))):
+    folder = Path(pydicom.__file__).parent / "data" / "test_files"  # read directly: pydicom's helper tries downloads
+    for path in sorted(folder.glob(pattern)):
         try:
-            dataset = pydicom.dcmread(path)
-            pixels = np.asarray(dataset.pixel_array, dtype=np.float64)
+            with warnings.catch_warnings():  # the test files are damaged on purpose; what fails is counted below
+                warnings.simplefilter("ignore")
+                dataset = pydicom.dcmread(path)
+                pixels = np.asarray(dataset.pixel_array, dtype=np.float64)
         except Exception as error:  # compressed without a decoder, no pixel data, damaged: counted, not fatal
             skipped.append((Path(path).name, type(error).__name__))
             continue
@@ -209,9 +217,10 @@ def write_dicom_table(root: str | Path, size: int = 64, test_fraction: float = 0
         log.warning("left out %d of pydicom's test files that cannot be decoded here (first: %s, %s)", len(skipped),
                     *skipped[0])
     test = _split(len(rows), test_fraction, np.random.default_rng(seed))
-    _write_rows(root / "table.csv", rows)
-    _write_rows(root / "train.csv", [r for r, t in zip(rows, test) if not t])
-    _write_rows(root / "test.csv", [r for r, t in zip(rows, test) if t])
+    fields = ["image", *DICOM_FIELDS]
+    _write_rows(root / "table.csv", rows, fields)
+    _write_rows(root / "train.csv", [r for r, t in zip(rows, test) if not t], fields)
+    _write_rows(root / "test.csv", [r for r, t in zip(rows, test) if t], fields)
     return {"root": str(root), "written": len(rows), "skipped": skipped}
 
 

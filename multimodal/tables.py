@@ -120,12 +120,7 @@ class TablePreprocessor:
             if target not in frame.columns:
                 raise ConfigError(f"target column {target!r} is not in the table; it has "
                                   f"{', '.join(map(str, frame.columns))}")
-            labels = frame[target][~_missing(frame[target])]
-            numbers = _numbers(labels)
-            if numbers.notna().all() and len(numbers):
-                classes = [_category(v) for v in sorted(set(numbers.tolist()))]
-            else:
-                classes = sorted({_category(v) for v in labels})
+            classes = target_classes(frame[target])
         return cls(columns, target, classes)
 
     # ------------------------------------------------------------------ shape
@@ -225,6 +220,15 @@ class TablePreprocessor:
             raise DataError(f"{path} is not valid JSON: {error}") from None
 
 
+def target_classes(series: pd.Series) -> list[str]:
+    """The classes of a target column: numbers in numeric order, else text in sorted order (missing cells out)."""
+    labels = series[~_missing(series)]
+    numbers = _numbers(labels)
+    if len(numbers) and numbers.notna().all():
+        return [_category(v) for v in sorted(set(numbers.tolist()))]
+    return sorted({_category(v) for v in labels})
+
+
 def _category(value) -> str:
     """A categorical cell as text; 1 and 1.0 are the same category."""
     if isinstance(value, (float, np.floating)) and float(value).is_integer():
@@ -237,4 +241,4 @@ def _category(value) -> str:
         return text
 
 
-__all__ = ["TablePreprocessor", "Column", "read_table", "PREPROCESSING_FILE", "MAX_NUMERIC_CATEGORIES"]
+__all__ = ["TablePreprocessor", "Column", "read_table", "target_classes", "PREPROCESSING_FILE", "MAX_NUMERIC_CATEGORIES"]

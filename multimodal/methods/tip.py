@@ -214,7 +214,7 @@ class TIP(MIMMethod):
                  encoder: EncoderConfig = EncoderConfig(img_size=128, patch_size=16, size="small"),  # for image_encoder="vit"
                  image_encoder: str = "resnet50",       # official configs: resnet50 (DVM and UK Biobank)
                  categorical_sizes: list[int] | None = None,  # categories per categorical column (from the data)
-                 num_continuous: int = 0,               # continuous columns (from the data)
+                 num_continuous: int | None = None,     # continuous columns (from the data)
                  tabular_embed_dim: int = 512,          # official: 512
                  tabular_depth: int = 4,                # official: 4 tabular transformer layers
                  multimodal_embed_dim: int = 512,       # official: 512
@@ -228,6 +228,7 @@ class TIP(MIMMethod):
                  embedding_dropout: float = 0.0, drop_rate: float = 0.0):  # official: 0, 0
         super().__init__()
         sizes = [int(s) for s in (categorical_sizes or [])]
+        num_continuous = int(num_continuous or 0)
         if any(s < 1 for s in sizes) or num_continuous < 0 or not (sizes or num_continuous):
             raise ConfigError(f"tip needs the table's shape: categorical_sizes (categories per categorical column) "
                               f"and/or num_continuous; got {categorical_sizes} and {num_continuous}")
@@ -250,6 +251,7 @@ class TIP(MIMMethod):
             self.encoder = timm.create_model(image_encoder, pretrained=False, num_classes=0, global_pool="",
                                              in_chans=config.in_chans or 3)
             image_dim = self.encoder.num_features
+        self.embed_dims = {"image": image_dim, "table": tabular_embed_dim, "multimodal": multimodal_embed_dim}
         self.mask_ratio, self.corruption_rate = mask_ratio, corruption_rate
         self.temperature, self.lambda_0 = temperature, lambda_0
         self.tabular = TabularEncoder(sizes, num_continuous, tabular_embed_dim, tabular_depth, tabular_num_heads,

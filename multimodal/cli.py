@@ -1,0 +1,303 @@
+"""The `mimkit-multimodal` command: pretrain, evaluate, finetune, embed, recipes, synthetic, demo.
+
+The core's configuration system (core.config) with multimodal data underneath: `pretrain` is the core's command
+reading an image + table file through `ImageTableData` (the fitted table preprocessing is kept in the run's
+config.yaml and in RUN/tabular.json); `evaluate` and `finetune` run the image + table benchmark tasks (complete
+and incomplete tables) through mimkit.benchmarks' runner; `embed` writes image, table or multimodal embeddings.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Literal, Sequence
+
+from mimkit.core import api
+from mimkit.core.cli import positional, pretrain_command
+from mimkit.core.config import Command, Tool
+from mimkit.core.errors import ConfigError
+
+from .data import ImageTableData
+from .text_data import TEXT_METHODS, ImageTextData
+
+TABLE_FLAGS = ("image_column", "image_root", "target", "features", "exclude", "categorical", "continuous")
+
+
+# ------------------------------------------------------------------------------------------ pretrain
+@functools.wraps(api.pretrain)
+def pretrain(*args, **kwargs) -> dict:
+    kwargs.update(zip(("data", "out"), args))
+    data = kwargs["data"]
+    if isinstance(data, (str, Path)):
+        text = kwargs.get("method") in TEXT_METHODS
+        kwargs["data"] = data = (ImageTextData if text else ImageTableData)(root=str(data))
+    summary = api.pretrain(**kwargs)
+    if getattr(data, "preprocessing", None):
+        from .tables import TablePreprocessor
+
+        path = TablePreprocessor.from_dict(data.preprocessing).save(kwargs["out"])
+        print(f"mimkit-multimodal: the table preprocessing (vocabularies, scalers) is in {path}", file=sys.stderr)
+    return summary
+
+
+def pretrain_multimodal() -> Command:
+    command = pretrain_command(
+        ImageTableData, default_method=lambda argv: "tip",
+        description="Pretrain TIP (or another registered image + table method) on a CSV / Parquet table with an "
+        "image-path column: column types are inferred (numbers with more than 10 values: continuous) unless named "
+        "with --categorical / --continuous; empty cells are missing; rows whose image does not exist or whose value "
+        "has the wrong type are left out and counted (--strict-data stops instead). Writes RUN/config.yaml (with the "
+        "fitted preprocessing), RUN/tabular.json, metrics.json, checkpoints/ and model.safetensors. A recipe "
+        "(`mimkit-multimodal recipes tip`) gives the paper's settings: --config FILE. With --method m3ae or xformer the "
+        "data is a CSV / JSONL of image paths and captions (ImageTextData: --data.layout roco, medicat, csv, r2gen).")
+    flags = {"--" + key.replace("_", "-"): f"--data.{key}" for key in TABLE_FLAGS}
+    return dataclasses.replace(command, function=pretrain, aliases={**command.aliases, **flags},
+                               groups={**command.groups, "data": _data_class})
+
+
+def _data_class(argv: list[str]) -> tuple[type, None]:
+    """Image + caption files for the image-text methods (m3ae, xformer), image + table files otherwise."""
+    from mimkit.core.config import config_value
+
+    return (ImageTextData if config_value(argv, "method") in TEXT_METHODS else ImageTableData), None
+
+
+# ------------------------------------------------------------------------------------------ evaluate / finetune
+def _tasks(task: list[str] | None, patterns: list[str] | None, rates: list[float] | None) -> list[str]:
+    from .bench import MISSING_RATES
+    from .data import MISSING_PATTERNS
+
+    if task:
+        return list(task)
+    names = ["image-table-complete"]
+    for pattern in patterns or MISSING_PATTERNS:
+        if pattern not in MISSING_PATTERNS:
+            raise ConfigError(f"--patterns {pattern} is not one of {', '.join(MISSING_PATTERNS)}")
+        for rate in rates or MISSING_RATES:
+            if rate not in MISSING_RATES:
+                raise ConfigError(f"--rates {rate} is not one of {', '.join(map(str, MISSING_RATES))} (0: complete)")
+            names.append(f"image-table-{pattern.replace('_', '-')}-{rate}")
+    return names
+
+
+def _score(run: str, data: str, target: str | None, task, patterns, rates, inputs, strategy, compare_random_init,
+           max_steps, batch_size, lr, weight_decay, image_column, seed, out) -> list[dict]:
+    from mimkit.benchmarks.report import write_table
+    from mimkit.benchmarks.runner import run_task
+    from mimkit.core.runs import load_run, update_metrics
+
+    method, config = load_run(run)
+    target = target or (config.get("data") or {}).get("target")  # the label column pretraining left out
+    reader = {**({"target": target} if target else {}), **({"image_column": image_column} if image_column else {})}
+    settings = {"strategy": strategy, "max_steps": max_steps, "batch_size": batch_size, "seed": seed,
+                **({"lr": lr} if lr is not None else {}),
+                **({"weight_decay": weight_decay} if weight_decay is not None else {})}
+    rows = []
+    for name in _tasks(task, patterns, rates):
+        for kind in inputs or ["multimodal"]:
+            for row in run_task(name, method, data, run_config=config, compare_random_init=compare_random_init,
+                                seed=seed, reader_options=reader, inputs=kind,
+                                **{k: v for k, v in settings.items() if k != "seed"}):
+                rows.append({**row, "inputs": kind, "auc": round(100 * row["details"]["auc"], 2)
+                             if row["details"].get("auc") is not None else None})
+    update_metrics(out or run, {"results": rows})
+    print(write_table(rows, ["task", "inputs", "init", "metric", "value", "auc", "num_train", "num_test"]), end="")
+    return rows
+
+
+def evaluate(run: str, data: str, target: str | None = None, task: list[str] | None = None,
+             patterns: list[str] | None = None, rates: list[float] | None = None,
+             inputs: list[Literal["multimodal", "image", "table"]] | None = None, compare_random_init: bool = False,
+             max_steps: int = 300, batch_size: int = 64, lr: float | None = None, weight_decay: float | None = None,
+             image_column: str | None = None, seed: int = 0, out: str | None = None) -> list[dict]:
+    """Score a TIP run on labelled image + table data as TIP's evaluation does: the backbone frozen, a linear head on
+    the multimodal CLS, with complete tables and with cells hidden by each missing pattern (random values, random
+    features, most / least important features) at rates 0.3, 0.6, 0.9; accuracy and macro AUC (percent), printed and
+    appended to RUN/metrics.json.
+
+    Args:
+        run: a `mimkit-multimodal pretrain` run folder (its model and table preprocessing)
+        data: a folder with train.csv and test.csv (or .parquet): image paths and the target column
+        target: the target column (default: the one pretraining left out of the features, or the task's)
+        task: registered task(s) instead of the pattern x rate grid (`image-table-complete`, `synthetic-digits-...`)
+        patterns: missing patterns to run (default all: value, feature, most_important, least_important)
+        rates: missing rates to run (default 0.3 0.6 0.9; complete tables always)
+        inputs: the vectors a head reads: multimodal (default), image (image-only), table (table-only)
+        compare_random_init: also score the same architecture at random initialisation, side by side
+        max_steps: training steps of the head
+        batch_size: samples per step
+        lr: learning rate (default: the task's; TIP's evaluation 1e-4)
+        weight_decay: weight decay (default: the task's; TIP's evaluation 0)
+        image_column: the image-path column (default: the run's)
+        seed: seed of the head, the missing cells and the random-init model
+        out: write metrics.json here instead of into the run
+    """
+    return _score(run, data, target, task, patterns, rates, inputs, "frozen", compare_random_init, max_steps,
+                  batch_size, lr, weight_decay, image_column, seed, out)
+
+
+def finetune(run: str, data: str, target: str | None = None, task: list[str] | None = None,
+             patterns: list[str] | None = None, rates: list[float] | None = None,
+             inputs: list[Literal["multimodal", "image", "table"]] | None = None, compare_random_init: bool = False,
+             max_steps: int = 300, batch_size: int = 64, lr: float | None = None, weight_decay: float | None = None,
+             image_column: str | None = None, seed: int = 0, out: str | None = None) -> list[dict]:
+    """Fine-tune a TIP run end to end (backbone and linear head, AdamW, warmup + cosine) on labelled image + table data
+    with complete and incomplete tables, as `evaluate` does with a frozen backbone; results as there.
+
+    Args:
+        run: a `mimkit-multimodal pretrain` run folder
+        data: a folder with train.csv and test.csv (or .parquet): image paths and the target column
+        target: the target column (default: the one pretraining left out of the features, or the task's)
+        task: registered task(s) instead of the pattern x rate grid
+        patterns: missing patterns to run (default all)
+        rates: missing rates to run (default 0.3 0.6 0.9; complete tables always)
+        inputs: multimodal (default), image (image-only), table (table-only)
+        compare_random_init: also fine-tune the same architecture from random initialisation
+        max_steps: training steps
+        batch_size: samples per step
+        lr: learning rate (default: the task's)
+        weight_decay: weight decay (default: the task's)
+        image_column: the image-path column (default: the run's)
+        seed: seed of the head, the missing cells and the random-init model
+        out: write metrics.json here instead of into the run
+    """
+    return _score(run, data, target, task, patterns, rates, inputs, "trainable", compare_random_init, max_steps,
+                  batch_size, lr, weight_decay, image_column, seed, out)
+
+
+# ------------------------------------------------------------------------------------------ embed
+def embed(run: str, data: str, out: str, kind: Literal["multimodal", "image", "table"] = "multimodal",
+          batch_size: int = 128) -> Path:
+    """Write one embedding per row of an image + table file: the multimodal CLS, the image vector or the tabular CLS,
+    with the run's table preprocessing; .safetensors (`embeddings` and the image paths in the metadata) or .parquet.
+
+    Args:
+        run: a `mimkit-multimodal pretrain` run folder
+        data: a CSV / Parquet table with the run's image column and feature columns
+        out: the file to write, .safetensors or .parquet
+        kind: multimodal, image or table
+        batch_size: rows per forward pass
+    """
+    import torch
+
+    from mimkit.core.data import make_loader
+    from mimkit.core.runs import load_run
+
+    from .bench import fit_run
+    from .data import ImageTableDataset
+    from .tables import TablePreprocessor
+
+    out_path = Path(out)
+    if out_path.suffix not in (".safetensors", ".parquet"):
+        raise ConfigError(f"--out {out}: the suffix picks the format, one of .safetensors, .parquet")
+    method, config = load_run(run)
+    options = fit_run(method.encoder, config)
+    if "preprocessing" not in options:
+        raise ConfigError(f"{run}: the run's config.yaml holds no table preprocessing (not a mimkit-multimodal run?)")
+    dataset = ImageTableDataset(data, options.get("image_column", "image"),
+                                preprocessor=TablePreprocessor.from_dict(options["preprocessing"]),
+                                img_size=options["img_size"], in_chans=options["in_chans"], transform="eval",
+                                mean=options.get("mean"), std=options.get("std"), labelled=False)
+    method.eval()
+    vectors = []
+    with torch.no_grad():
+        for batch in make_loader(dataset, batch_size):
+            vectors.append(method.embed(batch, kind))
+    features = torch.cat(vectors).float().contiguous()
+    names = [str(f) for f in dataset.files]
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    if out_path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file({"embeddings": features}, str(out_path), metadata={"images": json.dumps(names), "kind": kind,
+                                                                     "run": str(run)})
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({"image": names, "embedding": [row.tolist() for row in features]}), out_path)
+    print(f"wrote {len(names)} {kind} embeddings of width {features.shape[1]} to {out_path}"
+          f"{f' ({len(dataset.skipped)} rows left out)' if dataset.skipped else ''}", file=sys.stderr)
+    return out_path
+
+
+# ------------------------------------------------------------------------------------------ recipes, synthetic
+def recipe_files() -> dict[str, object]:
+    """The packaged multimodal recipes, by name (found through importlib.resources, so they work installed)."""
+    folder = resources.files("mimkit.multimodal").joinpath("recipes")
+    return {entry.name[:-5]: entry for entry in sorted(folder.iterdir(), key=lambda e: e.name)
+            if entry.name.endswith(".yaml")}
+
+
+def recipes(name: str | None = None) -> None:
+    """The multimodal methods' recipes, each value annotated with its source; print one, edit it, pass it as
+    `mimkit-multimodal pretrain --config FILE`.
+
+    Args:
+        name: the recipe to print (default: list them)
+    """
+    found = recipe_files()
+    if name:
+        if name not in found:
+            raise ConfigError(f"no recipe {name!r}; available: {', '.join(found)}")
+        print(found[name].read_text(), end="")
+        return
+    for key, entry in found.items():
+        first = next((line.lstrip("# ").strip() for line in entry.read_text().splitlines() if line.startswith("#")), "")
+        print(f"{key:16s} {first}")
+
+
+def synthetic(out: str, kind: list[Literal["all", "digits", "crops", "dicom"]] | None = None, size: int = 32,
+              missing_rate: float = 0.2, seed: int = 0) -> dict:
+    """Write small image + table (and caption, VQA) sets from real pixels that packages ship: scikit-learn's digits
+    with a table measured on each image, scikit-image picture crops with measured tables, pydicom's test files with
+    their DICOM header fields. Each holds train.csv, test.csv and images/.
+
+    Args:
+        out: the folder to write into (one sub-folder per kind)
+        kind: any of digits, crops, dicom, or all (default)
+        size: image side in pixels (DICOM: twice this)
+        missing_rate: share of table cells left empty (digits, crops)
+        seed: seed of the noise, the missing cells and the split
+    """
+    from . import synthetic as write
+
+    kinds = set(kind or ["all"])
+    root, written = Path(out), {}
+    if kinds & {"all", "digits"}:
+        written["digits"] = write.write_digits(root / "digits", size=size, missing_rate=missing_rate, seed=seed)
+    if kinds & {"all", "crops"}:
+        written["crops"] = write.write_crops(root / "crops", size=size, missing_rate=missing_rate, seed=seed)
+    if kinds & {"all", "dicom"}:
+        written["dicom"] = Path(write.write_dicom_table(root / "dicom", size=2 * size, seed=seed)["root"])
+    targets = {"digits": "digit", "crops": "picture", "dicom": "Modality"}
+    for name, path in written.items():
+        print(f"{name:8s} {path}   (target column: {targets[name]})")
+    return written
+
+
+# ------------------------------------------------------------------------------------------ the tool
+def build_tool() -> Tool:
+    from .demo import run_demo
+
+    return Tool("mimkit-multimodal", "Multimodal pretraining: images with tables (TIP) and with text.", [
+        Command("demo", run_demo, "pretrain TIP on digits + a measured table, compare with random init, image-only "
+                "and table-only models on complete and incomplete tables"),
+        pretrain_multimodal(),
+        Command("evaluate", evaluate, "score a run with a frozen backbone on complete and incomplete tables"),
+        Command("finetune", finetune, "fine-tune a run end to end on complete and incomplete tables"),
+        Command("embed", embed, "write multimodal, image or table embeddings of a table's rows"),
+        Command("recipes", recipes, "list the papers' recipes, or print one", preprocess=positional("name")),
+        Command("synthetic", synthetic, "write small image + table sets from shipped pixels (digits, crops, DICOM)"),
+    ], epilog="Start with `mimkit-multimodal demo --out runs/mm-demo`; each command has its own --help.")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return build_tool().run(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

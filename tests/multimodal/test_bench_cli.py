@@ -1,0 +1,120 @@
+"""The image + table benchmark (TIP's missing patterns on both splits, accuracy and AUC from the last weights) and
+`mimkit-multimodal`: pretrain on a table writes its preprocessing, evaluate / embed reuse it."""
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from mimkit.benchmarks.tasks import get_task, list_tasks
+from mimkit.core import build_method
+from mimkit.core.errors import ConfigError
+
+TINY = dict(image_encoder="vit", encoder=dict(img_size=16, patch_size=8, in_chans=1, embed_dim=32, depth=1,
+                                              num_heads=2),
+            tabular_embed_dim=32, tabular_depth=1, multimodal_embed_dim=32, multimodal_depth=1, tabular_num_heads=2,
+            projection_dim=16)
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    from mimkit.multimodal.synthetic import write_digits
+
+    return write_digits(tmp_path_factory.mktemp("digits"), count=160, size=16)
+
+
+def test_every_pattern_and_rate_is_a_registered_task():
+    names = {t.name for t in list_tasks("multimodal")}
+    for prefix in ("image-table", "synthetic-digits-table"):
+        assert f"{prefix}-complete" in names
+        for pattern in ("value", "feature", "most-important", "least-important"):
+            assert {f"{prefix}-{pattern}-{rate}" for rate in (0.3, 0.6, 0.9)} <= names
+    task = get_task("image-table-feature-0.6")
+    assert task.settings["pattern"] == "feature" and task.settings["rate"] == 0.6 and task.metric == "accuracy"
+
+
+def test_missing_patterns_apply_to_both_splits_as_tip_does(digits):
+    from mimkit.multimodal.bench import apply_missing
+
+    task = get_task("synthetic-digits-table-complete")
+    train, test = task.load(digits, img_size=16, in_chans=1)
+    assert train.classes == [str(d) for d in range(10)] and test.preprocessor is train.preprocessor
+    a, b, info = apply_missing(train, test, "feature", 0.3, seed=0)
+    hidden = a.extra_missing.all(0)
+    assert hidden.sum() == int(0.3 * train.missing.shape[1]) and torch.equal(hidden, b.extra_missing.all(0))
+    assert info["hidden_columns"] == [n for n, h in zip(train.preprocessor.names, hidden) if h]
+    assert all(a[i]["tabular_missing"][hidden].all() for i in range(3))
+    a, b, _ = apply_missing(train, test, "most_important", 0.3, seed=0)
+    ranked = a.extra_missing[0]
+    # the forest ranks the label-linked or measured columns above the pure-noise ones
+    assert not ranked[train.preprocessor.names.index("noise")] and not ranked[train.preprocessor.names.index("site")]
+    a, b, _ = apply_missing(train, test, "value", 0.6, seed=0)
+    assert a.extra_missing.float().mean().item() == pytest.approx(0.6, abs=0.01)
+    assert not torch.equal(a.extra_missing[:len(b)], b.extra_missing)  # drawn per split
+
+
+def test_run_task_scores_accuracy_and_auc_for_each_input_and_random_init(digits):
+    from mimkit.benchmarks.runner import run_task
+
+    task = get_task("synthetic-digits-table-complete")
+    train, _ = task.load(digits, img_size=16, in_chans=1)
+    model = {**TINY, "categorical_sizes": train.preprocessor.categorical_sizes,
+             "num_continuous": train.preprocessor.num_continuous}
+    torch.manual_seed(0)
+    method = build_method("tip", **model)
+    config = {"method": "tip", "model": model}
+    rows = run_task("synthetic-digits-table-value-0.3", method, digits, run_config=config, compare_random_init=True,
+                    max_steps=4, batch_size=16)
+    assert [r["init"] for r in rows] == ["pretrained", "random"]
+    for row in rows:
+        assert 0 <= row["value"] <= 100 and 0 <= row["details"]["auc"] <= 1 and row["details"]["steps"] == 4
+        assert row["details"]["missing_rate"] == 0.3 and row["settings"]["strategy"] == "trainable"
+    table = run_task("synthetic-digits-table-complete", method, digits, run_config=config, inputs="table",
+                     max_steps=2, batch_size=16, strategy="frozen")[0]
+    assert table["settings"]["inputs"] == "table" and table["settings"]["strategy"] == "frozen"
+    with pytest.raises(ConfigError, match="frozen .* or trainable"):
+        run_task("synthetic-digits-table-complete", method, digits, run_config=config, strategy="partial")
+
+
+def test_a_frozen_backbone_learns_only_its_head(digits):
+    from mimkit.multimodal.bench import TableImageClassifier
+
+    method = build_method("tip", **{**TINY, "categorical_sizes": [2, 2, 3], "num_continuous": 7})
+    model = TableImageClassifier(method, 10, "multimodal", frozen=True).train()
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {"head.weight", "head.bias"}
+    assert not model.backbone.training                      # batch norms and dropout as they are
+    assert model.head.in_features == 32
+
+
+def test_cli_pretrain_writes_the_preprocessing_and_embed_and_evaluate_reuse_it(digits, tmp_path, capsys):
+    from mimkit.multimodal.cli import main
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({"method": "tip", "model": TINY}))
+    run = tmp_path / "run"
+    assert main(["pretrain", "--config", str(config), "--data", str(digits / "train.csv"), "--target", "digit",
+                 "--out", str(run), "--max-steps", "3", "--batch-size", "16", "--num-workers", "0",
+                 "--no-progress", "--data.crop_scale", "[0.7, 1.0]"]) == 0
+    stored = yaml.safe_load((run / "config.yaml").read_text())
+    columns = stored["data"]["preprocessing"]["columns"]
+    assert [c["name"] for c in columns][:3] == ["parity", "closed_loop", "site"] and "digit" not in \
+        [c["name"] for c in columns]
+    kinds = [c["kind"] for c in columns]
+    assert stored["model"]["categorical_sizes"] == [len(c["vocabulary"]) for c in columns if c["kind"] == "categorical"]
+    assert stored["model"]["num_continuous"] == kinds.count("continuous") >= 5
+    assert json.loads((run / "tabular.json").read_text())["columns"] == columns
+    out = tmp_path / "table.safetensors"
+    assert main(["embed", "--run", str(run), "--data", str(digits / "test.csv"), "--out", str(out),
+                 "--kind", "table"]) == 0
+    from safetensors import safe_open
+
+    with safe_open(str(out), "pt") as handle:
+        assert handle.get_tensor("embeddings").shape == (40, 32)
+        assert len(json.loads(handle.metadata()["images"])) == 40
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(run), "--data", str(digits), "--task", "synthetic-digits-table-complete",
+                 "--max-steps", "2", "--batch-size", "16"]) == 0
+    assert "synthetic-digits-table-complete" in capsys.readouterr().out
+    results = json.loads((run / "metrics.json").read_text())["results"]
+    assert results[-1]["settings"]["strategy"] == "frozen" and results[-1]["auc"] is not None
