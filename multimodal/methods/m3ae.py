@@ -187,6 +187,11 @@ class M3AE(MIMMethod):
 
     def forward(self, batch: dict, step: int | None = None) -> MIMOutput:
         images = self.images(batch)
+        if batch.get("text") is None and not self.training:
+            # pictures and inference without captions: MIM alone, the image stream fused with empty captions
+            mim, pred, mask = self.masked_image_modelling(images, self.tokenizer([""] * len(images), images.device),
+                                                          step)
+            return MIMOutput(loss=mim, parts={"mim": mim.detach()}, pred=pred, mask=mask)
         tokens = self.tokenizer(check_texts(batch, images.shape[0], "m3ae"), images.device)
         mlm = self.masked_language_modelling(images, tokens)
         mim, pred, mask = self.masked_image_modelling(images, tokens, step)

@@ -89,6 +89,11 @@ class XFormerEncoder(nn.Module):
     def mae_encoder(self) -> ViTEncoder:
         return self.mae.model
 
+    # the images it reads are the MAE's (size, channels, patches: also the grid of reconstruction pictures)
+    img_size = property(lambda self: self.mae_encoder.img_size)
+    in_chans = property(lambda self: self.mae_encoder.in_chans)
+    patch_size = property(lambda self: self.mae_encoder.patch_size)
+
     def fuse(self, images: torch.Tensor, ids_keep: torch.Tensor | None = None):
         """Query tokens (B, Q, D) and the MAE tokens as the layers left them (B, 1 + K, D); the MAE sees only the
         patches at `ids_keep` when given."""
@@ -144,7 +149,8 @@ class XFormer(MIMMethod):
     """Learnable queries fusing frozen CLIP and MAE encoders, trained by ITC, ITM, ITG and masked reconstruction."""
 
     def __init__(self,
-                 encoder: EncoderConfig = EncoderConfig(img_size=224, patch_size=16, size="large"),  # the frozen MAE
+                 # the frozen MAE: ViT-L/16 (ours)
+                 encoder: EncoderConfig = EncoderConfig(img_size=224, patch_size=16, embed_dim=1024, depth=24, num_heads=16),
                  mae_weights: str | None = None,
                  clip_model: str = "open_clip:EVA01-g-14", clip_weights: str | None = None,
                  clip_kwargs: dict | None = None,
@@ -247,6 +253,9 @@ class XFormer(MIMMethod):
 
     def forward(self, batch: dict, step: int | None = None) -> MIMOutput:
         images = self.images(batch)
+        if batch.get("text") is None and not self.training:  # pictures and inference without captions
+            recon, pred, mask = self.reconstruction(images, step)
+            return MIMOutput(loss=recon, parts={"reconstruction": recon.detach()}, pred=pred, mask=mask)
         texts = check_texts(batch, images.shape[0], "xformer")
         tokens = self.tokenizer(texts, images.device)
         queries, _ = self.encoder.fuse(images)

@@ -135,3 +135,31 @@ def test_loss_falls_on_fixed_data(fixed_batch_training):
 def test_a_batch_without_captions_is_refused_naming_the_key():
     with pytest.raises(DataError, match=r"batch\['text'\]"):
         tiny()({"image": torch.rand(2, 3, 32, 32)})
+
+
+def test_without_captions_evaluation_runs_masked_image_modelling_alone():
+    model, batch = tiny().eval(), digit_pairs(2)
+    with torch.no_grad():
+        out = model({"image": batch["image"]})
+    assert set(out.parts) == {"mim"} and out.mask.sum(1).tolist() == [12, 12]
+    assert model.reconstruct({"image": batch["image"]}, out).shape == batch["image"].shape
+
+
+def test_image_text_data_reads_a_caption_file_at_the_methods_image_size(tmp_path):
+    from PIL import Image
+
+    from mimkit.multimodal.text_data import ImageTextData
+
+    pairs = digit_pairs(3, size=16)
+    rows = ["image,text"]
+    for i, (image, text) in enumerate(zip(pairs["image"], pairs["text"])):
+        Image.fromarray((image[0].numpy() * 255).astype(np.uint8)).save(tmp_path / f"d{i}.png")
+        rows.append(f"d{i}.png,{text}")
+    rows.append("missing.png,a handwritten digit one")  # named and counted, not read
+    (tmp_path / "captions.csv").write_text("\n".join(rows) + "\n")
+    data = ImageTextData(root=str(tmp_path / "captions.csv"))
+    dataset = data.build({"encoder": {"img_size": 32, "in_chans": 3}}, "m3ae")
+    assert len(dataset) == 3 and len(dataset.skipped) == 1 and data.default_method() == "m3ae"
+    item = dataset[0]
+    assert item["image"].shape == (3, 32, 32) and item["text"] == pairs["text"][0]
+    assert data.mean is not None  # measured and kept, so the run's config.yaml holds them

@@ -109,3 +109,12 @@ def test_frozen_encoders_need_local_weights_and_batches_need_captions():
         build_method("xformer", **{**TINY, "allow_random_encoders": False})
     with pytest.raises(DataError, match=r"batch\['text'\]"):
         tiny()({"image": torch.rand(2, 3, 32, 32)})
+
+
+def test_without_captions_evaluation_runs_the_reconstruction_alone():
+    model, batch = tiny().eval(), digit_pairs(2)
+    with torch.no_grad():
+        out = model({"image": batch["image"]})
+    assert set(out.parts) == {"reconstruction"}
+    assert model.reconstruct({"image": batch["image"]}, out).shape == batch["image"].shape
+    assert model.encoder.patch_size == (8, 8) and model.encoder.img_size == (32, 32)
