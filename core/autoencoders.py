@@ -8,14 +8,12 @@ safetensors file with its configuration. Weights are never downloaded.
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Sequence
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -24,7 +22,6 @@ from .encoders import ViTEncoder
 from .errors import CheckpointError, ConfigError, DataError
 from .tokens import as_tuple, grid_shape
 
-log = logging.getLogger("mimkit")
 FILE_FORMAT = "mimkit-autoencoder"
 AUTOENCODER_FILE = "autoencoder.safetensors"
 
@@ -79,7 +76,8 @@ class KLAutoencoder(nn.Module):
         channels = [int(c) for c in channels]
         if not channels or min(channels) < 1 or latent_channels < 1 or in_chans < 1:
             raise ConfigError(f"KLAutoencoder needs in_chans, latent_channels >= 1 and a non-empty list of level "
-                              f"widths; got in_chans={in_chans}, latent_channels={latent_channels}, channels={channels}")
+                              f"widths; got in_chans={in_chans}, latent_channels={latent_channels}, "
+                              f"channels={channels}")
         self.in_chans, self.latent_channels, self.channels = int(in_chans), int(latent_channels), channels
         self.downsample = 2 ** (len(channels) - 1)
         down: list[nn.Module] = [nn.Conv2d(in_chans, channels[0], 3, padding=1)]
@@ -158,7 +156,8 @@ class FrozenAutoencoder(nn.Module):
 
     `latents(x)` is the posterior mode (or a sample, `sample_posterior`) times `scale` (LMD's official code: SD's
     VAE, mode, no scaling; UMD's latent variant: a sample times SD's scaling factor 0.18215); `scale=None` takes
-    a diffusers VAE's own `scaling_factor` (1 for mimkit's). `decode(z)` returns images in the loader's normalisation. A diffusers VAE reads [-1, 1] pixels, so it needs
+    a diffusers VAE's own `scaling_factor` (1 for mimkit's). `decode(z)` returns images in the loader's
+    normalisation. A diffusers VAE reads [-1, 1] pixels, so it needs
     the loader's per-channel `data_mean`/`data_std` to undo the normalisation; a mimkit VAE was trained on
     normalised images and needs neither.
     """

@@ -226,7 +226,7 @@ class TimestepViTEncoder(ViTEncoder):
 
 
 class LatentTimestepViTEncoder(LatentViTEncoder, TimestepViTEncoder):
-    """The timestep-conditioned ViT over a frozen first stage's latents (Latent-UMD): images in, latents to the blocks."""
+    """The timestep-conditioned ViT over a frozen first stage's latents (Latent-UMD): images in, latents to blocks."""
 
 
 class TimestepDecoder(nn.Module):

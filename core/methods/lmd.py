@@ -50,7 +50,7 @@ class LMD(MIMMethod):
     """
 
     def __init__(self,
-                 encoder: EncoderConfig = EncoderConfig(img_size=224, patch_size=32),  # pretrain.sh: ViT-B, patch 4 latent
+                 encoder: EncoderConfig = EncoderConfig(img_size=224, patch_size=32),  # ViT-B, 4 latent cells
                  decoder_embed_dim: int = 512, decoder_depth: int = 8,  # lmd.py: dec512d8b
                  decoder_num_heads: int = 16,
                  norm_pix_loss: bool = True,  # pretrain.sh: --norm_pix_loss
@@ -59,7 +59,7 @@ class LMD(MIMMethod):
                  mask_ratio_hold: float = 0.40,  # engine_pretrain.py: the piecewise scheduler's middle value
                  total_steps: int | None = None,  # the run's steps (set by pretrain); None: the end ratio throughout
                  subtract_decoder_positions: bool = True,  # lmd.py: x = x - decoder_pos_embed
-                 autoencoder: str | None = None,  # a `mimkit autoencoder` file or a local diffusers AutoencoderKL folder
+                 autoencoder: str | None = None,  # a `mimkit autoencoder` file or a diffusers AutoencoderKL folder
                  autoencoder_scale: float = 1.0,  # engine_pretrain.py: posterior.mode(), not scaled
                  autoencoder_data_mean: list[float] | None = None,  # a diffusers VAE: the loader's normalisation
                  autoencoder_data_std: list[float] | None = None,

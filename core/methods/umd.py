@@ -68,7 +68,8 @@ class UMD(MIMMethod):
                 kwargs.setdefault("in_chans", config.in_chans)
             first_stage = build_autoencoder(autoencoder, allow_random=allow_random_autoencoder, kwargs=kwargs,
                                             scale=autoencoder_scale, data_mean=autoencoder_data_mean,
-                                            data_std=autoencoder_data_std, sample_posterior=autoencoder_sample_posterior)
+                                            data_std=autoencoder_data_std,
+                                            sample_posterior=autoencoder_sample_posterior)
             self.encoder = enc = self.build_encoder(config, LatentTimestepViTEncoder, autoencoder=first_stage,
                                                     num_class_tokens=num_class_tokens)
             self.channels, self.space_patch = enc.latent_chans, enc.latent_patch_size
@@ -106,8 +107,8 @@ class UMD(MIMMethod):
 
     def predict(self, x: torch.Tensor, condition: torch.Tensor, masker: RandomMasker | None = None,
                 step: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The network on images `x` at timestep conditions `condition` (0 = clean): x0 and eps predictions per
-        token, (B, N, patch_pixels) each, and the mask (B, N) (all visible without a masker)."""
+        """The network on `x` (images; latents for Latent-UMD) at timestep conditions `condition` (0 = clean): x0
+        and eps predictions per token, (B, N, patch values) each, and the mask (B, N) (all visible without a masker)."""
         enc = self.encoder
         cond = enc.condition(condition)
         if masker is None:

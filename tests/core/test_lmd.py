@@ -199,7 +199,8 @@ def test_first_stage_command_then_lmd_pretrain_and_knn(tmp_path, make_pngs):
                  "--max-steps", "3", "--batch-size", "4", "--num-workers", "0", "--accelerator", "cpu",
                  "--no-progress"]) == 0
     summary = json.loads((stage / "metrics.json").read_text())["autoencoder"]
-    assert summary["steps"] == 3 and summary["downsample"] == 2 and (stage / "pictures" / "reconstruction.png").is_file()
+    assert summary["steps"] == 3 and summary["downsample"] == 2
+    assert (stage / "pictures" / "reconstruction.png").is_file()
     run = tmp_path / "lmd"
     assert main(["pretrain", "--method", "lmd", "--data", str(images), "--out", str(run), "--img-size", "32",
                  "--patch-size", "8", "--embed-dim", "32", "--depth", "2", "--num-heads", "2", "--batch-size", "4",
