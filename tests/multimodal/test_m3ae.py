@@ -163,3 +163,17 @@ def test_image_text_data_reads_a_caption_file_at_the_methods_image_size(tmp_path
     item = dataset[0]
     assert item["image"].shape == (3, 32, 32) and item["text"] == pairs["text"][0]
     assert data.mean is not None  # measured and kept, so the run's config.yaml holds them
+
+
+def test_the_recipe_holds_the_methods_defaults():
+    from pathlib import Path
+
+    import yaml
+
+    from mimkit.core.registry import method_arguments
+
+    recipe = yaml.safe_load((Path(__file__).parents[2] / "multimodal" / "recipes" / "m3ae.yaml").read_text())
+    assert recipe["method"] == "m3ae"
+    defaults = method_arguments("m3ae")
+    model = {**{f"encoder.{k}": v for k, v in recipe["model"].pop("encoder").items()}, **recipe["model"]}
+    assert {key: defaults[key] for key in model} == model  # every key is an argument, at its default

@@ -27,9 +27,11 @@ def digit_histories(count: int, num_history: int = 3, size: int = 32, seed: int 
     pixels = F.interpolate(torch.tensor(digits.images / 16.0, dtype=torch.float32)[:, None], size=size,
                            mode="bilinear", align_corners=False).repeat(1, 3, 1, 1)
     targets = rng.choice(len(digits.images), count, replace=False)
-    histories = [rng.choice(np.flatnonzero((digits.target == digits.target[t]) & (np.arange(len(digits.target)) != t)),
-                            num_history, replace=False) for t in targets]
-    return {"image": pixels[targets], "history": pixels[np.stack(histories)], "label": torch.tensor(digits.target[targets])}
+    others = np.arange(len(digits.target))
+    histories = [rng.choice(np.flatnonzero((digits.target == digits.target[t]) & (others != t)), num_history,
+                            replace=False) for t in targets]
+    return {"image": pixels[targets], "history": pixels[np.stack(histories)],
+            "label": torch.tensor(digits.target[targets])}
 
 
 def tiny(**extra):
@@ -132,3 +134,17 @@ def test_loss_falls_on_fixed_data(fixed_batch_training):
 def test_a_batch_without_history_is_refused_naming_the_key():
     with pytest.raises(DataError, match=r"batch\['history'\]"):
         tiny()({"image": torch.rand(2, 3, 32, 32)})
+
+
+def test_the_recipe_holds_the_methods_defaults():
+    from pathlib import Path
+
+    import yaml
+
+    from mimkit.core.registry import method_arguments
+
+    recipe = yaml.safe_load((Path(__file__).parents[2] / "multimodal" / "recipes" / "pigeon.yaml").read_text())
+    assert recipe["method"] == "pigeon"
+    defaults = method_arguments("pigeon")
+    model = {**{f"encoder.{k}": v for k, v in recipe["model"].pop("encoder").items()}, **recipe["model"]}
+    assert {key: defaults[key] for key in model} == model  # every key is an argument, at its default

@@ -118,3 +118,17 @@ def test_without_captions_evaluation_runs_the_reconstruction_alone():
     assert set(out.parts) == {"reconstruction"}
     assert model.reconstruct({"image": batch["image"]}, out).shape == batch["image"].shape
     assert model.encoder.patch_size == (8, 8) and model.encoder.img_size == (32, 32)
+
+
+def test_the_recipe_holds_the_methods_defaults():
+    from pathlib import Path
+
+    import yaml
+
+    from mimkit.core.registry import method_arguments
+
+    recipe = yaml.safe_load((Path(__file__).parents[2] / "multimodal" / "recipes" / "xformer.yaml").read_text())
+    assert recipe["method"] == "xformer"
+    defaults = method_arguments("xformer")
+    model = {**{f"encoder.{k}": v for k, v in recipe["model"].pop("encoder").items()}, **recipe["model"]}
+    assert {key: defaults[key] for key in model} == model  # every key is an argument, at its default
