@@ -57,7 +57,8 @@ def pretrain_rs() -> Command:
         "Writes RUN/config.yaml, metrics.json, checkpoints/, model.safetensors and pictures/ "
         "(reconstruction_rgb.png: red, green, blue composites). A recipe (`mimkit-rs recipes`) gives a paper's "
         "settings: --config FILE.")
-    raster = {"--" + key.replace("_", "-"): f"--data.{key}" for key in (*RASTER_FLAGS, "tile_size", "stride")}
+    raster = {"--" + key.replace("_", "-"): f"--data.{key}" for key in (*RASTER_FLAGS, "tile_size", "stride",
+                                                                        "band_order")}
     return dataclasses.replace(command, function=pretrain, aliases={**command.aliases, **raster})
 
 

@@ -224,17 +224,45 @@ def parse_bands(bands: str | int | Sequence[str | int] | None) -> list[str | int
     return out
 
 
-def select_bands(header: RasterHeader, sensor: Sensor | None, bands=None) -> BandSelection:
+# Band orders of known GeoTIFF datasets whose files carry no band descriptions (`band_order` takes a key or a list).
+BAND_ORDERS = {
+    # EuroSAT-MS GeoTIFFs (and torchgeo's EuroSAT.all_band_names): B8A stored last, after B12
+    "eurosat": ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12", "B8A"),
+}
+_assumed_order_warned: set[tuple[str, int]] = set()
+
+
+def select_bands(header: RasterHeader, sensor: Sensor | None, bands=None,
+                 band_order: str | Sequence[str] | None = None) -> BandSelection:
     """Resolve a band choice against one file: by name (the sensor's names, or the file's band descriptions) or by
-    0-based index; DataError when the file's band count does not match the sensor description."""
+    0-based index; DataError when the file's band count does not match the sensor description.
+
+    The file's band order comes from its band descriptions, else `band_order` (band names, or a known dataset
+    layout of BAND_ORDERS such as "eurosat"), else it is assumed to be the sensor's (with a warning)."""
     bands = parse_bands(bands)
     if sensor is not None:
         names = [d for d in header.descriptions if d]
         known = {b.name.lower(): b for b in sensor.bands}
+        order = BAND_ORDERS.get(band_order.lower()) if isinstance(band_order, str) else band_order
+        if isinstance(band_order, str) and order is None:
+            raise ConfigError(f"band_order {band_order!r} is not a known layout ({', '.join(BAND_ORDERS)}); give the "
+                              f"file's band names in order instead")
         if len(names) == header.count and all(n.lower() in known for n in names):
             # the file names its bands: trust that order (EuroSAT's files store B8A last, not in the sensor's order)
             file_bands = [known[n.lower()] for n in names]
+        elif order is not None:
+            unknown = [n for n in order if str(n).lower() not in known]
+            if len(order) != header.count or unknown:
+                raise DataError(f"{header.path}: band_order names {len(order)} band(s)"
+                                f"{f' ({unknown} not of sensor ' + repr(sensor.name) + ')' if unknown else ''} but "
+                                f"the file has {header.count}")
+            file_bands = [known[str(n).lower()] for n in order]
         elif header.count == len(sensor.bands):
+            if (sensor.name, header.count) not in _assumed_order_warned:
+                _assumed_order_warned.add((sensor.name, header.count))
+                log.warning("%s: no band descriptions; its %d bands are assumed to be in %s's order (%s). If the "
+                            "files store another order (EuroSAT-MS: B8A last), set band_order", header.path,
+                            header.count, sensor.name, ", ".join(sensor.band_names))
             file_bands = list(sensor.bands)
         else:
             hint = (" (Sentinel-2 L2A products have 12 bands: use sensor 'sentinel2_l2a')"
@@ -447,7 +475,8 @@ class GeoTiffDataset(NormalisedDataset):
                  nodata: float | None = None, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  labelled: bool | None = None, mask_root: str | Path | None = None, mask_nodata: int | None = 255,
                  strict: bool = False, require_georeference: bool = True, stats_tiles: int = 256,
-                 cache_dir: str | Path | None = None):
+                 cache_dir: str | Path | None = None, band_order: str | Sequence[str] | None = None):
+        self.band_order = band_order
         self.img_size = as_tuple(img_size, 2, "img_size")
         self.patch_size = as_tuple(patch_size, 2, "patch_size")
         grid_shape(self.img_size, self.patch_size)
@@ -528,7 +557,7 @@ class GeoTiffDataset(NormalisedDataset):
                     mask = read_header(self._mask_path(path)) if self._mask_path(path).is_file() else None
                     if mask is None or (mask.height, mask.width) != (header.height, header.width):
                         raise DataError(f"{path}: its mask {self._mask_path(path)} is missing or differs in size")
-                selection = select_bands(header, self.sensor, bands)
+                selection = select_bands(header, self.sensor, bands, self.band_order)
             except DataError as error:
                 self._skip(path, str(error), warn=False)
                 continue
@@ -720,6 +749,8 @@ class GeoTiffData:
         band_names: the bands read, by name, in order (recorded by pretraining for evaluation; when given, the
             data must hold exactly these)
         wavelengths: their centre wavelengths in nm (recorded by pretraining; when given, they must match)
+        band_order: the files' band order when they carry no band descriptions: band names, or a known layout
+            (eurosat: B01..B12 then B8A); None: the band descriptions, else the sensor's order (with a warning)
     """
 
     root: str | None = None
@@ -739,6 +770,7 @@ class GeoTiffData:
     cache_dir: str | None = None
     band_names: list[str] | None = None
     wavelengths: list[float] | None = None
+    band_order: list[str] | str | None = None
 
     def dataset(self, img_size, patch_size, transform: str | A.BaseCompose = "train") -> GeoTiffDataset:
         """The files as a GeoTiffDataset of this image and patch size (`transform`: train, eval or a pipeline)."""
@@ -748,7 +780,7 @@ class GeoTiffData:
             self.root, sensor=self.sensor, bands=self.bands, img_size=img_size, patch_size=patch_size,
             tile_size=self.tile_size, stride=self.stride, transform=transform, scale=self.scale, offset=self.offset,
             nodata=self.nodata, mean=self.mean, std=self.std, labelled=False, strict=self.strict,
-            require_georeference=not self.allow_ungeoreferenced, cache_dir=self.cache_dir)
+            require_georeference=not self.allow_ungeoreferenced, cache_dir=self.cache_dir, band_order=self.band_order)
 
     def build(self, model: dict, method: str) -> GeoTiffDataset:
         """The pretraining dataset; records the bands, wavelengths and statistics on `self` and gives a

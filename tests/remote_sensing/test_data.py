@@ -252,3 +252,23 @@ def test_missing_public_dataset_is_a_clear_error(tmp_path):
         bigearthnet(tmp_path)
     with pytest.raises(DataError, match="So2Sat"):  # no local copy (and h5py may be missing): never a download
         so2sat(tmp_path)
+
+
+def test_eurosat_ordered_file_without_band_descriptions(tmp_path, tiles, caplog):
+    # EuroSAT-MS GeoTIFFs carry no band descriptions and store B8A last: each band here holds its file position
+    source = next((tiles / "Forest").glob("*.tif"))
+    with rasterio.open(source) as src:
+        shape, crs, transform = src.read().shape, src.crs, src.transform
+    array = np.broadcast_to(np.arange(13, dtype=np.uint16)[:, None, None] * 100 + 100, shape).copy()
+    write_geotiff(tmp_path / "eurosat" / "a.tif", array, crs=crs, transform=transform)
+    ordered = small(tmp_path / "eurosat", band_order="eurosat", bands=["B8A", "B08"])
+    assert ordered.selection.indexes == (12, 7)  # B8A read from the last band, B08 from the eighth
+    expected = [b.center_nm for b in SENSORS["sentinel2"].select(["B8A", "B08"])]
+    assert ordered.selection.wavelengths.tolist() == pytest.approx(expected)
+    assert small(tmp_path / "eurosat", band_order=[*SENSORS["sentinel2"].band_names]).band_names[8] == "B8A"
+    # without band_order the sensor's order is assumed, and a warning says so
+    with caplog.at_level("WARNING"):
+        assumed = small(tmp_path / "eurosat")
+    assert assumed.band_names[8] == "B8A" and "assumed" in caplog.text and "band_order" in caplog.text
+    with pytest.raises(ConfigError, match="band_order"):
+        small(tmp_path / "eurosat", band_order="no_such_layout")
