@@ -301,3 +301,128 @@ def train_identity_command(data: str, out: str, train: IdentityTrainConfig = Ide
     _, losses = train_identity(data, out, train)
     print(f"trained an IResNet with ArcFace on {data} ({len(losses)} steps, last loss {losses[-1]:.4f}); wrote {out}")
     return {"out": str(out), "steps": len(losses), "last_loss": losses[-1]}
+
+
+# ---------------------------------------------------------------------------------------------- measuring a face set
+class DlibRecognizer:
+    """dlib's 128-d face-recognition ResNet with its 5-point alignment, on already-cropped faces: an independent,
+    non-differentiable judge of identity (optional: `pip install dlib-bin face-recognition-models`)."""
+
+    def __init__(self):
+        import importlib.util
+
+        spec = importlib.util.find_spec("face_recognition_models")
+        try:
+            import dlib
+        except ImportError:
+            dlib = None
+        if dlib is None or spec is None:
+            raise ConfigError("the dlib recognizer needs the optional packages dlib-bin and face-recognition-models "
+                              "(pip install dlib-bin face-recognition-models); "
+                              f"missing: {'dlib ' if dlib is None else ''}{'face_recognition_models' if spec is None else ''}")
+        # read the files' paths without importing the package (it imports pkg_resources, gone from new setuptools)
+        models = Path(spec.submodule_search_locations[0]) / "models"
+        self.dlib = dlib
+        self.shape = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
+        self.model = dlib.face_recognition_model_v1(str(models / "dlib_face_recognition_resnet_model_v1.dat"))
+
+    def __call__(self, images: Sequence) -> torch.Tensor:
+        """(N, 128) descriptors of H x W x 3 uint8 face crops (the whole image is the face box)."""
+        import numpy as np
+
+        out = []
+        for image in images:
+            image = np.ascontiguousarray(image, dtype=np.uint8)
+            box = self.dlib.rectangle(0, 0, image.shape[1] - 1, image.shape[0] - 1)
+            out.append(np.asarray(self.model.compute_face_descriptor(image, self.shape(image, box))))
+        return torch.tensor(np.stack(out), dtype=torch.float32)
+
+
+def network_embedder(model: nn.Module, batch_size: int = 64):
+    """A `faces -> features` function from a recognizer that takes tensors in [-1, 1] (an IResNet)."""
+    import numpy as np
+
+    def embed(images: Sequence) -> torch.Tensor:
+        batch = torch.tensor(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+        return embed_faces(model, batch, batch_size)
+    return embed
+
+
+def read_identity_folder(folder: str | Path) -> tuple[list, torch.Tensor, list[str]]:
+    """(images as H x W x 3 uint8, identity index of each, identity names) of a folder with one subfolder each."""
+    import numpy as np
+    from PIL import Image
+
+    from mimkit.core.data import IMAGE_SUFFIXES
+    from mimkit.core.errors import DataError
+
+    folder = Path(folder)
+    names = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    images, owners = [], []
+    for index, name in enumerate(names):
+        for path in sorted((folder / name).iterdir()):
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                with Image.open(path) as image:
+                    images.append(np.asarray(image.convert("RGB")))
+                owners.append(index)
+    if len(set(owners)) < 2:
+        raise DataError(f"{folder}: expected one image subfolder per identity (at least 2), found {len(set(owners))}")
+    return images, torch.tensor(owners), names
+
+
+def identity_statistics(features: torch.Tensor, owners: torch.Tensor) -> dict:
+    """Intra-identity consistency and identity separation of face features (cosine similarities).
+
+    intra: mean similarity of two images of one identity; inter: mean similarity of two identities' mean features;
+    inter_max: the closest two identities; separation = intra - inter.
+    """
+    unit = F.normalize(features.float(), dim=-1)
+    similarity = unit @ unit.T
+    same = owners[:, None] == owners[None]
+    pairs = same & ~torch.eye(len(owners), dtype=torch.bool)
+    centres = F.normalize(torch.stack([unit[owners == i].mean(0) for i in owners.unique()]), dim=-1)
+    between = (centres @ centres.T)[~torch.eye(len(centres), dtype=torch.bool)]
+    intra = float(similarity[pairs].mean()) if pairs.any() else float("nan")
+    return dict(intra=intra, inter=float(between.mean()), inter_max=float(between.max()),
+                separation=intra - float(between.mean()), identities=len(centres), images=len(owners))
+
+
+def verification_accuracy(features: torch.Tensor, owners: torch.Tensor, folds: int = 10, seed: int = 0) -> float:
+    """LFW-style verification: all same-identity pairs and as many random different-identity pairs, split into
+    `folds`; each fold is scored at the cosine threshold best on the other folds; the mean accuracy."""
+    import numpy as np
+
+    unit = F.normalize(features.float(), dim=-1)
+    rng = np.random.default_rng(seed)
+    n = len(owners)
+    first, second = np.triu_indices(n, 1)
+    same = (owners[first] == owners[second]).numpy()
+    positives = np.flatnonzero(same)
+    negatives = rng.choice(np.flatnonzero(~same), size=min(len(positives), int((~same).sum())), replace=False)
+    chosen = rng.permutation(np.concatenate([positives, negatives]))
+    if len(positives) == 0 or len(chosen) < folds:
+        raise ConfigError(f"verification needs identities with 2+ images and at least {folds} pairs; "
+                          f"found {len(positives)} same-identity pairs")
+    scores = (unit[first[chosen]] * unit[second[chosen]]).sum(-1).numpy()
+    labels = same[chosen]
+    accuracies = []
+    for fold in np.array_split(np.arange(len(chosen)), folds):
+        train = np.setdiff1d(np.arange(len(chosen)), fold)
+        accuracies.append(((scores[fold] >= _best_threshold(scores[train], labels[train])) == labels[fold]).mean())
+    return float(np.mean(accuracies))
+
+
+def _best_threshold(scores, labels) -> float:
+    """The score threshold (predict "same" at or above it) with the highest accuracy: midway between the lowest
+    score called "same" and the next one below it."""
+    import numpy as np
+
+    ranked = scores[np.argsort(-scores)]
+    true_positives = np.cumsum(labels[np.argsort(-scores)])
+    predicted = np.arange(1, len(scores) + 1)
+    true_negatives = (~labels).sum() - (predicted - true_positives)
+    accuracy = np.concatenate([[(~labels).sum()], true_positives + true_negatives])  # first: nothing called "same"
+    best = int(np.argmax(accuracy))
+    if best == 0:
+        return float(ranked[0] + 1e-6)
+    return float((ranked[best - 1] + ranked[best]) / 2) if best < len(ranked) else float(ranked[-1] - 1e-6)

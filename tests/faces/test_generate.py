@@ -134,3 +134,4 @@ def test_writes_one_folder_per_identity(model, tmp_path):
     centres = torch.tensor(np.load(tmp_path / "out" / "identities.npy"))
     assert centres.shape == (4, 512) and summary["largest_pairwise_similarity"] < 0.2
     assert json.loads((tmp_path / "out" / "generation.json").read_text())["images"] == 20
+

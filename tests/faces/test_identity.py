@@ -111,3 +111,46 @@ def test_training_needs_two_identities(tmp_path):
         Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(folder / f"{k}.png")
     with pytest.raises(DataError, match="at least 2 identity subfolders"):
         train_identity(tmp_path / "one", tmp_path / "x.safetensors", IdentityTrainConfig(img_size=32, max_steps=1))
+
+
+def _people(tmp_path, count=4, views=5, seed=0):
+    """Identity folders of augmented views of real faces (faces.synthetic), one subfolder per person."""
+    from mimkit.faces.synthetic import real_faces
+
+    rng = np.random.default_rng(seed)
+    faces = [image for _, image in real_faces(112)]
+    chosen = faces[:count - 2] + faces[-2:]  # LFW crops and the two portraits
+    for index, face in enumerate(chosen):
+        folder = tmp_path / f"person{index}"
+        folder.mkdir(parents=True)
+        for k in range(views):
+            Image.fromarray(_augment(face, rng)).save(folder / f"{k}.png")
+    return tmp_path
+
+
+def test_identity_statistics_and_verification_accuracy(tmp_path):
+    from mimkit.faces.identity import identity_statistics, read_identity_folder, verification_accuracy
+
+    images, owners, names = read_identity_folder(_people(tmp_path, count=4, views=5))
+    assert names == ["person0", "person1", "person2", "person3"] and owners.tolist() == [0] * 5 + [1] * 5 + [2] * 5 + [3] * 5
+    g = torch.Generator().manual_seed(0)
+    perfect = F.one_hot(owners, 4).float() + 0.1 * torch.randn(20, 4, generator=g)  # features that know who is who
+    noise = torch.randn(20, 4, generator=g)
+    good, bad = identity_statistics(perfect, owners), identity_statistics(noise, owners)
+    assert good["intra"] > 0.9 and good["inter"] < 0.1 and good["separation"] > 0.8
+    assert bad["separation"] < good["separation"] - 0.5 and good["identities"] == 4 and good["images"] == 20
+    assert verification_accuracy(perfect, owners) == 1.0
+    assert verification_accuracy(noise, owners) < 0.8
+
+
+def test_dlib_recognizer_tells_real_faces_apart(tmp_path):
+    pytest.importorskip("dlib", reason="optional extra: pip install dlib-bin face-recognition-models")
+    if __import__("importlib").util.find_spec("face_recognition_models") is None:
+        pytest.skip("optional extra: pip install dlib-bin face-recognition-models")
+    from mimkit.faces.identity import DlibRecognizer, identity_statistics, read_identity_folder
+
+    images, owners, _ = read_identity_folder(_people(tmp_path, count=4, views=3))
+    features = DlibRecognizer()(images)
+    assert features.shape == (12, 128)
+    stats = identity_statistics(features, owners)
+    assert stats["intra"] > stats["inter"] + 0.05  # views of one person are closer than two people
