@@ -16,10 +16,8 @@ Tasks: `image-table-<pattern>-<rate>` (and `image-table-complete`) read a local 
 from __future__ import annotations
 
 import copy
-import math
 import sys
 from pathlib import Path
-from typing import Sequence
 
 import lightning as L
 import numpy as np
@@ -29,8 +27,10 @@ from torch import nn
 
 from mimkit.benchmarks.tasks import Task, register_task
 from mimkit.core.errors import ConfigError, DataError
+from mimkit.multimodal import published  # noqa: F401  (registers the multimodal papers' published figures)
 
 from .data import MISSING_PATTERNS, ImageTableDataset, feature_importance, missing_mask
+from .retrieval import retrieval_tasks
 from .tables import TablePreprocessor
 
 MISSING_RATES = (0.3, 0.6, 0.9)
@@ -62,7 +62,39 @@ class TableImageClassifier(nn.Module):
         return self
 
     def forward(self, batch: dict) -> torch.Tensor:
+        if "features" in batch:  # a frozen backbone's vectors, computed once
+            return self.head(batch["features"])
         return self.head(self.backbone.embed(batch, self.inputs))
+
+    @torch.no_grad()
+    def features(self, dataset, batch_size: int = 128, device=None) -> "FeatureSet":
+        """The frozen backbone's vectors of a dataset (in order) with its labels, to train the head on."""
+        from mimkit.core.data import make_loader
+        from mimkit.core.evaluate import default_device
+
+        device = default_device(device)
+        backbone = self.backbone.to(device).eval()
+        vectors, labels = [], []
+        for batch in make_loader(dataset, batch_size):
+            vectors.append(backbone.embed({k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)},
+                                          self.inputs).float().cpu())
+            labels.append(batch["label"])
+        return FeatureSet(torch.cat(vectors), torch.cat(labels))
+
+
+class FeatureSet(torch.utils.data.Dataset):
+    """Precomputed vectors with their labels: {"features", "label"}."""
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor):
+        self.features, self.labels = features, labels
+        self.targets = labels.tolist()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, key) -> dict:
+        index = int(key[0]) if isinstance(key, (tuple, list)) else int(key)
+        return {"features": self.features[index], "label": int(self.labels[index])}
 
 
 class ClassifierModule(L.LightningModule):
@@ -128,13 +160,15 @@ def fit_classifier(method: nn.Module, train_set, test_set, *, inputs: str = "mul
     if strategy not in STRATEGIES:
         raise ConfigError(f"strategy must be frozen (TIP's default) or trainable, got {strategy!r}")
     classes = len(getattr(train_set, "classes", ()) or ()) or int(max(train_set.targets)) + 1
+    device = default_device(device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = TableImageClassifier(method, classes, inputs, frozen=strategy == "frozen")
+    if strategy == "frozen":  # the backbone never changes: its vectors are computed once
+        train_set, test_set = model.features(train_set, device=device), model.features(test_set, device=device)
     module = ClassifierModule(model, lr, weight_decay, max_steps, seed)
     sampler = ResumableSampler(len(train_set), seed=seed, stop=max_steps * batch_size)
     loader = make_loader(train_set, batch_size, 0, sampler=sampler, drop_last=len(train_set) >= batch_size)
-    device = default_device(device)
     trainer = L.Trainer(max_steps=max_steps, accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
                         logger=False, enable_checkpointing=False, enable_model_summary=False,
                         enable_progress_bar=sys.stderr.isatty() if progress is None else progress,
@@ -203,7 +237,8 @@ def table_reader(default_target: str | None = None):
         train_file, test_file = _split_file(root, "train"), _split_file(root, "test")
         frame = read_table(train_file)
         if target not in frame.columns:
-            raise ConfigError(f"{train_file}: no target column {target!r}; columns: {', '.join(map(str, frame.columns))}")
+            raise ConfigError(f"{train_file}: no target column {target!r}; columns: "
+                              f"{', '.join(map(str, frame.columns))}")
         fitted = (TablePreprocessor.from_dict(preprocessing) if preprocessing else
                   TablePreprocessor.fit(frame, target=target, exclude=[image_column]))
         fitted = TablePreprocessor(fitted.columns, target, target_classes(frame[target]))
@@ -256,9 +291,11 @@ TASKS = [
             "scikit-learn's digits at 32x32 with a measured table (20% of cells missing), 10 classes", "digit",
             {"strategy": "trainable", "lr": 1e-3, "weight_decay": 0.05, "max_steps": 300}),
 ]
+TASKS += retrieval_tasks(fit_run)  # image-text retrieval, recall@1/5/10 (multimodal/retrieval.py)
 for _task in TASKS:
     register_task(_task)
 
 
 __all__ = ["TableImageClassifier", "ClassifierModule", "fit_classifier", "classification_runner", "apply_missing",
-           "macro_auc", "predict", "table_reader", "fit_run", "TASKS", "MISSING_RATES", "INPUTS", "STRATEGIES"]
+           "macro_auc", "predict", "FeatureSet", "table_reader", "fit_run", "TASKS", "MISSING_RATES", "INPUTS",
+           "STRATEGIES"]

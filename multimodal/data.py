@@ -121,7 +121,8 @@ class ImageTableDataset(Dataset):
     inference). `missing` adds cells to treat as missing (a downstream missing-data pattern, `missing_mask`).
     """
 
-    def __init__(self, table: str | Path | pd.DataFrame, image_column: str = "image", image_root: str | Path | None = None,
+    def __init__(self, table: str | Path | pd.DataFrame, image_column: str = "image",
+                 image_root: str | Path | None = None,
                  preprocessor: TablePreprocessor | None = None, target: str | None = None,
                  features: Sequence[str] | None = None, exclude: Sequence[str] = (), categorical: Sequence[str] = (),
                  continuous: Sequence[str] = (), img_size=32, in_chans: int | None = None,
@@ -186,7 +187,8 @@ class ImageTableDataset(Dataset):
         if mask is not None:
             mask = torch.as_tensor(np.asarray(mask), dtype=torch.bool)
             if tuple(mask.shape) != tuple(self.missing.shape):
-                raise ConfigError(f"missing mask of shape {tuple(mask.shape)}; the table is {tuple(self.missing.shape)}")
+                raise ConfigError(f"missing mask of shape {tuple(mask.shape)}; the table is "
+                                  f"{tuple(self.missing.shape)}")
         view.extra_missing = mask
         return view
 

@@ -3,8 +3,8 @@
 - `digits`: scikit-learn's 1,797 handwritten digits (`sklearn/datasets/data/digits.csv.gz`, 8x8, shown at 32x32)
   with a table whose columns are measured on each image (ink, width, height, centre of mass, left-right
   symmetry; noise of a tenth of each one's spread), two noisy label-linked columns (parity and "has a closed
-  loop", each 15% wrong), two noise columns (a number and a 3-way "site") and missing cells; the target is the digit. Also captions built from the label and
-  the measurements, and VQA-RAD-style questions.
+  loop", each 15% wrong), two noise columns (a number and a 3-way "site") and missing cells; the target is the
+  digit. Also captions built from the label and the measurements, and VQA-RAD-style questions.
 - `crops`: 32x32 crops of scikit-image's bundled photographs and micrographs (astronaut, camera, coffee, chelsea,
   coins, the immunohistochemistry and cell micrographs, ...), the target being the source picture; the table holds
   the crop's position, brightness, contrast, edge density and colourfulness, a noise column and missing cells.

@@ -241,4 +241,5 @@ def _category(value) -> str:
         return text
 
 
-__all__ = ["TablePreprocessor", "Column", "read_table", "target_classes", "PREPROCESSING_FILE", "MAX_NUMERIC_CATEGORIES"]
+__all__ = ["TablePreprocessor", "Column", "read_table", "target_classes", "PREPROCESSING_FILE",
+           "MAX_NUMERIC_CATEGORIES"]

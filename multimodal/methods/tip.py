@@ -23,8 +23,6 @@ class token and patch tokens, and its image vector is the class token (the offic
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -211,7 +209,7 @@ class TIP(MIMMethod):
     """Tabular-image pretraining: contrastive, matching with hard negatives, masked tabular reconstruction."""
 
     def __init__(self,
-                 encoder: EncoderConfig = EncoderConfig(img_size=128, patch_size=16, size="small"),  # for image_encoder="vit"
+                 encoder: EncoderConfig = EncoderConfig(img_size=128, patch_size=16, size="small"),  # image_encoder vit
                  image_encoder: str = "resnet50",       # official configs: resnet50 (DVM and UK Biobank)
                  categorical_sizes: list[int] | None = None,  # categories per categorical column (from the data)
                  num_continuous: int | None = None,     # continuous columns (from the data)
