@@ -11,6 +11,7 @@ from mimkit.core.autoencoders import (FrozenAutoencoder, KLAutoencoder, autoenco
                                       load_autoencoder, save_autoencoder)
 from mimkit.core.cli import main
 from mimkit.core.errors import CheckpointError, ConfigError
+from mimkit.core.masking import RatioSchedule
 from mimkit.core.methods.lmd import lmd_schedule
 from mimkit.core.registry import method_arguments
 from mimkit.core.train import parameter_groups
@@ -73,6 +74,12 @@ def test_each_schedule_at_its_knots():
     linear = lmd_schedule("linear", total)
     assert [linear(s) for s in (0, 300, 600)] == pytest.approx([0.15, 0.45, 0.75])
     assert lmd_schedule("constant", total)(0) == 0.75
+    for bad in (dict(knots=(0.1, 1.0), values=(0.1, 0.2)), dict(knots=(0, 0.5, 0.4), values=(0.1, 0.2, 0.3)),
+                dict(knots=(0, 1), values=(0.1,))):
+        with pytest.raises(ConfigError, match="piecewise"):
+            RatioSchedule("piecewise", **bad)
+    with pytest.raises(ConfigError, match="ramp"):
+        RatioSchedule("diffusion_cosine", 0.15, 0.75, 100, ramp=0)
 
 
 def test_the_method_masks_at_the_scheduled_ratio():
