@@ -42,9 +42,29 @@ def masked_mean(per_token: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (per_token * mask).sum() / mask.sum().clamp_min(1.0)
 
 
-def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """MAE's loss: per-token MSE averaged over masked tokens only."""
-    return masked_mean(((pred.float() - target) ** 2).mean(-1), mask)
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+               valid: torch.Tensor | None = None) -> torch.Tensor:
+    """MAE's loss: per-token MSE averaged over masked tokens only.
+
+    `valid` (B, N, values), 1 where a predicted value is real data (see `valid_values`): nodata pixels do not
+    count, and a token without any valid pixel drops out of the average."""
+    error = (pred.float() - target) ** 2
+    if valid is None:
+        return masked_mean(error.mean(-1), mask)
+    valid = valid.to(error)
+    count = valid.sum(-1)
+    per_token = (error * valid).sum(-1) / count.clamp_min(1.0)
+    return masked_mean(per_token, mask * (count > 0).to(mask))
+
+
+def valid_values(batch: dict, images: torch.Tensor, patch_size: int | Sequence[int]) -> torch.Tensor | None:
+    """The batch's nodata mask ("valid", (B, H, W) or (B, 1, H, W), True = data) in the layout of
+    `patchify(images)`: (B, N, values); None when the batch has none or every pixel is valid."""
+    valid = batch.get("valid")
+    if valid is None or bool(valid.all()):
+        return None
+    valid = valid.reshape(images.shape[0], 1, *images.shape[2:]).to(images.device)
+    return patchify(valid.expand(-1, images.shape[1], *images.shape[2:]).float(), patch_size)
 
 
 def sobel_gradient(images: torch.Tensor) -> torch.Tensor:

@@ -475,8 +475,11 @@ class GeoTiffDataset(NormalisedDataset):
                  nodata: float | None = None, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  labelled: bool | None = None, mask_root: str | Path | None = None, mask_nodata: int | None = 255,
                  strict: bool = False, require_georeference: bool = True, stats_tiles: int = 256,
-                 cache_dir: str | Path | None = None, band_order: str | Sequence[str] | None = None):
-        self.band_order = band_order
+                 cache_dir: str | Path | None = None, band_order: str | Sequence[str] | None = None,
+                 min_valid: float = 0.0):
+        if not 0.0 <= min_valid <= 1.0:
+            raise ConfigError(f"min_valid is a fraction of a tile's pixels, in [0, 1]; got {min_valid}")
+        self.band_order, self.min_valid = band_order, float(min_valid)
         self.img_size = as_tuple(img_size, 2, "img_size")
         self.patch_size = as_tuple(patch_size, 2, "patch_size")
         grid_shape(self.img_size, self.patch_size)
@@ -602,12 +605,18 @@ class GeoTiffDataset(NormalisedDataset):
                         self._skip(header.path, f"{header.path}: tile {window or 'whole file'} is all nodata",
                                    warn=False)
                         continue
+                    if valid.mean() < self.min_valid:
+                        self._skip(header.path, f"{header.path}: tile {window or 'whole file'} is below min_valid "
+                                   f"({valid.mean():.3f} < {self.min_valid} of its pixels valid)", warn=False)
+                        continue
                 items.append((f, window))
         if not items:
             raise DataError(f"every tile under {self.root} is all nodata ({len(self.skipped)} skipped)")
         nodata_tiles = sum("all nodata" in reason for _, reason in self.skipped)
-        if nodata_tiles:
-            log.warning("skipped %d all-nodata tile(s) under %s", nodata_tiles, self.root)
+        sparse_tiles = sum("below min_valid" in reason for _, reason in self.skipped)
+        if nodata_tiles or sparse_tiles:
+            log.warning("skipped %d all-nodata tile(s) and %d tile(s) below min_valid=%s under %s", nodata_tiles,
+                        sparse_tiles, self.min_valid, self.root)
         return items
 
     # ------------------------------------------------------------------ statistics
@@ -751,6 +760,8 @@ class GeoTiffData:
         wavelengths: their centre wavelengths in nm (recorded by pretraining; when given, they must match)
         band_order: the files' band order when they carry no band descriptions: band names, or a known layout
             (eurosat: B01..B12 then B8A); None: the band descriptions, else the sensor's order (with a warning)
+        min_valid: skip (and count) tiles with a smaller fraction of valid (not nodata) pixels; the nodata pixels of
+            the tiles kept do not count in the losses of methods that read batch["valid"] (mae, selective_mae)
     """
 
     root: str | None = None
@@ -771,6 +782,7 @@ class GeoTiffData:
     band_names: list[str] | None = None
     wavelengths: list[float] | None = None
     band_order: list[str] | str | None = None
+    min_valid: float = 0.0
 
     def dataset(self, img_size, patch_size, transform: str | A.BaseCompose = "train") -> GeoTiffDataset:
         """The files as a GeoTiffDataset of this image and patch size (`transform`: train, eval or a pipeline)."""
@@ -780,7 +792,8 @@ class GeoTiffData:
             self.root, sensor=self.sensor, bands=self.bands, img_size=img_size, patch_size=patch_size,
             tile_size=self.tile_size, stride=self.stride, transform=transform, scale=self.scale, offset=self.offset,
             nodata=self.nodata, mean=self.mean, std=self.std, labelled=False, strict=self.strict,
-            require_georeference=not self.allow_ungeoreferenced, cache_dir=self.cache_dir, band_order=self.band_order)
+            require_georeference=not self.allow_ungeoreferenced, cache_dir=self.cache_dir, band_order=self.band_order,
+            min_valid=self.min_valid)
 
     def build(self, model: dict, method: str) -> GeoTiffDataset:
         """The pretraining dataset; records the bands, wavelengths and statistics on `self` and gives a

@@ -9,7 +9,7 @@ from ..decoders import MAEDecoder
 from ..encoders import EncoderConfig
 from ..masking import RandomMasker, RatioSchedule
 from ..registry import register_method
-from ..targets import PixelTarget, masked_mse
+from ..targets import PixelTarget, masked_mse, valid_values
 from .base import MIMMethod, MIMOutput
 
 
@@ -37,7 +37,8 @@ class MAE(MIMMethod):
         mask = self.masker(images.shape[0], self.encoder.num_patches, step=step, device=images.device)
         latent = self.encoder.forward_visible(images, mask.ids_keep)
         pred = self.decoder(latent, mask.ids_restore)
-        loss = masked_mse(pred, self.target(images), mask.mask)
+        # nodata pixels (batch["valid"], remote-sensing tiles) do not count
+        loss = masked_mse(pred, self.target(images), mask.mask, valid_values(batch, images, self.encoder.patch_size))
         return MIMOutput(loss=loss, parts={"reconstruction": loss.detach()}, pred=pred, mask=mask.mask)
 
     def reconstruct(self, batch: dict, out: MIMOutput | None = None) -> torch.Tensor:

@@ -28,7 +28,7 @@ from mimkit.core.errors import ConfigError
 from mimkit.core.masking import Mask, RatioSchedule, SelectiveMasker
 from mimkit.core.methods.base import MIMMethod, MIMOutput
 from mimkit.core.registry import register_method
-from mimkit.core.targets import PixelTarget, masked_mse, patch_hog_scores
+from mimkit.core.targets import PixelTarget, masked_mse, patch_hog_scores, valid_values
 
 
 class CrossAttentionDecoder(MaskedTokenDecoder):
@@ -92,7 +92,8 @@ class SelectiveMAE(MIMMethod):
         # predictions in place among N tokens (zeros elsewhere); the loss covers the reconstructed tokens only
         full = pred.new_zeros(pred.shape[0], tokens.shape[1], pred.shape[-1])
         full = full.scatter(1, mask.ids_target.unsqueeze(-1).expand_as(pred), pred)
-        loss = masked_mse(full, self.target(images), mask.target)
+        loss = masked_mse(full, self.target(images), mask.target,  # nodata pixels (batch["valid"]) do not count
+                          valid_values(batch, images, self.encoder.patch_size))
         # `mask` marks every hidden token; `pred` holds predictions for the reconstructed ones only
         return MIMOutput(loss=loss, parts={"reconstruction": loss.detach()}, pred=full, mask=mask.mask)
 

@@ -53,3 +53,23 @@ def test_mae_loss_falls_on_fixed_data(fixed_batch_training):
     images = torch.rand(8, 1, 32, 32)
     run = fixed_batch_training(mae, {"image": images}, steps=40)
     assert run.last(5) < 0.7 * run.first(5)
+
+
+def test_nodata_pixels_do_not_count_in_the_loss():
+    # batch["valid"] (remote-sensing tiles; the loader fills nodata with the mean, 0 once normalised): the loss is
+    # the mean squared error over the valid values of the masked patches only
+    from mimkit.core.tokens import patchify
+
+    torch.manual_seed(0)
+    model = build_method("mae", **TINY)
+    valid = torch.ones(2, 32, 32, dtype=torch.bool)
+    valid[:, :, :20] = False  # the left part of every image is nodata (partly covering some patches)
+    images = torch.randn(2, 1, 32, 32) * valid[:, None]
+    torch.manual_seed(1)
+    out = model({"image": images, "valid": valid})
+    error = (out.pred - model.target(images)) ** 2
+    weight = patchify(valid[:, None].float(), 8) * out.mask[..., None]
+    assert torch.allclose(out.loss, (error * weight).sum(-1).div(weight.sum(-1).clamp_min(1)).sum()
+                          / (weight.sum(-1) > 0).sum(), atol=1e-5)
+    torch.manual_seed(1)
+    assert not torch.allclose(model({"image": images}).loss, out.loss)  # without the mask nodata would count

@@ -196,6 +196,17 @@ def test_all_nodata_tile_is_counted(tmp_path, tiles):
     write_geotiff(tmp_path / "g" / "empty.tif", np.zeros_like(array), crs=crs, transform=transform, nodata=0)
     with pytest.raises(DataError, match="all nodata"):
         small(tmp_path / "g")
+    # a tile under the valid-pixel threshold is skipped and counted; the kept tile's nodata pixels are marked
+    sparse = array.copy()
+    sparse[:, : array.shape[1] * 3 // 4] = 0  # three quarters nodata
+    write_geotiff(tmp_path / "f" / "sparse.tif", sparse, crs=crs, transform=transform, nodata=0)
+    assert len(small(tmp_path / "f")) == 2  # without a threshold the sparse tile is read
+    kept = small(tmp_path / "f", min_valid=0.5)
+    assert len(kept) == 1 and sorted(p.name for p, _ in kept.skipped) == ["empty.tif", "sparse.tif"]
+    assert any("below min_valid" in reason for _, reason in kept.skipped)
+    partial = small(tmp_path / "f", transform="eval")
+    sample = next(partial[i] for i in range(len(partial)) if not bool(partial[i]["valid"].all()))
+    assert 0.1 < sample["valid"].float().mean() < 0.5
 
 
 def test_integer_and_float_scaling_are_not_mixed(tmp_path, tiles):
