@@ -189,6 +189,21 @@ def generate_dataset(model, out: str | Path, identities: int = 10, images_per_id
     return summary
 
 
+def measure_folder(folder: str | Path, recognizer: str = "dlib", seed: int = 0) -> dict:
+    """Identity separation, intra-identity consistency and verification accuracy of a face folder (one subfolder
+    per identity) by a recognizer that did not make it: "dlib" (128-d ResNet, optional extra) or a recognizer file."""
+    from .identity import (DlibRecognizer, identity_statistics, load_identity_network, network_embedder,
+                           read_identity_folder, verification_accuracy)
+
+    images, owners, _ = read_identity_folder(folder)
+    embed = DlibRecognizer() if recognizer == "dlib" else network_embedder(load_identity_network(recognizer))
+    features = embed(images)
+    result = identity_statistics(features, owners)
+    result["verification_accuracy"] = verification_accuracy(features, owners, seed=seed)
+    result["recognizer"] = recognizer
+    return result
+
+
 def load_generator(model: str | Path):
     """A trained vec2face method from its .safetensors file or a run folder holding model.safetensors."""
     from mimkit.core.checkpoints import load_method
@@ -207,7 +222,8 @@ def load_generator(model: str | Path):
 def generate_command(model: str, out: str, identities: int = 10, images_per_identity: int = 5,
                      max_similarity: float = 0.3, min_similarity: float | None = None,
                      scales: list[float] = list(PERTURBATION_SCALES), fractions: list[float] = list(PERTURBATION_FRACTIONS),
-                     norm: float | None = None, batch_size: int = 64, seed: int = 0, device: str = "cpu") -> dict:
+                     norm: float | None = None, batch_size: int = 64, seed: int = 0, device: str = "cpu",
+                     measure: str | None = None) -> dict:
     """Generate a face dataset with a trained Vec2Face model: OUT/<identity>/<k>.png, one subfolder per identity,
     plus identities.npy and generation.json.
 
@@ -224,10 +240,16 @@ def generate_command(model: str, out: str, identities: int = 10, images_per_iden
         batch_size: images generated at once
         seed: random seed of the vectors, perturbations and masks
         device: torch device to generate on
+        measure: afterwards, measure the folder with an independent recognizer: "dlib" or a recognizer file
+            (identity separation, intra-identity consistency, verification accuracy; into generation.json)
     """
     generator = load_generator(model).to(device)
     summary = generate_dataset(generator, out, identities, images_per_identity, max_similarity, min_similarity,
                                scales, fractions, norm, batch_size, seed)
+    if measure:
+        summary["measured"] = measure_folder(out, measure, seed)
+        (Path(out) / "generation.json").write_text(json.dumps(summary, indent=1))
+        print(json.dumps(summary["measured"]))
     print(f"wrote {summary['images']} images of {identities} identities to {out} (largest pairwise identity "
           f"similarity {summary['largest_pairwise_similarity']})")
     return summary

@@ -135,3 +135,24 @@ def test_writes_one_folder_per_identity(model, tmp_path):
     assert centres.shape == (4, 512) and summary["largest_pairwise_similarity"] < 0.2
     assert json.loads((tmp_path / "out" / "generation.json").read_text())["images"] == 20
 
+
+
+def test_measure_folder_with_dlib_on_real_faces(tmp_path):
+    """The independent recognizer on real faces (faces.synthetic: LFW crops, astronaut, Grace Hopper), four views
+    of each: they separate (optional extra dlib-bin + face-recognition-models; skipped when absent)."""
+    pytest.importorskip("dlib", reason="optional extra: pip install dlib-bin face-recognition-models")
+    if __import__("importlib").util.find_spec("face_recognition_models") is None:
+        pytest.skip("optional extra: pip install dlib-bin face-recognition-models")
+    from mimkit.faces.generate import measure_folder
+    from mimkit.faces.synthetic import real_faces
+
+    faces = [image for _, image in real_faces(112)]
+    for index, face in enumerate(faces[:3] + faces[-2:]):
+        folder = tmp_path / f"{index:05d}"
+        folder.mkdir()
+        for k, shift in enumerate((0, 2, -2, 4)):
+            view = np.clip(np.roll(face, shift, axis=1).astype(float) * (1 + 0.05 * k), 0, 255).astype(np.uint8)
+            Image.fromarray(view).save(folder / f"{k:03d}.png")
+    result = measure_folder(tmp_path, "dlib")
+    assert result["identities"] == 5 and result["images"] == 20 and result["recognizer"] == "dlib"
+    assert result["separation"] > 0.05 and result["verification_accuracy"] > 0.8
