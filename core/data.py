@@ -1,8 +1,11 @@
 """Generic 2D image data: readers, an image-folder dataset, MAE augmentation, resumable sampling."""
 from __future__ import annotations
 
+import json
 import logging
+import os
 import random
+import signal
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -105,6 +108,13 @@ def read_image(path: str | Path) -> np.ndarray:
         raise
     except Exception as error:
         raise DataError(f"{path}: cannot decode image ({type(error).__name__}: {error})") from error
+
+
+def check_finite(image: np.ndarray, path: str | Path) -> None:
+    """DataError naming `path` when a float image holds NaN or infinite values (one would make the loss NaN)."""
+    if image.dtype.kind == "f" and not np.isfinite(image).all():
+        nan, inf = int(np.isnan(image).sum()), int(np.isinf(image).sum())
+        raise DataError(f"{path}: {nan} NaN and {inf} infinite value(s) among {image.size}; expected finite pixels")
 
 
 def to_unit_range(image: np.ndarray) -> np.ndarray:
@@ -352,6 +362,7 @@ class ImageFolderDataset(NormalisedDataset):
         image = read_image(path)
         if image.shape[0] != self.in_chans:
             raise DataError(f"{path}: decoded to {image.shape[0]} channel(s), expected in_chans={self.in_chans}")
+        check_finite(image, path)
         return to_unit_range(image)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
@@ -386,6 +397,57 @@ def image_dataset(root: str | Path, **options) -> ImageFolderDataset:
     return (ShardDataset if is_shard_folder(root) else ImageFolderDataset)(root, **options)
 
 
+class ReportedSkips(list):
+    """A dataset's `skipped` list whose new entries are also appended to a file: a loader worker holds a copy of the
+    dataset, so what it skips reaches the run's totals only through that file (one JSON line per skip)."""
+
+    def __init__(self, items, path: str | Path):
+        super().__init__(items)
+        self.path = str(path)
+
+    def append(self, item) -> None:
+        super().append(item)
+        file, reason = item
+        line = json.dumps({"file": str(file), "reason": str(reason), "pid": os.getpid()}) + "\n"
+        with open(self.path, "a") as f:  # one short append per line: lines of several workers do not interleave
+            f.write(line)
+
+
+def report_skips(dataset, path: str | Path) -> None:
+    """Make every `skipped` list of `dataset` (and of the datasets it holds) report to `path`, in any process."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    seen: set[int] = set()
+
+    def visit(obj, depth: int) -> None:
+        if id(obj) in seen or depth > 3 or not hasattr(obj, "__dict__"):
+            return
+        seen.add(id(obj))
+        fields = vars(obj)
+        if isinstance(fields.get("skipped"), list) and not isinstance(fields["skipped"], ReportedSkips):
+            obj.skipped = ReportedSkips(fields["skipped"], path)
+        for value in list(fields.values()):
+            if isinstance(value, Dataset):
+                visit(value, depth + 1)
+
+    visit(dataset, 0)
+
+
+def skip_totals(dataset, path: str | Path) -> list[dict]:
+    """Every skip of a run, once: the main process's `dataset.skipped` and the lines the workers wrote to `path`."""
+    entries = [{"file": str(file), "reason": str(reason)} for file, reason in getattr(dataset, "skipped", ())]
+    if Path(path).is_file():
+        for line in Path(path).read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a killed process
+                continue
+            entries.append({"file": record["file"], "reason": record["reason"]})
+    unique: dict[tuple[str, str], dict] = {}
+    for entry in entries:
+        unique.setdefault((entry["file"], entry["reason"]), entry)
+    return list(unique.values())
+
+
 def sample_seed(seed: int, position: int) -> int:
     """Augmentation seed for a sampling position, a pure function of (seed, position)."""
     return int(np.random.SeedSequence([seed, position]).generate_state(1)[0])
@@ -397,11 +459,11 @@ class ResumableSampler(Sampler):
     Epoch p // n shuffles range(n) with a generator seeded by (seed, epoch); index = perm[p % n].
     Rank r of world_size W takes positions r, r+W, ...; `start` skips the first `start` global positions,
     so a resumed run continues the uninterrupted sequence exactly. Infinite unless `stop` (global
-    position, exclusive) is given.
+    position, exclusive) is given; `length_from` makes len() count from another position than `start`.
     """
 
     def __init__(self, num_samples: int, seed: int = 0, start: int = 0, rank: int = 0, world_size: int = 1,
-                 stop: int | None = None):
+                 stop: int | None = None, length_from: int | None = None):
         if num_samples <= 0:
             raise ConfigError(f"num_samples must be positive, got {num_samples}")
         if seed < 0 or start < 0:
@@ -410,14 +472,16 @@ class ResumableSampler(Sampler):
             raise ConfigError(f"rank must be in [0, world_size={world_size}), got {rank}")
         self.num_samples, self.seed, self.start = num_samples, seed, start
         self.rank, self.world_size, self.stop = rank, world_size, stop
+        self.length_from = start if length_from is None else length_from  # len() counts positions from here
 
-    def _first(self) -> int:
-        return self.start + (self.rank - self.start) % self.world_size
+    def _first(self, start: int | None = None) -> int:
+        start = self.start if start is None else start
+        return start + (self.rank - start) % self.world_size
 
     def __len__(self) -> int:
         if self.stop is None:
             raise TypeError("ResumableSampler without stop is infinite")
-        return len(range(self._first(), self.stop, self.world_size))
+        return len(range(self._first(self.length_from), self.stop, self.world_size))
 
     def permutation(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
@@ -450,6 +514,9 @@ def single_threaded_worker(worker_id: int) -> None:
     training threads for the same cores (measured: 5x slower steps on 2 cores)."""
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
+    # Ctrl+C reaches every process of the terminal's group: the main process stops training with a checkpoint
+    # (core.train.StopOnSignal) and needs its workers for the batches until then.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def labelled_dataset(folder: str | Path, encoder, data: dict, what: str = "data"):
