@@ -86,7 +86,6 @@ RANGES: dict[str, tuple[str, ...]] = {
 }
 RANGE_BY_KEY = {"finetune.max_steps": "at least 0"}  # fine-tuning: 0 steps scores the untrained head
 _RANGE_OF_NAME = {name: rule for rule, names in RANGES.items() for name in names}
-_INTEGER_RULES = ("at least 1", "at least 0")
 
 
 def range_rule(key: str) -> str | None:
@@ -109,9 +108,8 @@ def check_number(flag: str, value: Any, rule: str | None = None) -> None:
     for item in (value if isinstance(value, (list, tuple)) else [value]):
         if isinstance(item, bool) or not isinstance(item, (int, float)):
             continue
-        if not _in_range(float(item), rule) or (rule in _INTEGER_RULES and float(item) != int(item)):
-            kind = "an integer" if rule in _INTEGER_RULES else "a number"
-            raise ConfigError(f"{flag} must be {kind} {rule}, found {value}")
+        if not _in_range(float(item), rule):  # the type (int or float) is jsonargparse's / the dataclass's to check
+            raise ConfigError(f"{flag} must be {rule}, found {value}")
 
 
 def check_numbers(config: dict, command: "Command", argv: Sequence[str]) -> None:
@@ -131,6 +129,9 @@ def check_numbers(config: dict, command: "Command", argv: Sequence[str]) -> None
                 check_number(f"--{dotted}", value, range_rule(dotted))
             except ConfigError as error:
                 flag = short.get(f"--{dotted}")
+                spelled = "--" + key.replace("_", "-")  # a short flag spelled out by Command.alias (--patch-size)
+                if flag is None and command.alias is not None and spelled in argv:
+                    flag = spelled
                 message = str(error).replace(f"--{dotted}", f"{flag} ({dotted})" if flag else f"--{dotted}", 1)
                 given = any(t.split("=")[0] in (f"--{dotted}", flag) for t in argv)
                 holders = [str(p) for p in _config_files(argv) if _has_key(read_yaml_mapping(p), dotted)]
@@ -326,8 +327,9 @@ class Tool:
         try:
             return self._run(command, rest)
         except MimkitError as error:
-            print(f"{self.prog} {name}: error: {error}", file=sys.stderr)
-            return 2
+            code = getattr(error, "exit_code", 2)  # a run stopped by a signal, with its checkpoint: not an error
+            print(f"{self.prog} {name}: {'error: ' if code == 2 else ''}{error}", file=sys.stderr)
+            return code
         except BrokenPipeError:  # output piped into `head` and the like
             return 0
         except SystemExit as stop:  # a command that decides its own exit status (a failed check)
@@ -453,8 +455,38 @@ def add_trainer_arguments(parser) -> None:
     parser.add_method_arguments(L.Trainer, "__init__", "trainer", skip=skip, fail_untyped=False)
 
 
+class _NoAdvertisement(logging.Filter):
+    """Drops Lightning's product tips ("Tip: ... try installing litlogger / litmodels")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("Tip:" in message and ("litlogger" in message or "litmodels" in message))
+
+
+_NO_ADVERTISEMENT = _NoAdvertisement()
+
+
+def lightning_console() -> None:
+    """Lightning's console lines once each and without advertisements.
+
+    The `lightning` package gives its logger a console handler of its own and still lets records propagate, so once
+    the application has configured logging (a root handler) every line is printed twice: then its own handler goes
+    and the application's format prints each line once."""
+    for package in ("lightning", "pytorch_lightning", "lightning_fabric"):
+        logger = logging.getLogger(package)
+        if logging.getLogger().handlers and logger.propagate:
+            for handler in list(logger.handlers):
+                if type(handler) is logging.StreamHandler:
+                    logger.removeHandler(handler)
+        for name in ("", ".pytorch.utilities.rank_zero", ".fabric.utilities.rank_zero", ".utilities.rank_zero"):
+            child = logging.getLogger(package + name)
+            if _NO_ADVERTISEMENT not in child.filters:  # filters act where a record is made: on rank_zero's loggers
+                child.addFilter(_NO_ADVERTISEMENT)
+
+
 def quiet_lightning() -> None:
     """Lightning's start-up chatter (GPU/TPU availability, tips) hides what matters; keep its warnings."""
+    lightning_console()
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
@@ -501,5 +533,5 @@ def set_encoder_setting(model: dict, key: str, value: Any) -> dict:
 
 
 __all__ = ["Command", "Tool", "check_number", "check_numbers", "range_rule", "add_trainer_arguments", "TRAINER_OPTIONS", "trainer_options", "config_value",
-           "current_config", "plain", "read_yaml_mapping", "quiet_lightning",
+           "current_config", "plain", "read_yaml_mapping", "quiet_lightning", "lightning_console",
            "encoder_setting", "set_encoder_setting"]
