@@ -13,11 +13,14 @@ import argparse
 import json
 import logging
 import math
+import os
 import pickle
+import re
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
+from lightning.fabric.plugins import TorchCheckpointIO
 from safetensors import safe_open
 from safetensors.torch import save_file
 from timm.layers import resample_abs_pos_embed
@@ -38,6 +41,91 @@ _OFFICIAL_DECODER = {
 _HEAD_PREFIXES = ("head.", "fc_norm.", "head_drop.")
 # Prefixes a LightningModule may put before the method's own keys.
 _WRAPPER_PREFIXES = ("method.", "model.", "module.", "net.")
+
+
+# ---------------------------------------------------------------------------------------------- writing
+def write_atomically(path: str | Path, write: Callable[[Path], None], what: str = "file") -> Path:
+    """`write(temporary)` then fsync and rename onto `path`: a reader sees the old file or the new one, never half
+    of one. A failed write (disk full, ...) is a CheckpointError naming `path`; the file it would replace is kept."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(temporary)
+        with open(temporary, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except Exception as error:  # OSError, or torch's RuntimeError around a failed write
+        temporary.unlink(missing_ok=True)
+        kept = f"; the previous {path.name} is intact" if path.exists() else ""
+        raise CheckpointError(f"cannot write {what} {path}: {_first_line(error)}{kept}") from None
+    try:  # the rename itself is durable once the folder is synced (not possible on every file system)
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+    except OSError:
+        pass
+    return path
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint IO, writing each .ckpt atomically (write_atomically) and reading with weights_only."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        write_atomically(path, lambda temporary: torch.save(checkpoint, temporary), "checkpoint")
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+def _checkpoint_step(path: Path) -> int:
+    """A Lightning checkpoint's global step, read without loading its tensors; CheckpointError if it is damaged."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return int(state["global_step"])
+    except Exception as error:
+        raise CheckpointError(f"{path.name} is damaged ({_first_line(error)})") from None
+
+
+def resume_checkpoint(run_dir: str | Path) -> tuple[Path, str] | None:
+    """The newest intact checkpoint of a run (checkpoints/last.ckpt, checkpoints/stepNNNNNN.ckpt or Lightning's SLURM
+    hpc_ckpt_N.ckpt) and a sentence saying which was taken and why; None when the run has no checkpoint."""
+    run_dir = Path(run_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    numbered = [(int(m.group(1)), f) for f in (run_dir / "checkpoints").glob("step*.ckpt")
+                if (m := re.fullmatch(r"step(\d+)\.ckpt", f.name))]
+    numbered += [(_hpc_step(f), f) for f in run_dir.glob("hpc_ckpt_*.ckpt")]
+    if not last.exists() and not numbered:
+        return None
+    problems, last_step = [], -1
+    if last.exists():
+        try:
+            last_step = _checkpoint_step(last)
+        except CheckpointError as error:
+            problems.append(str(error))
+    for step, path in sorted(numbered, key=lambda item: item[0], reverse=True):
+        if step <= last_step:
+            break
+        try:
+            _checkpoint_step(path)
+        except CheckpointError as error:
+            problems.append(str(error))
+            continue
+        why = "; ".join(problems) if problems else (f"it is newer than last.ckpt (step {last_step})"
+                                                    if last_step >= 0 else "")
+        return path, f"resuming from {path.relative_to(run_dir)} (step {step}){': ' + why if why else ''}"
+    if last_step >= 0:
+        return last, f"resuming from checkpoints/last.ckpt (step {last_step})"
+    raise CheckpointError(f"no intact checkpoint in {run_dir / 'checkpoints'} to resume from: {'; '.join(problems)}")
+
+
+def _hpc_step(path: Path) -> int:
+    try:
+        return _checkpoint_step(path)
+    except CheckpointError:
+        return -1
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -320,10 +408,9 @@ def save_method(method: nn.Module, path: str | Path, config: dict) -> Path:
         except TypeError:
             raise ConfigError(f"config value {key}={value!r} ({type(value).__name__}) cannot be stored as JSON; "
                               f"pass plain numbers, strings and lists") from None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(_unshared(method.state_dict()), str(path),
-              metadata={"format": "mimkit", "method": name, "config": json.dumps(config)})
-    return path
+    state = _unshared(method.state_dict())
+    metadata = {"format": "mimkit", "method": name, "config": json.dumps(config)}
+    return write_atomically(path, lambda temporary: save_file(state, str(temporary), metadata=metadata), "weights")
 
 
 def _stored_config(name: str, config: dict) -> dict:
@@ -352,7 +439,10 @@ def load_method(path: str | Path) -> tuple[nn.Module, dict]:
                               f"method to build; build the method yourself and use load_method_weights / load_encoder")
     try:
         config = json.loads(metadata.get("config", "{}"))
-        method = build_method(metadata["method"], **config)
+        # files a run keeps inside itself (a teacher's weights) are stored relative to it: the folder may have moved
+        build = {k: str(path.parent / v) if k.endswith("weights") and isinstance(v, str) and v
+                 and not Path(v).is_absolute() and (path.parent / v).is_file() else v for k, v in config.items()}
+        method = build_method(metadata["method"], **build)
     except (ValueError, ConfigError) as error:
         raise CheckpointError(f"checkpoint {path}: cannot rebuild method {metadata['method']!r}: {error}") from None
     _load(method, state, path, True, {"format": fmt})
