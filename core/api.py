@@ -42,7 +42,7 @@ def pretrain(data: ImageFolderData, out: str, method: str | None = None, model: 
         resume: continue the run in `out` from its last checkpoint (its config.yaml is read by the command)
     """
     from .registry import method_arguments
-    from .runs import LAST_CHECKPOINT
+    from .train import _slurm_requeued
     from .train import pretrain as train_method
 
     data = _data(data)
@@ -50,8 +50,11 @@ def pretrain(data: ImageFolderData, out: str, method: str | None = None, model: 
     model = dict(model or {})
     train = train or TrainConfig()
     out_dir = Path(out)
-    if not resume and (out_dir / LAST_CHECKPOINT).exists():
+    if not resume and any((out_dir / "checkpoints").glob("*.ckpt")) and not _slurm_requeued():
         raise ConfigError(f"{out_dir} already holds a run; pass --resume to continue it or choose another --out")
+    root = getattr(data, "root", None)
+    if resume and isinstance(root, str) and not Path(root).exists():  # a run folder copied to another machine
+        raise ConfigError(f"--resume: the run's data folder {root} does not exist here; give it again with --data DIR")
     dataset = data.build(model, method)
     if encoder_setting(model, "in_chans") is None:  # not given: the data's channel count
         set_encoder_setting(model, "in_chans", getattr(dataset, "in_chans", None) or
@@ -73,10 +76,7 @@ def pretrain(data: ImageFolderData, out: str, method: str | None = None, model: 
           f"lr {train.learning_rate:.3g}, {train.max_steps} steps -> {out_dir}", file=sys.stderr)
     summary = train_method(method, dataset, out_dir, train, method_config=model, resume=resume,
                            run_config=run_config, pretrained=pretrained, trainer=trainer)
-    if summary:
-        from .runs import update_metrics
-
-        update_metrics(out_dir, {"data": {"images": len(dataset), "skipped_files": skipped}})
+    if summary:  # the skipped files (with those the loader workers found) are in metrics.json's "data"
         print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
     return summary
 

@@ -12,6 +12,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
+import shutil
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,12 +24,14 @@ from typing import Any, Sequence
 
 import lightning as L
 import torch
+from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import nn
 
-from .config import trainer_options
+from .config import check_number, lightning_console, range_rule, trainer_options
 from .encoders import set_fused_attention
-from .errors import ConfigError, TrainingError
+from .errors import CheckpointError, ConfigError, DataError, TrainingError
 from .methods.base import MIMMethod
 from .registry import build_method
 from .runs import update_metrics, write_config
@@ -63,9 +70,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.precision not in ("32", "bf16-mixed", "16-mixed", "bf16-true"):
             raise ConfigError(f"precision must be 32 or bf16-mixed, got {self.precision!r}")
-        for name in ("batch_size", "max_steps", "accumulate_grad_batches", "checkpoint_every", "devices"):
-            if getattr(self, name) is not None and int(getattr(self, name)) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for item in dataclasses.fields(self):  # each number within its range (core.config.RANGES)
+            check_number(f"train.{item.name}", getattr(self, item.name), range_rule(f"train.{item.name}"))
         self.betas = tuple(self.betas)
 
     @property
@@ -177,8 +183,10 @@ class MIMDataModule(L.LightningDataModule):
         samples_per_step = cfg.batch_size * cfg.accumulate_grad_batches * trainer.world_size
         start = trainer.global_step * samples_per_step  # restored before the loaders are built on resume
         total = cfg.max_steps * samples_per_step
+        # A run is one Lightning epoch: on resume Lightning counts the batches of the epoch before `start` as done,
+        # so the sampler's length counts from position 0 too (else the epoch ends early and the samples repeat).
         sampler = ResumableSampler(len(self.dataset), seed=cfg.seed, start=start, rank=trainer.global_rank,
-                                   world_size=trainer.world_size, stop=max(start, total))
+                                   world_size=trainer.world_size, stop=max(start, total), length_from=0)
         return make_loader(self.dataset, cfg.batch_size, cfg.num_workers, sampler=sampler, drop_last=True)
 
 
@@ -206,7 +214,8 @@ class History(Callback):
             self.rows.append(row)
         every = self.config.picture_every
         if every and step % every == 0 and trainer.is_global_zero:
-            save_reconstruction(module.method, self.picture_batch, self.out_dir / "pictures" / f"reconstruction_step{step:06d}.png")
+            _write_picture(lambda path: save_reconstruction(module.method, self.picture_batch, path),
+                           self.out_dir / "pictures" / f"reconstruction_step{step:06d}.png")
 
     def on_train_end(self, trainer, module):
         self.seconds = time.perf_counter() - self.started
@@ -258,6 +267,98 @@ def load_initial_weights(method: MIMMethod, path: str | Path) -> dict:
         return {**report, "scope": "encoder"}
 
 
+class StopOnSignal(Callback):
+    """SIGTERM (what SLURM and Kubernetes send before a kill) and SIGINT (Ctrl+C) end training after the current
+    step with a checkpoint, so `--resume` continues exactly. The signal is noted and handed to Lightning's own SIGTERM
+    handling at the end of the step, after the checkpoint is written where ModelCheckpoint writes its own (a state
+    Lightning resumes exactly); Lightning then stops the loops. A second Ctrl+C interrupts at once."""
+
+    def __init__(self, last: Path):
+        self.last, self.signal, self.step = last, None, None
+        self._previous: dict = {}
+        self._lightning = None
+
+    def on_train_start(self, trainer, module) -> None:  # after Lightning installed (and noted) its handlers
+        if threading.current_thread() is not threading.main_thread():
+            return
+        self._lightning = signal.getsignal(signal.SIGTERM)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._note)
+        if trainer.world_size > 1:
+            # every rank must stop at the same step: Lightning's own broadcast decides, at the start of a step,
+            # and no checkpoint is added (the periodic ones resume)
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, self._lightning)
+
+    def _note(self, signum, frame) -> None:
+        if self.signal == "SIGINT" and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if self.signal is None and not trainer.received_sigterm:
+            return
+        if (batch_idx + 1) % trainer.accumulate_grad_batches:
+            return  # in the middle of an accumulated step: stop after the optimiser step
+        self.step = trainer.global_step
+        trainer.save_checkpoint(self.last, weights_only=False)
+        self.signal = self.signal or "SIGTERM"
+        if not trainer.received_sigterm and callable(self._lightning):
+            self._lightning(signal.SIGTERM, None)  # Lightning stops the loops (and its launcher's processes)
+
+    def on_exception(self, trainer, module, exception: BaseException) -> None:
+        self._restore()  # Lightning calls no teardown hook after an exception
+
+    def teardown(self, trainer, module, stage: str) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+
+class RunInterrupted(TrainingError):
+    """Training stopped by SIGTERM or SIGINT after saving a checkpoint; `exit_code` is the shell's 128 + signal."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _slurm_requeued() -> bool:
+    """A SLURM job started again by a requeue (Lightning's auto-requeue, or scontrol requeue after preemption)."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    return SLURMEnvironment.detect() and int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
+
+
+def portable_weights(method_config: dict, out_dir: Path, resume: bool) -> tuple[dict, dict]:
+    """(the config to build the method with, the config to store): files named by `*weights` settings (a teacher's)
+    are linked or copied into RUN/teacher/ and stored relative to the run, so a copied run folder rebuilds."""
+    build, stored = dict(method_config), dict(method_config)
+    for key, value in method_config.items():
+        if not key.endswith("weights") or not isinstance(value, str) or not value:
+            continue
+        source = Path(value)
+        inside = out_dir / source if not source.is_absolute() else None
+        if inside is not None and inside.is_file() and (resume or not source.is_file()):
+            build[key] = str(inside)  # already relative to the run
+            continue
+        if not source.is_file() or resume:
+            continue  # build_teacher names the missing file
+        target = out_dir / "teacher" / source.name
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(source, target)  # no second copy on the same file system
+            except OSError:
+                shutil.copy2(source, target)
+        build[key], stored[key] = str(target), str(target.relative_to(out_dir))
+    return build, stored
+
+
 def pretrain(method: str | MIMMethod, dataset, out_dir: str | Path, config: TrainConfig | None = None, *,
              method_config: dict | None = None, resume: bool = False, callbacks: Sequence[Callback] = (),
              run_config: dict | None = None, pretrained: str | Path | None = None,
@@ -269,60 +370,100 @@ def pretrain(method: str | MIMMethod, dataset, out_dir: str | Path, config: Trai
     `pretrained` starts a new run from a local weights file (see `load_initial_weights`). `trainer` passes other
     Lightning Trainer options through (logger, callbacks, profiler, gradient clipping, ...; `trainer_options`);
     the default logger is a CSV logger writing RUN/logs/.
-    Returns the training summary that is also stored under "train" in metrics.json.
+    While it runs, RUN/.lock refuses a second writer; resuming takes the newest intact checkpoint; SIGTERM / SIGINT
+    stop with a checkpoint (RunInterrupted). Returns the training summary also stored under "train" in metrics.json.
     """
-    from .checkpoints import save_method
+    from .runs import RunLock
+
+    lightning_console()
+    out_dir = Path(out_dir)
+    with RunLock(out_dir):
+        return _pretrain(method, dataset, out_dir, config, method_config=method_config, resume=resume,
+                         callbacks=callbacks, run_config=run_config, pretrained=pretrained, trainer=trainer)
+
+
+def _pretrain(method, dataset, out_dir: Path, config, *, method_config, resume, callbacks, run_config, pretrained,
+              trainer) -> dict[str, Any]:
+    from .checkpoints import AtomicCheckpointIO, resume_checkpoint, save_method
+    from .data import report_skips, skip_totals
     from .viz import loss_curve
 
     config = (config or TrainConfig()).for_data(len(dataset))
-    out_dir = Path(out_dir)
     method_config = dict(method_config or {})
     options = trainer_options(trainer, out_dir)
     extra_callbacks = options.pop("callbacks")
-    if isinstance(method, str):
-        L.seed_everything(config.seed, workers=True, verbose=False)
-        method = build_method(method, **method_config)
-    elif not method_config:
-        raise ConfigError("pretrain() of a built method needs its method_config, so the saved model can be rebuilt")
-    name = getattr(method, "method_name", type(method).__name__.lower())
     checkpoint_dir = out_dir / "checkpoints"
     last = checkpoint_dir / "last.ckpt"
-    if resume and not last.exists():
-        raise ConfigError(f"--resume: no checkpoint to resume from at {last}")
-    if not resume and last.exists():
+    found = resume_checkpoint(out_dir)
+    if not resume and found is not None and _slurm_requeued():
+        resume = True  # the requeued job runs the same command line: it continues its own run
+    if resume and found is None:
+        raise ConfigError(f"--resume: no checkpoint to resume from in {checkpoint_dir}")
+    if not resume and found is not None:
         raise ConfigError(f"{out_dir} already holds a run; pass --resume to continue it or choose another --out")
+    build_config, stored_config = portable_weights(method_config, out_dir, resume)
+    if isinstance(method, str):
+        L.seed_everything(config.seed, workers=True, verbose=False)
+        method = build_method(method, **build_config)
+    elif not method_config:
+        raise ConfigError("pretrain() of a built method needs its method_config, so the saved model can be rebuilt")
+    if run_config is not None and isinstance(run_config.get("model"), dict):
+        moved = {k: v for k, v in stored_config.items() if k.endswith("weights") and k in run_config["model"]}
+        run_config = {**run_config, "model": {**run_config["model"], **moved}}
+    name = getattr(method, "method_name", type(method).__name__.lower())
     if pretrained is not None and not resume:  # a resumed run restores its own weights
         load_initial_weights(method, pretrained)
     out_dir.mkdir(parents=True, exist_ok=True)
     if run_config is not None:
         write_config(out_dir, run_config)
+    skip_log = out_dir / "logs" / "skipped_files.jsonl"
+    report_skips(dataset, skip_log)  # what loader workers skip reaches the totals below
+    resume_from = None
+    if resume:
+        resume_from, sentence = found
+        print(f"mimkit: {sentence}", file=sys.stderr)
 
     picture_batch = _picture_batch(dataset)
     history = History(config, out_dir, picture_batch)
     checkpointing = ModelCheckpoint(dirpath=checkpoint_dir, filename="step{step:06d}", auto_insert_metric_name=False,
                                     every_n_train_steps=config.checkpoint_every, save_top_k=-1, save_last=True)
+    stopper = StopOnSignal(last)
+    plugins = options.pop("plugins", None) or []
+    plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+    if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+        plugins.append(AtomicCheckpointIO())
     trainer = L.Trainer(
         default_root_dir=out_dir, max_steps=config.max_steps,
         max_time={"seconds": config.max_time} if config.max_time else None,
         accelerator=config.accelerator, devices=config.devices, num_nodes=config.num_nodes,
         strategy=config.strategy, precision=config.precision,
         accumulate_grad_batches=config.accumulate_grad_batches, use_distributed_sampler=False,
-        callbacks=[checkpointing, history, *callbacks, *extra_callbacks], enable_model_summary=False,
+        callbacks=[checkpointing, history, stopper, *callbacks, *extra_callbacks], enable_model_summary=False,
         enable_progress_bar=config.progress, log_every_n_steps=config.log_every, num_sanity_val_steps=0,
-        max_epochs=-1, **options)
+        max_epochs=-1, plugins=plugins, **options)
     module = MIMModule(method, config)
-    trainer.fit(module, datamodule=MIMDataModule(dataset, config), ckpt_path=str(last) if resume else None)
+    try:
+        trainer.fit(module, datamodule=MIMDataModule(dataset, config),
+                    ckpt_path=str(resume_from) if resume_from else None)
+    except SIGTERMException:
+        code = 130 if stopper.signal == "SIGINT" else 143
+        saved = (f"after step {stopper.step}; the checkpoint {last} holds it" if stopper.step is not None else
+                 "; its newest step checkpoint holds it")
+        raise RunInterrupted(f"stopped by {stopper.signal or 'a signal'} {saved}: --resume --out {out_dir} continues",
+                             code) from None
+    except DataError as error:  # raised in a loader worker: torch wraps it in that worker's traceback
+        lines = [line for line in str(error).splitlines() if line.strip()]
+        raise DataError(lines[-1].split("DataError: ", 1)[-1] if len(lines) > 1 else str(error)) from None
     if not trainer.is_global_zero:
         return {}
     # Lightning may stop on max_time between checkpoints: keep that state resumable too.
     if trainer.global_step % config.checkpoint_every:
-        trainer.save_checkpoint(last)
-    save_method(method, out_dir / "model.safetensors", method_config)
+        trainer.save_checkpoint(last, weights_only=False)
+    save_method(method, out_dir / "model.safetensors", stored_config)
     pictures = out_dir / "pictures"
-    pictures.mkdir(exist_ok=True)
-    save_reconstruction(method, picture_batch, pictures / "reconstruction.png")
+    _write_picture(lambda path: save_reconstruction(method, picture_batch, path), pictures / "reconstruction.png")
     if history.rows:
-        loss_curve(history.rows, pictures / "loss_curve.png")
+        _write_picture(lambda path: loss_curve(history.rows, path), pictures / "loss_curve.png")
     steps_run = trainer.global_step - history.first_step
     summary = {
         "method": name, "steps": trainer.global_step, "steps_this_session": steps_run,
@@ -332,8 +473,25 @@ def pretrain(method: str | MIMMethod, dataset, out_dir: str | Path, config: Trai
         "effective_batch": config.effective_batch, "learning_rate": config.learning_rate,
         "history": history.rows,
     }
-    update_metrics(out_dir, {"method": name, "train": summary})
+    skipped = skip_totals(dataset, skip_log)
+    update_metrics(out_dir, {"method": name, "train": summary, "data": {
+        "images": len(dataset), "skipped_files": len({entry["file"] for entry in skipped}), "skipped": skipped}})
     return summary
+
+
+def _write_picture(write, path: Path) -> Path | None:
+    """`write(temporary)` then rename onto `path` (a picture is whole or absent); a failed write (disk full) is a
+    TrainingError naming `path`."""
+    temporary = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")  # the suffix picks the format
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if write(temporary) is None and not temporary.exists():
+            return None  # nothing to show (a method that predicts no pixels)
+        os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise TrainingError(f"cannot write picture {path}: {error.strerror or error}") from None
+    return path
 
 
 def _picture_batch(dataset, count: int = 8) -> dict | None:
@@ -349,5 +507,5 @@ def _picture_batch(dataset, count: int = 8) -> dict | None:
     return {key: torch.stack([item[key] for item in items]) for key in shared}
 
 
-__all__ = ["TrainConfig", "MIMModule", "MIMDataModule", "pretrain", "parameter_groups", "warmup_cosine",
+__all__ = ["TrainConfig", "MIMModule", "MIMDataModule", "pretrain", "RunInterrupted", "StopOnSignal", "parameter_groups", "warmup_cosine",
            "save_reconstruction"]
