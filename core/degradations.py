@@ -87,7 +87,8 @@ def gaussian_blur(image: torch.Tensor, level: int, generator: torch.Generator) -
     return _convolve(image, gaussian_kernel(BLUR_SIGMA[_check_level(level)]))
 
 
-def motion_blur(image: torch.Tensor, level: int, generator: torch.Generator, angle: float | None = None) -> torch.Tensor:
+def motion_blur(image: torch.Tensor, level: int, generator: torch.Generator,
+                angle: float | None = None) -> torch.Tensor:
     """Linear motion blur over 5, 9 or 15 pixels at a random angle (or `angle`, radians)."""
     angle = _uniform(generator, 0, math.pi) if angle is None else angle
     return _convolve(image, line_kernel(MOTION_LENGTH[_check_level(level)], angle))
@@ -202,7 +203,8 @@ class DegradationSynthesiser:
         levels = torch.randint(len(self.levels), (len(chosen),), generator=generator).tolist()
         return [(self.kinds[i], self.levels[j]) for i, j in zip(chosen, levels)]
 
-    def apply(self, image: torch.Tensor, applied: Sequence[tuple[str, int]], generator: torch.Generator) -> torch.Tensor:
+    def apply(self, image: torch.Tensor, applied: Sequence[tuple[str, int]],
+              generator: torch.Generator) -> torch.Tensor:
         for kind, level in applied:
             image = DEGRADATIONS[kind](image, level, generator)
         return image

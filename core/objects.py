@@ -23,7 +23,8 @@ from .errors import DataError
 KITTI_COLUMNS = 15
 
 
-def read_kitti_labels(path: str | Path, classes: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def read_kitti_labels(path: str | Path, classes: Sequence[str] | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Boxes (M, 4), distances (M,) and class names of one KITTI label file.
 
     The distance is the location's z (the camera-axis depth of the 3D box centre), as DistFormer's
@@ -45,7 +46,8 @@ def read_kitti_labels(path: str | Path, classes: Sequence[str] | None = None) ->
             box = [float(v) for v in fields[4:8]]
             z = float(fields[13])
         except ValueError:
-            raise DataError(f"{path}:{number}: bbox and location must be numbers, found {' '.join(fields[4:14])}") from None
+            raise DataError(f"{path}:{number}: bbox and location must be numbers, "
+                            f"found {' '.join(fields[4:14])}") from None
         if z < 0:
             continue
         boxes.append(box)
@@ -91,7 +93,7 @@ def object_boxes(batch: dict) -> tuple[list[torch.Tensor], list[torch.Tensor] | 
 
 
 class KittiObjects(Dataset):
-    """KITTI-layout folder: `image_2/NAME.png` and `label_2/NAME.txt`; images resized to `img_size` (boxes with them)."""
+    """KITTI-layout folder: `image_2/NAME.png` and `label_2/NAME.txt`; images resized to `img_size`, boxes with them."""
 
     def __init__(self, root: str | Path, img_size: Sequence[int] | int = (96, 320), mean=(0.485, 0.456, 0.406),
                  std=(0.229, 0.224, 0.225), max_objects: int = 16, classes: Sequence[str] | None = None):

@@ -64,7 +64,8 @@ def kmeans_prototypes(features: torch.Tensor, num_prototypes: int, seed: int = 0
     if len(features) < num_prototypes:
         raise DataError(f"k-means of {num_prototypes} prototypes needs at least as many feature vectors, "
                         f"got {len(features)}")
-    kmeans = KMeans(n_clusters=num_prototypes, n_init=10, random_state=seed).fit(features.detach().double().cpu().numpy())
+    kmeans = KMeans(n_clusters=num_prototypes, n_init=10, random_state=seed)
+    kmeans.fit(features.detach().double().cpu().numpy())
     centres = torch.from_numpy(kmeans.cluster_centers_).to(features)
     counts = torch.bincount(torch.from_numpy(kmeans.labels_).long(), minlength=num_prototypes).to(features)
     return centres, counts
@@ -80,8 +81,8 @@ class Prototypes(nn.Module):
 
     Online (while training, before any offline fit): the first batch seeds the centres by k-means++
     (scikit-learn, fixed random state; unfitted prototypes outside training are seeded the same way from the
-    batch at hand, without counting it), then each batch assigns its features to the nearest centre and moves it to the running mean
-    of all features assigned so far (sequential k-means, MacQueen 1967).
+    batch at hand, without counting it), then each batch assigns its features to the nearest centre and moves
+    it to the running mean of all features assigned so far (sequential k-means, MacQueen 1967).
     """
 
     def __init__(self, num_prototypes: int, dim: int):

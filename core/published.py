@@ -184,7 +184,7 @@ def _maskdcpt(value: float, metric: str, task: str, pretrained: bool) -> Publish
     setting = "NAFNet + MaskDCPT pre-training" if pretrained else "NAFNet without pre-training (the table's baseline)"
     return PublishedResult(value=value, metric=metric, protocol="finetune", model="NAFNet", method="maskdcpt",
                            data=f"5D all-in-one restoration: {task}", source=MASKDCPT_REPO, table=_MASKDCPT_TABLE,
-                           img_size=0, setting=setting, note=_MASKDCPT_NOTE)
+                           img_size=0, setting=setting, note=_MASKDCPT_NOTE)  # 0: the table names no size
 
 
 register_results([

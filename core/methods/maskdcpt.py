@@ -79,7 +79,8 @@ class MaskDCPT(MIMMethod):
         self.encoder = enc = self.build_encoder(encoder)
         units = {m // p for m, p in zip((mask_patch_size,) * 2, enc.patch_size)}
         if any(mask_patch_size % p for p in enc.patch_size) or len(units) != 1:
-            raise ConfigError(f"mask_patch_size {mask_patch_size} must be a multiple of the patch size {enc.patch_size}")
+            raise ConfigError(f"mask_patch_size {mask_patch_size} must be a multiple of the patch size "
+                              f"{enc.patch_size}")
         self.masker = GridMasker(mask_ratio, grid=enc.grid, mask_unit=units.pop())
         self.synthesiser = DegradationSynthesiser(degradations, levels, per_image)
         depth = len(enc.blocks)

@@ -125,12 +125,7 @@ class MaskedObjectModeling(MIMMethod):
         per_token = ((pred.float() - target.float()) ** 2).mean(-1)
         masked_weights = mask.float() * weights[:, None]
         mom = (per_token * masked_weights).sum() / (masked_weights.sum() + 1e-6)
-        # distance: mean of each object's encoded tokens, attention across the objects of the same image
-        pooled = encoded.mean(1).split(counts)
-        padded = nn.utils.rnn.pad_sequence(list(pooled), batch_first=True)
-        padding = torch.arange(padded.shape[1], device=padded.device)[None] >= torch.tensor(counts, device=padded.device)[:, None]
-        attended = self.objects_attention(padded, src_key_padding_mask=padding)[~padding]
-        predicted = self.distance_head(attended).squeeze(-1)
+        predicted = self.distances(encoded, counts)
         parts = {"mom": mom.detach()}
         loss = self.mom_weight * mom
         if distances is not None:
@@ -139,13 +134,16 @@ class MaskedObjectModeling(MIMMethod):
             parts["distance"] = distance.detach()
         return MIMOutput(loss=loss, parts=parts, pred=pred, mask=mask.float())
 
+    def distances(self, encoded: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        """(M,) distances: mean of each object's encoded tokens, self-attention across the objects of its image."""
+        padded = nn.utils.rnn.pad_sequence(list(encoded.mean(1).split(counts)), batch_first=True)
+        slots = torch.arange(padded.shape[1], device=padded.device)[None]
+        padding = slots >= torch.tensor(counts, device=padded.device)[:, None]
+        attended = self.objects_attention(padded, src_key_padding_mask=padding)[~padding]
+        return self.distance_head(attended).squeeze(-1)
+
     @torch.no_grad()
     def predict_distances(self, images: torch.Tensor, boxes: list[torch.Tensor]) -> list[torch.Tensor]:
         """Each box's distance with every object token visible (inference)."""
-        tokens = self.object_tokens(images, boxes)
-        encoded = self.object_encoder(tokens)
         counts = [len(b) for b in boxes]
-        padded = nn.utils.rnn.pad_sequence(list(encoded.mean(1).split(counts)), batch_first=True)
-        padding = torch.arange(padded.shape[1], device=padded.device)[None] >= torch.tensor(counts, device=padded.device)[:, None]
-        out = self.distance_head(self.objects_attention(padded, src_key_padding_mask=padding)[~padding]).squeeze(-1)
-        return list(out.split(counts))
+        return list(self.distances(self.object_encoder(self.object_tokens(images, boxes)), counts).split(counts))
