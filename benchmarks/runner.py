@@ -34,8 +34,12 @@ _TRAINING_KEYS = ("steps", "best_step", "num_val", "learning_rate", "effective_b
 
 
 def model_name(encoder: nn.Module) -> str:
-    """The usual short name of an encoder: "ViT-S/16" for a named size, else "ViT-<width>x<depth>/<patch>"."""
+    """The usual short name of an encoder: "ViT-S/16" for a named size, else "ViT-<width>x<depth>/<patch>"; an
+    encoder that is not one ViT names itself (`encoder.model_name`)."""
     from mimkit.core.encoders import VIT_SIZES
+
+    if isinstance(getattr(encoder, "model_name", None), str):
+        return encoder.model_name
 
     patch = tuple(encoder.patch_size)
     patch_text = str(patch[0]) if len(set(patch)) == 1 else "x".join(map(str, patch))

@@ -19,7 +19,7 @@ from mimkit.core.errors import ConfigError, DataError
 
 # How a pretrained encoder is evaluated on a task. "partial-finetune" tunes only the last blocks
 # (MAE paper, Section 4.3); the others are the usual protocols of the MIM literature.
-PROTOCOLS = ("knn", "linear", "finetune", "partial-finetune", "few-shot", "segmentation", "anomaly")
+PROTOCOLS = ("knn", "linear", "finetune", "partial-finetune", "few-shot", "segmentation", "anomaly", "retrieval")
 
 DOMAINS = ("core", "medical", "remote_sensing", "faces", "multimodal")
 
@@ -39,13 +39,16 @@ class Task:
     description: str = ""
     head: str | None = None   # core.heads name for fine-tuning / segmentation; None: the protocol's default
     head_options: Mapping = field(default_factory=dict)
-    # a protocol core does not have (anomaly): runner(subject, train_set, test_set, root=Path, **options) -> dict
-    # of metric values as fractions, holding the task's metric key
+    # a protocol core does not have (anomaly, retrieval): runner(subject, train_set, test_set, root=Path,
+    # **options) -> dict of metric values as fractions, holding the task's metric key
     runner: Callable | None = None
     check: Callable | None = None    # check(encoder, train_set): ConfigError when the encoder cannot read the data
     prepare: Callable | None = None  # prepare(encoder, run_config) -> reader options that fit the data to the encoder
     metric_key: str | None = None    # the metric's key in the protocol's result dict; None: `metric` itself
     settings: Mapping = field(default_factory=dict)  # the protocol's settings for this task (its paper's recipe)
+    # what changes the number beside a published one (benchmarks.leaderboard.PROTOCOL_DETAILS: split, label_set,
+    # metric_variant, background, bands): a published figure is comparable only when the details both state agree
+    protocol_details: Mapping = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -57,8 +60,8 @@ class Task:
             value = getattr(self, name)
             if not callable(value) and (name == "reader" or value is not None):
                 raise ConfigError(f"task {self.name!r}: {name} must be callable, got {type(value).__name__}")
-        if self.protocol == "anomaly" and self.runner is None:
-            raise ConfigError(f"task {self.name!r}: the anomaly protocol needs the task's own runner")
+        if self.protocol in ("anomaly", "retrieval") and self.runner is None:
+            raise ConfigError(f"task {self.name!r}: the {self.protocol} protocol needs the task's own runner")
 
     @property
     def value_key(self) -> str:

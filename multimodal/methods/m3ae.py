@@ -203,6 +203,22 @@ class M3AE(MIMMethod):
             parts["itm"] = itm.detach()
         return MIMOutput(loss=loss, parts=parts, pred=pred, mask=mask)
 
+    @torch.no_grad()
+    def retrieval_scores(self, images: torch.Tensor, texts: list[str], chunk: int = 256) -> torch.Tensor:
+        """(images, captions) matching scores: the ITM head's log-odds of "matched" for every pair, as the official
+        image-text retrieval scores pairs with the ITM head (no ranking shortcut: len(images) x len(texts) fusions)."""
+        tokens = self.tokenizer(texts, images.device)
+        image = self.image_stream(self.encoder.forward_features(images))
+        text = self.text_stream(tokens.ids, tokens.valid)
+        pairs = torch.cartesian_prod(torch.arange(len(images)), torch.arange(len(texts))).to(images.device)
+        scores = []
+        for start in range(0, len(pairs), chunk):
+            i, t = pairs[start:start + chunk].unbind(1)
+            fused_text, fused_image = self.fuse(text[t], image[i], tokens.valid[t])
+            logits = self.itm_head(torch.cat([self.text_pooler(fused_text), self.image_pooler(fused_image)], -1))
+            scores.append(logits[:, 1] - logits[:, 0])
+        return torch.cat(scores).view(len(images), len(texts))
+
     def reconstruct(self, batch: dict, out: MIMOutput | None = None) -> torch.Tensor:
         out = out or self(batch)
         return self.target.to_pixels(out.pred, self.images(batch))

@@ -89,6 +89,13 @@ class XFormerEncoder(nn.Module):
     def mae_encoder(self) -> ViTEncoder:
         return self.mae.model
 
+    @property
+    def model_name(self) -> str:
+        """A short name for result tables: query count and width, and the frozen MAE's shape."""
+        mae = self.mae_encoder
+        return (f"X-Former-{self.num_queries}x{self.embed_dim} "
+                f"(MAE ViT-{mae.embed_dim}x{len(mae.blocks)}/{mae.patch_size[0]})")
+
     # the images it reads are the MAE's (size, channels, patches: also the grid of reconstruction pictures)
     img_size = property(lambda self: self.mae_encoder.img_size)
     in_chans = property(lambda self: self.mae_encoder.in_chans)
@@ -150,7 +157,8 @@ class XFormer(MIMMethod):
 
     def __init__(self,
                  # the frozen MAE: ViT-L/16 (ours)
-                 encoder: EncoderConfig = EncoderConfig(img_size=224, patch_size=16, embed_dim=1024, depth=24, num_heads=16),
+                 encoder: EncoderConfig = EncoderConfig(img_size=224, patch_size=16, embed_dim=1024, depth=24,
+                                                        num_heads=16),
                  mae_weights: str | None = None,
                  clip_model: str = "open_clip:EVA01-g-14", clip_weights: str | None = None,
                  clip_kwargs: dict | None = None,
@@ -193,12 +201,23 @@ class XFormer(MIMMethod):
                                   num_prefix_tokens=mae_grid.num_prefix_tokens)
 
     # ------------------------------------------------------------------ objectives
-    def contrastive(self, queries: torch.Tensor, text: torch.Tensor, tokens) -> tuple[torch.Tensor, torch.Tensor]:
-        """ITC loss and the image-to-text similarity matrix (max over queries)."""
+    def similarity(self, queries: torch.Tensor, text: torch.Tensor, tokens) -> torch.Tensor:
+        """(images, captions) contrastive similarities: the best-matching query's cosine similarity (BLIP-2)."""
         image_features = F.normalize(self.vision_proj(queries), dim=-1)                           # (B, Q, P)
         eot = text[torch.arange(text.shape[0], device=text.device), tokens.eot_position]
-        text_features = F.normalize(self.text_proj(eot), dim=-1)                                  # (B, P)
-        similarity = torch.einsum("iqp,tp->itq", image_features, text_features).amax(-1)          # (B, B)
+        text_features = F.normalize(self.text_proj(eot), dim=-1)                                  # (T, P)
+        return torch.einsum("iqp,tp->itq", image_features, text_features).amax(-1)                # (B, T)
+
+    @torch.no_grad()
+    def retrieval_scores(self, images: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        """(images, captions) scores for image-text retrieval: the contrastive similarities."""
+        tokens = self.tokenizer(texts, images.device)
+        return self.similarity(self.encoder.forward_features(images), self.text_encoder(tokens.ids, tokens.valid),
+                               tokens)
+
+    def contrastive(self, queries: torch.Tensor, text: torch.Tensor, tokens) -> tuple[torch.Tensor, torch.Tensor]:
+        """ITC loss and the image-to-text similarity matrix (max over queries)."""
+        similarity = self.similarity(queries, text, tokens)
         logits = similarity / self.temperature.clamp(0.001, 0.5)
         labels = torch.arange(logits.shape[0], device=logits.device)
         loss = (F.cross_entropy(logits.float(), labels) + F.cross_entropy(logits.t().float(), labels)) / 2
