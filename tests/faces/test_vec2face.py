@@ -189,3 +189,50 @@ def test_clear_errors():
         tiny(decoder_embed_dim=48)
     with pytest.raises(DataError, match=r"\(B, 3, 32, 32\)"):
         tiny(perceptual_weight=0.0)({"image": torch.rand(2, 3, 48, 48)})
+
+
+def test_the_recipe_is_a_pretrain_config_with_the_official_values(capsys, tmp_path):
+    import yaml
+    from importlib import resources
+
+    from mimkit.core.cli import main
+
+    recipe = resources.files("mimkit.faces").joinpath("recipes", "vec2face.yaml")
+    assert main(["pretrain", "--config", str(recipe), "--data", str(tmp_path), "--out", str(tmp_path / "run"),
+                 "--print_config"]) == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    model = config["model"]
+    assert config["method"] == "vec2face" and model["encoder"]["img_size"] == 112 and model["encoder"]["size"] == "base"
+    assert (model["mask_ratio_min"], model["mask_ratio_max"], model["mask_ratio_mean"], model["mask_ratio_std"]) == \
+        (0.5, 1.0, 0.75, 0.25)
+    assert model["channel_multipliers"] == [1, 1, 2, 2, 4] and model["perceptual_weight"] == 0.2
+    assert config["train"]["betas"] == [0.9, 0.99] and config["trainer"]["gradient_clip_val"] == 2.0
+    assert config["data"]["mean"] == [0.5] * 3 and config["data"]["hflip"] is False
+
+
+def test_a_pretraining_run_generates_faces(tmp_path):
+    """Through the core's pretraining (Lightning, one run folder): the run records its vectors' length and the
+    generate step reads the run folder."""
+    from PIL import Image
+
+    from mimkit.core import api
+    from mimkit.core.data import ImageFolderData
+    from mimkit.core.train import TrainConfig
+    from mimkit.faces.generate import generate_dataset, load_generator
+    from mimkit.faces.synthetic import real_faces
+
+    (tmp_path / "faces").mkdir()
+    for name, image in real_faces(32)[:8]:
+        Image.fromarray(image).save(tmp_path / "faces" / f"{name}.png")
+    model = {**{k: v for k, v in TINY.items() if k not in ("img_size", "patch_size", "embed_dim", "depth", "num_heads")},
+             "encoder": dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2),
+             "discriminator_start_step": 1}
+    data = ImageFolderData(root=str(tmp_path / "faces"), crop_scale=(1.0, 1.0), hflip=False, mean=[0.5] * 3,
+                           std=[0.5] * 3)
+    result = api.pretrain(data, str(tmp_path / "run"), method="vec2face", model=model,
+                          train=TrainConfig(max_steps=3, batch_size=4, num_workers=0, progress=False, lr=1e-3))
+    assert result["steps"] == 3
+    generator = load_generator(tmp_path / "run")
+    assert float(generator.identity_count) == 12 and float(generator.identity_norm) > 0
+    summary = generate_dataset(generator, tmp_path / "generated", identities=2, images_per_identity=3)
+    assert summary["images"] == 6 and summary["norm"] == pytest.approx(float(generator.identity_norm))
