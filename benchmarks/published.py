@@ -7,7 +7,8 @@ its own `published.py`, registered with `register_results([...])` when its `benc
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Mapping
 
 from mimkit.core.errors import ConfigError
 
@@ -29,6 +30,9 @@ class PublishedResult:
     img_size: int = 224  # evaluation image size
     setting: str = ""    # what distinguishes this figure from others for the same model (schedule, target...)
     note: str = ""
+    # the protocol details that change the number (split, label_set, metric_variant, background, bands; see
+    # benchmarks.leaderboard.PROTOCOL_DETAILS): ours sits beside it as comparable only when they agree
+    protocol_details: Mapping = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:

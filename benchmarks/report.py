@@ -31,7 +31,7 @@ from .tasks import get_task
 
 REQUIRED = ("data", "method", "model", "protocol", "metric", "value")
 COLUMNS = ("data", "protocol", "metric", "method", "model", "img_size", "ours", "published", "difference",
-           "source", "table", "setting")
+           "source", "table", "setting", "differences")
 
 
 def _normalise(result: dict, index: int) -> dict:
@@ -41,6 +41,7 @@ def _normalise(result: dict, index: int) -> dict:
         task = get_task(entry["task"])
         for key, value in (("data", task.dataset), ("protocol", task.protocol), ("metric", task.metric)):
             entry.setdefault(key, value)
+        entry["protocol_details"] = {**task.protocol_details, **(entry.get("protocol_details") or {})}
     missing = [key for key in REQUIRED if key not in entry]
     if missing:
         raise ConfigError(f"run result #{index} lacks {', '.join(missing)}; each needs {', '.join(REQUIRED)} "
@@ -51,6 +52,14 @@ def _normalise(result: dict, index: int) -> dict:
     return entry
 
 
+def detail_differences(run: dict, published: PublishedResult) -> list[str]:
+    """The protocol details (split, label set, metric variant, background, bands...) that our result and a
+    published figure both state and that differ: empty when the two were measured the same way."""
+    ours, theirs = run.get("protocol_details") or {}, published.protocol_details or {}
+    return [f"{key}: {ours[key]} here vs {theirs[key]}" for key in sorted(set(ours) & set(theirs))
+            if ours[key] != theirs[key]]
+
+
 def _matches(run: dict, published: PublishedResult) -> bool:
     same = all(run[key] == getattr(published, key) for key in ("data", "protocol", "metric", "method", "model"))
     # An image size constrains the match only when the run states one.
@@ -59,7 +68,8 @@ def _matches(run: dict, published: PublishedResult) -> bool:
 
 def compare(run_results: Iterable[dict], published: Sequence[PublishedResult] | None = None) -> list[dict]:
     """One row per (run result, matching published figure); a result with no published match gets one row
-    with empty published columns. Rows match on data, protocol, metric, method and model (and image size)."""
+    with empty published columns. Rows match on data, protocol, metric, method and model (and image size); the
+    difference is given only when their protocol details agree, else `differences` says what differs."""
     records = list(published) if published is not None else published_results()
     rows = []
     for index, result in enumerate(run_results):
@@ -69,10 +79,12 @@ def compare(run_results: Iterable[dict], published: Sequence[PublishedResult] | 
         matched = [p for p in records if _matches(run, p)]
         if not matched:
             rows.append({**base, "img_size": run.get("img_size"), "published": None, "difference": None,
-                         "source": "", "table": "", "setting": ""})
+                         "source": "", "table": "", "setting": "", "differences": ""})
         for p in matched:
-            rows.append({**base, "img_size": p.img_size, "published": p.value, "difference": run["value"] - p.value,
-                         "source": p.source, "table": p.table, "setting": p.setting})
+            differs = detail_differences(run, p)
+            rows.append({**base, "img_size": p.img_size, "published": p.value,
+                         "difference": None if differs else run["value"] - p.value,
+                         "source": p.source, "table": p.table, "setting": p.setting, "differences": "; ".join(differs)})
     return rows
 
 

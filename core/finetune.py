@@ -201,11 +201,13 @@ class MultilabelMetrics(Metrics):
 
         self.auroc = MultilabelAUROC(num_labels, average=None)
         self.average_precision = MultilabelAveragePrecision(num_labels, average=None)
+        # micro: every (image, label) pair ranked together, as SMARTIES reports BigEarthNet
+        self.average_precision_micro = MultilabelAveragePrecision(num_labels, average="micro")
         self.stats = MultilabelStatScores(num_labels, average=None)
 
     def update(self, logits, target):
         target = target.long()
-        for metric in (self.auroc, self.average_precision, self.stats):
+        for metric in (self.auroc, self.average_precision, self.average_precision_micro, self.stats):
             metric.update(logits, target)
 
     def compute(self) -> dict:
@@ -215,6 +217,7 @@ class MultilabelMetrics(Metrics):
         auc, ap = self.auroc.compute(), self.average_precision.compute()
         return {"auc_macro": float(auc[used].mean()) if used.any() else None,
                 "average_precision_macro": float(ap[used].mean()) if used.any() else None,
+                "average_precision_micro": float(self.average_precision_micro.compute()),
                 "auc_classes_used": int(used.sum()), "auc_classes_skipped": int((~used).sum()),
                 "num_samples": int(total[0]) if len(total) else 0}
 

@@ -180,8 +180,10 @@ def fit_encoder(augment: bool, volumes: bool = False) -> Callable[[nn.Module, di
     return prepare
 
 
+CHESTXRAY14_DETAILS = {"split": "train_official / test_list", "label_set": "14 findings"}
 _DESCRIPTION = {
-    "chestxray14": "root holds Data_Entry_2017.csv, train_val_list.txt, test_list.txt and the PNGs (any sub-folder)",
+    "chestxray14": "root holds Data_Entry_2017.csv, test_list.txt, Thorax MAE's train_official.txt (lambert-x/"
+                   "medical_mae data_splits/chestxray) and the PNGs (any sub-folder)",
     "chexpert": "root is CheXpert-v1.0(-small) with train.csv and valid.csv (valid.csv is the test split); "
                 "uncertain labels as U-Ones",
     "msd": "root holds dataset.json ('training' and 'validation' lists, or the MSD's 'training' with the last "
@@ -194,34 +196,42 @@ _DESCRIPTION = {
 _METRIC_KEYS = {"auroc": "auc_macro", "accuracy": "accuracy", "dice": "dice_mean"}
 
 
-def _task(name: str, dataset: str, protocol: str, metric: str, reader, description: str) -> Task:
+def _task(name: str, dataset: str, protocol: str, metric: str, reader, description: str,
+          protocol_details: dict | None = None) -> Task:
     """A medical task with the head, data preparation and settings of its protocol."""
+    details = dict(protocol_details or {})
     if protocol == "segmentation":
+        # core.finetune's Dice leaves the background class out (compute_dice include_background=False)
         return Task(name, "medical", dataset, protocol, metric, reader, description, head="unetr",
                     head_options=SEGMENTATION_HEAD, prepare=fit_encoder(augment=True, volumes=True),
-                    metric_key=_METRIC_KEYS[metric], settings=SEGMENTATION_SETTINGS)
+                    metric_key=_METRIC_KEYS[metric], settings=SEGMENTATION_SETTINGS,
+                    protocol_details={"background": "excluded", **details})
     if protocol == "anomaly":  # images as they are: anomaly scores compare them unaugmented
         return Task(name, "medical", dataset, protocol, metric, reader, description, runner=anomaly_runner,
                     prepare=fit_encoder(augment=False), metric_key="auroc")
     return Task(name, "medical", dataset, protocol, metric, reader, description,
                 head="linear" if protocol == "finetune" else None, prepare=fit_encoder(augment=protocol == "finetune"),
-                metric_key=_METRIC_KEYS[metric])
+                metric_key=_METRIC_KEYS[metric], protocol_details=details)
 
 
 TASKS = [
+    # Thorax MAE trains on train_official (75,312 images) and holds out val_official; train_val_list has 86,524
     _task("chestxray14-finetune", "ChestX-ray14", "finetune", "auroc",
-          _reader("chestxray14", "xray", 2, ("train", "test")),
-          "NIH ChestX-ray14, 14 findings, fine-tuned, mean ROC-AUC (%) on the official test list; "
-          + _DESCRIPTION["chestxray14"]),
+          _reader("chestxray14", "xray", 2, ("train_official", "test")),
+          "NIH ChestX-ray14, 14 findings, fine-tuned on Thorax MAE's train_official list, mean ROC-AUC (%) on the "
+          "official test list; " + _DESCRIPTION["chestxray14"], CHESTXRAY14_DETAILS),
     _task("chestxray14-linear", "ChestX-ray14", "linear", "auroc",
-          _reader("chestxray14", "xray", 2, ("train", "test")),
-          "NIH ChestX-ray14, linear probe on frozen features, mean ROC-AUC (%); " + _DESCRIPTION["chestxray14"]),
+          _reader("chestxray14", "xray", 2, ("train_official", "test")),
+          "NIH ChestX-ray14, linear probe on frozen features (train_official), mean ROC-AUC (%); "
+          + _DESCRIPTION["chestxray14"], CHESTXRAY14_DETAILS),
     _task("chexpert-finetune", "CheXpert", "finetune", "auroc",
           _reader("chexpert", "xray", 2, ("train", "test")),
-          "CheXpert, 14 observations, fine-tuned, mean ROC-AUC (%); " + _DESCRIPTION["chexpert"]),
+          "CheXpert, 14 observations, fine-tuned, mean ROC-AUC (%); " + _DESCRIPTION["chexpert"],
+          {"label_set": "14 observations"}),
     _task("chexpert-competition-finetune", "CheXpert (5 competition tasks)", "finetune", "auroc",
           _reader("chexpert", "xray", 2, ("train", "test"), {"classes": list(CHEXPERT_COMPETITION)}),
-          "CheXpert, the 5 competition observations, fine-tuned, mean ROC-AUC (%); " + _DESCRIPTION["chexpert"]),
+          "CheXpert, the 5 competition observations, fine-tuned, mean ROC-AUC (%); " + _DESCRIPTION["chexpert"],
+          {"label_set": "5 competition observations"}),
     _task("btcv-segmentation", "BTCV", "segmentation", "dice",
           _reader("msd", "ct", 3, ("train", "test"), {"json_name": "dataset_0.json"}),
           "BTCV abdomen CT, 13 organs, UNETR-style decoder fine-tuned, mean Dice (%) on the 'validation' list of "

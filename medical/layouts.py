@@ -116,6 +116,10 @@ def chestxray14_items(root: str | Path, split: str = "train", csv_name: str = "D
     """NIH ChestX-ray14: `Data_Entry_2017.csv` ("Image Index", "Finding Labels" joined by '|', "No Finding"),
     the official split lists `train_val_list.txt` / `test_list.txt`, images anywhere under root.
 
+    Splits: train (train_val_list.txt, 86,524 images), test (test_list.txt); train_official, val_official and
+    test_official read the lists of the same names that Thorax MAE trains with (lambert-x/medical_mae
+    data_splits/chestxray: 75,312 training images, the rest of train_val_list held out for validation).
+
     Labels are 14-long multi-hot vectors in CHESTXRAY14_CLASSES order. Listed images that are absent are
     skipped and counted (appended to `skipped`).
     """
@@ -124,13 +128,15 @@ def chestxray14_items(root: str | Path, split: str = "train", csv_name: str = "D
     if not table.is_file():
         raise DataError(f"{table} does not exist; the ChestX-ray14 layout needs {csv_name} with the columns "
                         f"'Image Index' and 'Finding Labels'")
-    split_files = {"train": "train_val_list.txt", "test": "test_list.txt"}
+    split_files = {"train": "train_val_list.txt", "test": "test_list.txt", "train_official": "train_official.txt",
+                   "val_official": "val_official.txt", "test_official": "test_official.txt"}
     if split not in split_files:
-        raise ConfigError(f"ChestX-ray14 split must be 'train' or 'test', got {split!r}")
+        raise ConfigError(f"ChestX-ray14 split must be one of {', '.join(split_files)}, got {split!r}")
     listed = root / split_files[split]
     if not listed.is_file():
-        raise DataError(f"{listed} does not exist; ChestX-ray14's official split lists train_val_list.txt and "
-                        f"test_list.txt belong next to {csv_name}")
+        where = ("Thorax MAE's split lists (lambert-x/medical_mae data_splits/chestxray)" if "official" in split
+                 else "ChestX-ray14's official split lists train_val_list.txt and test_list.txt")
+        raise DataError(f"{listed} does not exist; {where} belong next to {csv_name}")
     wanted = {line.strip() for line in listed.read_text().splitlines() if line.strip()}
     with table.open(newline="") as handle:
         reader = csv.DictReader(handle)

@@ -223,16 +223,25 @@ for _protocol in ("knn", "linear", "finetune"):
     _register(f"eurosat-{_protocol}", "EuroSAT", _protocol, "accuracy", eurosat_reader,
               _prepare_torchgeo(_eurosat_bands),
               f"EuroSAT land-cover classification (Sentinel-2, 13 bands, 10 classes), {_protocol}, overall accuracy "
-              f"(%) on torchgeo's test split; data: a local copy in torchgeo's EuroSAT layout")
+              f"(%) on torchgeo's test split; data: a local copy in torchgeo's EuroSAT layout",
+              protocol_details={"split": "torchgeo train/test", "bands": "13 Sentinel-2 L1C bands"})
     _register(f"geotiff-tiles-{_protocol}", "GeoTIFF tiles", _protocol, "accuracy", tiles_reader, prepare_geotiff,
               f"classification of GeoTIFF tiles in ROOT/train/<class> and ROOT/test/<class>, {_protocol}, overall "
               f"accuracy (%)")
 for _protocol in ("linear", "finetune"):
+    # SMARTIES (and most of the remote-sensing literature) reports micro mAP; the macro one is its own task
     _register(f"bigearthnet-{_protocol}", "BigEarthNet", _protocol, "map", bigearthnet_reader,
               _prepare_torchgeo(None),
-              f"BigEarthNet v1 Sentinel-2 multi-label classification (19 classes), {_protocol}, macro mean average "
+              f"BigEarthNet v1 Sentinel-2 multi-label classification (19 classes), {_protocol}, micro mean average "
               f"precision (%); data: a local copy in torchgeo's BigEarthNet layout",
-              metric_key="average_precision_macro")
+              metric_key="average_precision_micro",
+              protocol_details={"metric_variant": "micro", "label_set": "19 classes"})
+    _register(f"bigearthnet-{_protocol}-macro", "BigEarthNet", _protocol, "map", bigearthnet_reader,
+              _prepare_torchgeo(None),
+              f"BigEarthNet v1 Sentinel-2 multi-label classification (19 classes), {_protocol}, macro mean average "
+              f"precision (%, the mean of the per-class APs); data: a local copy in torchgeo's BigEarthNet layout",
+              metric_key="average_precision_macro",
+              protocol_details={"metric_variant": "macro", "label_set": "19 classes"})
     _register(f"so2sat-{_protocol}", "So2Sat LCZ42", _protocol, "accuracy", so2sat_reader,
               _prepare_torchgeo(_so2sat_bands),
               f"So2Sat LCZ42 local-climate-zone classification (8 Sentinel-1 + 10 Sentinel-2 channels, 17 classes), "

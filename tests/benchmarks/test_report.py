@@ -123,3 +123,35 @@ def test_command_line_reports_a_bad_metrics_file(tmp_path, capsys):
     (tmp_path / "metrics.json").write_text("{not json")
     assert report.main(["--run", str(tmp_path)]) == 2
     assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_a_published_figure_with_other_protocol_details_is_beside_ours_but_not_compared():
+    published = [PublishedResult(value=50.0, metric="map", protocol="linear", model="ViT-B/16", method="mae",
+                                 data="Toy", source="Paper C", table="Table 4",
+                                 protocol_details={"metric_variant": "micro", "split": "official"})]
+    same, other = report.compare([_run(metric="map", protocol_details={"metric_variant": "micro"}),
+                                  _run(metric="map", protocol_details={"metric_variant": "macro"})], published)
+    assert same["difference"] == pytest.approx(18.5) and same["differences"] == ""
+    assert other["difference"] is None and other["published"] == 50.0
+    assert other["differences"] == "metric_variant: macro here vs micro"
+
+
+def test_known_protocols_of_the_published_records_and_tasks():
+    from mimkit.benchmarks.published import published_results
+    from mimkit.benchmarks.tasks import get_task, load_domain_tasks
+
+    load_domain_tasks()
+    # Thorax MAE's CheXpert 89.2 is the 5-label competition protocol: it sits beside that task only
+    chexpert = {p.value: p for p in published_results(method="thorax_mae") if "CheXpert" in p.data}
+    assert chexpert[89.2].data == get_task("chexpert-competition-finetune").dataset
+    assert get_task("chexpert-finetune").dataset != chexpert[89.2].data
+    # ChestX-ray14 trains on Thorax MAE's train_official list, as the published figures do
+    nih = [p for p in published_results(method="thorax_mae", data="ChestX-ray14")]
+    task = get_task("chestxray14-finetune")
+    assert all(p.protocol_details["split"] == task.protocol_details["split"] for p in nih)
+    rows = report.compare([{"task": "chestxray14-finetune", "method": "thorax_mae", "model": "ViT-S/16",
+                            "value": 80.0}])
+    assert [r["difference"] for r in rows] == pytest.approx([-2.3])
+    # BigEarthNet: micro mAP (SMARTIES) and macro as separate tasks; segmentation Dice states its background
+    assert get_task("bigearthnet-finetune").protocol_details["metric_variant"] == "micro"
+    assert get_task("btcv-segmentation").protocol_details["background"] == "excluded"

@@ -358,6 +358,15 @@ def test_chestxray14_csv_and_official_split(tmp_path):
     assert len(train.skipped) == 1 and "gone.png" in train.skipped[0][1]     # listed but absent: counted
     assert test[0]["label"].tolist() == [float(c == "Hernia") for c in CHESTXRAY14_CLASSES]
     assert test[0]["label"].dtype == torch.float32
+    # Thorax MAE's lists: train_official for training, val_official held out (train_val_list holds both)
+    (root / "train_official.txt").write_text("a.png\n")
+    (root / "val_official.txt").write_text("b.png\n")
+    official = build_dataset(root, "chestxray14", pre, split="train_official", patch_size=8)
+    held_out = build_dataset(root, "chestxray14", pre, split="val_official", patch_size=8)
+    assert [i["image"].split("/")[-1] for i in official.items] == ["a.png"]
+    assert [i["image"].split("/")[-1] for i in held_out.items] == ["b.png"]
+    with pytest.raises(DataError, match="test_official.txt"):
+        build_dataset(root, "chestxray14", pre, split="test_official", patch_size=8)
 
 
 def test_chexpert_csv_uncertainty_policies(tmp_path):
