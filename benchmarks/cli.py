@@ -122,7 +122,8 @@ def run(data_root: str, task: list[str] | None = None, suite: str | None = None,
         for seed in seeds:
             rows += run_task(entry, subject, folder, run_config=config, compare_random_init=compare_random_init,
                              labels_per_class=labels_per_class, seed=seed, **options)
-        details = {"labels_per_class": labels_per_class} if labels_per_class else {}
+        # the task's protocol details (split, label set, metric variant...) decide comparability with published ones
+        details = {**entry.protocol_details, **({"labels_per_class": labels_per_class} if labels_per_class else {})}
         record = result_record(label, entry, rows, method=config.get("method"), img_size=img_size,
                                protocol_details=details)
         path = write_result(record, out)
