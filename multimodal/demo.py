@@ -48,7 +48,7 @@ def run_demo(out: str = "runs/mm-demo", steps: int | None = None, finetune_steps
     from mimkit.benchmarks.report import write_table
     from mimkit.benchmarks.runner import random_init, run_task
     from mimkit.core.config import plain
-    from mimkit.core.runs import load_run, update_metrics
+    from mimkit.core.runs import load_run, read_metrics, update_metrics
     from mimkit.core.train import TrainConfig, pretrain
 
     from .data import ImageTableData
@@ -72,8 +72,12 @@ def run_demo(out: str = "runs/mm-demo", steps: int | None = None, finetune_steps
     print(f"mimkit-multimodal demo: pretraining TIP on {len(dataset)} digits with their "
           f"{len(data.preprocessing['columns'])}-column tables ({float(dataset.missing.float().mean()):.0%} of cells missing), {train['max_steps']} steps"
           f"{' (resuming)' if resume else ''}", file=sys.stderr)
-    summary = pretrain("tip", dataset, run_dir, TrainConfig(**train), method_config=model, resume=resume,
-                       run_config={"method": "tip", "model": plain(model), "train": plain(train), "data": plain(data)})
+    if (run_dir / "model.safetensors").exists():  # pretraining finished in an earlier session: keep its summary
+        summary = read_metrics(run_dir).get("train") or {}
+    else:
+        summary = pretrain("tip", dataset, run_dir, TrainConfig(**train), method_config=model, resume=resume,
+                           run_config={"method": "tip", "model": plain(model), "train": plain(train),
+                                       "data": plain(data)})
     from .tables import TablePreprocessor
 
     TablePreprocessor.from_dict(data.preprocessing).save(run_dir)
@@ -112,7 +116,8 @@ def run_demo(out: str = "runs/mm-demo", steps: int | None = None, finetune_steps
     report = "\n".join([
         "# mimkit-multimodal demo: TIP on digits with a measured, incomplete table", "",
         f"Pretraining: {summary.get('steps')} steps, batch {train['batch_size']}, final loss "
-        f"{summary.get('final_loss', float('nan')):.4f} (the mean of contrastive, matching and reconstruction).",
+        f"{summary['final_loss'] if summary.get('final_loss') is None else round(summary['final_loss'], 4)} "
+        f"(the mean of contrastive, matching and reconstruction).",
         f"Data: {len(dataset)} training and {test_rows} test digits (scikit-learn), 32x32, 10 classes; "
         f"{len(data.preprocessing['columns'])} table columns, {float(dataset.missing.float().mean()):.0%} of cells "
         f"missing before the patterns below add theirs (train and test alike).",
