@@ -491,11 +491,14 @@ class SpectralPatchEmbed(nn.Module):
     """
 
     def __init__(self, ranges: Sequence[SpectralRange], patch_size: int | Sequence[int] = 16, embed_dim: int = 768,
-                 scale: float = 1.0):
+                 scale: float = 1.0, band_aliases: Mapping[str, str] | None = None):
         super().__init__()
         if not ranges:
             raise ConfigError("a spectral patch embedding needs at least one spectral range")
         self.ranges = tuple(ranges)
+        # band name -> range name: such a band takes that range's projection alone (SMARTIES' projection_idx)
+        known = {r.name for r in self.ranges}
+        self.band_aliases = {k: v for k, v in (band_aliases or {}).items() if v in known}
         self.spatial_dims = 2
         self.patch_size = as_tuple(patch_size, 2, "patch_size")
         self.pixels = self.patch_size[0] * self.patch_size[1]
@@ -514,7 +517,9 @@ class SpectralPatchEmbed(nn.Module):
 
     def weights(self, wavelengths: torch.Tensor, bandwidths: torch.Tensor | None = None,
                 band_names: Sequence[str] | None = None) -> torch.Tensor:
-        """(C, R) range weights of each band (see `spectral_weights`)."""
+        """(C, R) range weights of each band (see `spectral_weights`; `band_aliases` rename bands first)."""
+        if band_names is not None and self.band_aliases:
+            band_names = [self.band_aliases.get(str(n), n) for n in band_names]
         return spectral_weights(self.ranges, wavelengths, bandwidths, band_names).to(self.weight.device)
 
     def band_patches(self, x: torch.Tensor) -> torch.Tensor:
@@ -569,11 +574,12 @@ class SpectralViTEncoder(ViTEncoder):
     def __init__(self, ranges: Sequence[SpectralRange], wavelengths: Sequence[float],
                  bandwidths: Sequence[float] | None = None, band_names: Sequence[str] | None = None,
                  img_size: int | Sequence[int] = 224, patch_size: int | Sequence[int] = 16, embed_dim: int = 768,
-                 projection_scale: float = 1.0, in_chans: int | None = None, spatial_dims: int = 2, **kwargs):
+                 projection_scale: float = 1.0, in_chans: int | None = None, spatial_dims: int = 2,
+                 band_aliases: Mapping[str, str] | None = None, **kwargs):
         require_2d(spatial_dims, "a spectrum-aware encoder")
         if in_chans is not None and in_chans != len(wavelengths):
             raise ConfigError(f"in_chans={in_chans} but the encoder's default bands are {len(wavelengths)}")
-        embedder = SpectralPatchEmbed(ranges, patch_size, embed_dim, projection_scale)
+        embedder = SpectralPatchEmbed(ranges, patch_size, embed_dim, projection_scale, band_aliases)
         super().__init__(img_size=img_size, patch_size=patch_size, in_chans=len(wavelengths), embed_dim=embed_dim,
                          spatial_dims=2, patch_embed=embedder, **kwargs)
         self.register_buffer("band_wavelengths", torch.tensor(list(wavelengths), dtype=torch.float32))

@@ -22,8 +22,7 @@ import torch
 from torch import nn
 
 from mimkit.core.decoders import MAEDecoder
-from mimkit.core.encoders import (EncoderConfig, SpectralRange, SpectralViTEncoder, encoder_config, gather_tokens,
-                                  spectral_weights)
+from mimkit.core.encoders import EncoderConfig, SpectralRange, SpectralViTEncoder, encoder_config, gather_tokens
 from mimkit.core.errors import ConfigError, DataError
 from mimkit.core.masking import RandomMasker, RatioSchedule
 from mimkit.core.methods.base import MIMMethod, MIMOutput
@@ -53,6 +52,16 @@ SMARTIES_RANGES = (
     SpectralRange("VV", 5.5e7, 5.6e7),            # Sentinel-1 C band, told apart by name
     SpectralRange("VH", 5.5e7, 5.6e7),
 )
+
+
+# The official hard band-to-projection table (config/electromagnetic_spectrum.yaml, `projection_idx`): each band of
+# a pretraining sensor has a projection of its own. Bands not in it (other sensors; Landsat's, which the official
+# table averages over listed projections) use the inverse-distance blend of `spectral_weights`.
+OFFICIAL_PROJECTIONS = {
+    "B01": "s2_aerosol", "B02": "s2_blue", "B03": "s2_green", "B04": "s2_red", "B05": "s2_red_edge_1",
+    "B06": "s2_red_edge_2", "B07": "s2_nir_2", "B08": "s2_nir_1", "B8A": "s2_nir_3", "B09": "s2_water_vapour",
+    "B11": "s2_swir_1", "B12": "s2_swir_2", "red": "rgb_red", "green": "rgb_green", "blue": "rgb_blue",
+}
 
 
 class SpectralPredictionHeads(nn.Module):
@@ -91,8 +100,14 @@ class SMARTIES(MIMMethod):
                  norm_pix_loss: bool = True, sensor: str = "sentinel2", bands: Sequence[str] | None = None,
                  second_view: str | None = "rgb", mixup_ratio: float = 0.5,  # paper: half the tokens swapped
                  projection_scale: float = 12.0,  # paper: C_max, 12 bands in pretraining
-                 ranges: Sequence[SpectralRange | Sequence] | None = None):
+                 ranges: Sequence[SpectralRange | Sequence] | None = None,
+                 # "official": a band of the official table (OFFICIAL_PROJECTIONS) takes its own projection alone
+                 # (projection_idx); "blend": every band the inverse-distance blend of the ranges it overlaps
+                 projection: str = "official"):
         super().__init__()
+        if projection not in ("official", "blend"):
+            raise ConfigError(f"projection must be 'official' or 'blend', got {projection!r}")
+        self.projection = projection
         self.ranges = tuple(r if isinstance(r, SpectralRange) else SpectralRange(*r)
                             for r in (ranges or SMARTIES_RANGES))
         default_bands = resolve_bands(sensor, bands)
@@ -107,7 +122,8 @@ class SMARTIES(MIMMethod):
         self.encoder = enc = self.build_encoder(
             encoder, SpectralViTEncoder, in_chans=len(default_bands), ranges=self.ranges,
             wavelengths=[b.center_nm for b in default_bands], bandwidths=[b.width_nm for b in default_bands],
-            band_names=[b.name for b in default_bands], projection_scale=projection_scale)
+            band_names=[b.name for b in default_bands], projection_scale=projection_scale,
+            band_aliases=OFFICIAL_PROJECTIONS if projection == "official" else None)
         self.masker = RandomMasker(mask_ratio)
         # the MAE decoder up to its last norm; the per-range heads below turn its tokens into band pixels
         self.decoder = MAEDecoder(enc.grid, enc.embed_dim, decoder_embed_dim, decoder_embed_dim, decoder_depth,
@@ -178,7 +194,8 @@ class SMARTIES(MIMMethod):
                 raise DataError("SMARTIES predicts pixels for one band set per batch; got per-sample wavelengths "
                                 "that differ (batch images of one sensor together)")
             wl, bw = wl[0], (None if bw is None else torch.as_tensor(bw).reshape(wl.shape)[0])
-        return spectral_weights(self.ranges, wl, bw, view.get("band_names")).to(self.heads.weight)
+        # the encoder's own band-to-range weights (its band_aliases: the official hard projection)
+        return self.encoder.patch_embed.weights(wl, bw, view.get("band_names")).to(self.heads.weight)
 
     def _target(self, images: torch.Tensor) -> torch.Tensor:
         """(B, N, C * pixels) band-major patch pixels, normalised per token as MAE's norm_pix_loss."""

@@ -128,3 +128,20 @@ def test_smarties_loss_falls_on_fixed_data(fixed_batch_training):
     batch = {"image": smooth_images(8, 13), **band_spec("sentinel2")}
     run = fixed_batch_training(model, batch, steps=40)
     assert run.last(5) < 0.5 * run.first(5)
+
+
+def test_official_hard_projection_per_band_and_the_blend_as_an_option():
+    # official config/electromagnetic_spectrum.yaml: each Sentinel-2 / RGB band has a projection of its own
+    spec = band_spec("sentinel2")
+    names = [r.name for r in SMARTIES_RANGES]
+    official = build_method("smarties", **TINY)
+    w = official.encoder.patch_embed.weights(spec["wavelengths"], spec["bandwidths"], spec["band_names"])
+    b02 = spec["band_names"].index("B02")
+    assert official.projection == "official" and w[b02, names.index("s2_blue")] == 1 and w[b02].sum() == 1
+    assert int((w > 0).sum()) == len(spec["band_names"]) - 1 + int((w[spec["band_names"].index("B10")] > 0).sum())
+    blend = build_method("smarties", **TINY, projection="blend")
+    wb = blend.encoder.patch_embed.weights(spec["wavelengths"], spec["bandwidths"], spec["band_names"])
+    assert (wb[b02] > 0).sum() > 1  # B02's interval overlaps several ranges: blended
+    # the heads predict with the same weights as the encoder embeds
+    view = {"wavelengths": spec["wavelengths"], "bandwidths": spec["bandwidths"], "band_names": spec["band_names"]}
+    assert torch.equal(official._mix(view), w)
