@@ -78,8 +78,8 @@ RANGES: dict[str, tuple[str, ...]] = {
                    "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "decoder_embed_dim",
                    "decoder_num_heads", "stats_images", "tile_size"),
     "at least 0": ("num_workers", "warmup_steps", "warmup_epochs", "picture_every", "seed", "min_lr", "weight_decay",
-                   "decoder_depth", "mixup", "cutmix"),
-    "above 0": ("epochs", "max_time", "base_lr", "lr", "mlp_ratio"),
+                   "decoder_depth", "mixup", "cutmix", "base_lr", "lr"),  # lr 0: the weights stay as loaded
+    "above 0": ("epochs", "max_time", "mlp_ratio"),
     "in [0, 1)": ("mask_ratio", "drop_path_rate", "drop_path", "betas", "label_smoothing", "momentum"),
     "in [0, 1]": ("mixup_prob", "mixup_switch_prob", "random_erasing"),
     "in (0, 1]": ("layer_decay", "crop_pct", "crop_scale"),

@@ -87,7 +87,7 @@ def test_skips_found_in_loader_workers_are_counted_in_metrics_json(tmp_path):
     (["--patch-size", "0"], "--patch-size (model.encoder.patch_size) must be at least 1"),
     (["--log-every", "0"], "--log-every (train.log_every) must be at least 1"),
     (["--num-workers", "-1"], "--num-workers (train.num_workers) must be at least 0"),
-    (["--lr", "-0.1"], "--lr (train.lr) must be above 0"),
+    (["--lr", "-0.1"], "--lr (train.lr) must be at least 0"),
     (["--mask-ratio", "1.0"], "--mask-ratio (model.mask_ratio) must be in [0, 1)"),
     (["--max-time", "0"], "--max-time (train.max_time) must be above 0"),
 ])
