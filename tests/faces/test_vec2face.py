@@ -207,6 +207,7 @@ def test_the_recipe_is_a_pretrain_config_with_the_official_values(capsys, tmp_pa
         (0.5, 1.0, 0.75, 0.25)
     assert model["channel_multipliers"] == [1, 1, 2, 2, 4] and model["perceptual_weight"] == 0.2
     assert config["train"]["betas"] == [0.9, 0.99] and config["trainer"]["gradient_clip_val"] == 2.0
+    assert config["train"]["strategy"] == "ddp_find_unused_parameters_true"
     assert config["data"]["mean"] == [0.5] * 3 and config["data"]["hflip"] is False
 
 
