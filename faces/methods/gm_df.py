@@ -210,7 +210,7 @@ class GMDF(MIMMethod):
     def __init__(self,
                  encoder: EncoderConfig = EncoderConfig(img_size=224, patch_size=16, embed_dim=768, depth=12,
                                                         num_heads=12, pos_embed="learned"),  # open_clip ViT-B/16
-                 domains: Sequence[str] = DEFAULT_DOMAINS,
+                 domains: Sequence[str] | None = None,  # None: the five datasets of GM-DF's benchmark
                  clip_weights: str | None = None,
                  quick_gelu: bool = False,
                  freeze_encoder: bool = True,            # paper: CLIP frozen, only the additions learn
@@ -227,7 +227,7 @@ class GMDF(MIMMethod):
         super().__init__()
         from open_clip.transformer import TextTransformer
 
-        self.domains = list(domains)
+        self.domains = list(DEFAULT_DOMAINS if domains is None else domains)
         if not self.domains:
             raise ConfigError("gm_df: domains must name at least one training domain")
         self.encoder = enc = self.build_encoder(encoder, CLIPViTEncoder, num_experts=num_experts, top_k=top_k,

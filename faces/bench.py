@@ -1,0 +1,198 @@
+"""Face-forgery detection tasks, registered with mimkit.benchmarks on import and run by
+`mimkit.benchmarks.runner.run_task`.
+
+Every task trains a detector on its training domains and scores the test frames: frame and video AUC (mean frame
+score per video), EER and accuracy at 0.5 (the task's headline metric is the video AUC, in percent). A GM-DF
+method (anything with `detect`) is trained as a whole (its trainable parts, its own loss) for `steps` steps; any
+other encoder is kept frozen and a logistic regression is fitted on its class tokens.
+
+Protocols and the data root they read:
+- faces-synthetic: the folder `mimkit-faces synthetic` writes (ROOT/<kind>/{train,test}/{real,fake}/...), each
+  forgery kind a domain, trained and tested on all (the demo's task);
+- ffpp-c23: FaceForensics++ c23, official train and test splits (ROOT = the FF++ folder);
+- ffpp-to-{celebdf,dfdc,wilddeepfake,dfd}: the cross-dataset protocol, train on FF++ c23, test on the other
+  dataset's test split; ROOT holds FaceForensics++/, Celeb-DF-v2/, DFDC/, WildDeepfake/ (DFD is read from
+  FaceForensics++/, where it ships);
+- gmdf-lodo-<dataset>: GM-DF's multi-dataset protocol, train on the training splits of the other four datasets
+  (each a domain), test on the one left out; same ROOT.
+GM-DF's own figures could not be found (see mimkit.faces.published): no published rows are registered for them.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from mimkit.benchmarks.tasks import Task, register_task
+from mimkit.core.errors import DataError
+from mimkit.faces import published  # noqa: F401  (documents that no GM-DF figures are registered)
+
+from .data import FaceForgeryDataset, detection_metrics, read_videos
+
+log = logging.getLogger("mimkit")
+
+# where the cross-dataset protocols find each dataset under their ROOT (their usual folder names)
+DATASET_FOLDERS = {"ffpp": "FaceForensics++", "celebdf": "Celeb-DF-v2", "dfdc": "DFDC",
+                   "wilddeepfake": "WildDeepfake", "dfd": "FaceForensics++"}
+DATASET_TITLES = {"ffpp": "FaceForensics++", "celebdf": "Celeb-DF", "dfdc": "DFDC", "wilddeepfake": "WildDeepfake",
+                  "dfd": "DFD"}
+
+
+# ============================================================================================ readers
+def _dataset(sources, img_size: int, frames_per_video: int, train: bool, seed: int) -> FaceForgeryDataset:
+    return FaceForgeryDataset(sources, img_size=img_size, frames_per_video=frames_per_video, train=train, seed=seed)
+
+
+def synthetic_reader(root: Path, img_size: int = 224, frames_per_video: int = 8, seed: int = 0, **_):
+    """The synthetic folder: each forgery-kind subfolder is a domain in the real/ + fake/ layout."""
+    kinds = sorted(p for p in root.iterdir() if p.is_dir() and (p / "train").is_dir())
+    if not kinds:
+        raise DataError(f"{root}: expected forgery-kind folders with train/ and test/ (mimkit-faces synthetic)")
+    split = {s: [(k.name, read_videos("folder", k, s)) for k in kinds] for s in ("train", "test")}
+    return (_dataset(split["train"], img_size, frames_per_video, True, seed),
+            _dataset(split["test"], img_size, frames_per_video, False, seed))
+
+
+def protocol_reader(train_sets: Sequence[str], test_set: str, nested: bool = True):
+    """A reader that trains on `train_sets` and tests on `test_set` (nested: ROOT holds each dataset's folder)."""
+    def read(root: Path, img_size: int = 224, frames_per_video: int = 8, seed: int = 0, compression: str = "c23",
+             **_):
+        def where(name: str) -> Path:
+            return root / DATASET_FOLDERS[name] if nested else root
+
+        train = [(DATASET_TITLES[d], read_videos(d, where(d), "train", compression=compression)) for d in train_sets]
+        test = [(DATASET_TITLES[test_set], read_videos(test_set, where(test_set), "test", compression=compression))]
+        return (_dataset(train, img_size, frames_per_video, True, seed),
+                _dataset(test, img_size, frames_per_video, False, seed))
+    return read
+
+
+def prepare_faces(encoder: nn.Module, run_config: dict) -> dict:
+    """Frames are read at the encoder's image size."""
+    return {"img_size": int(encoder.img_size[0])}
+
+
+# ============================================================================================ the runner
+def _batches(dataset, batch_size: int, seed: int, steps: int):
+    from mimkit.core.data import ResumableSampler, make_loader
+
+    sampler = ResumableSampler(len(dataset), seed=seed, start=0)
+    loader = make_loader(dataset, batch_size, sampler=sampler, drop_last=True)
+    for step, batch in enumerate(loader):
+        if step >= steps:
+            return
+        yield batch
+
+
+def score_frames(method: nn.Module, dataset, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fake probability, label, video index) of every frame, with the method's `detect`."""
+    from mimkit.core.data import make_loader
+
+    view = dataset.eval_view() if hasattr(dataset, "eval_view") else dataset
+    was_training = method.training
+    method.eval()
+    scores, labels, videos = [], [], []
+    device = next(method.parameters()).device
+    try:
+        with torch.no_grad():
+            for batch in make_loader(view, batch_size):
+                scores.append(method.detect(batch["image"].to(device)).float().cpu())
+                labels.append(torch.as_tensor(batch["label"]))
+                videos.append(torch.as_tensor(batch["video"]))
+    finally:
+        method.train(was_training)
+    return torch.cat(scores).numpy(), torch.cat(labels).numpy(), torch.cat(videos).numpy()
+
+
+def train_detector(method: nn.Module, dataset, steps: int = 300, batch_size: int = 32, lr: float = 1e-3,
+                   weight_decay: float = 0.05, seed: int = 0) -> list[float]:
+    """Train a detector method's trainable parts on labelled frames with its own loss (AdamW, cosine to zero);
+    the domains are passed only when the method was built for the data's domains. Returns the losses."""
+    from mimkit.core.train import parameter_groups, warmup_cosine
+
+    domains_match = list(getattr(method, "domains", [])) == list(getattr(dataset, "domains", [None]))
+    if not domains_match:
+        log.info("the detector's domains %s are not the data's %s: trained without domain labels (no meta-learning "
+                 "episodes or domain prompts)", getattr(method, "domains", None), getattr(dataset, "domains", None))
+    optimizer = torch.optim.AdamW(parameter_groups(method, weight_decay), lr=lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, max(1, steps // 20), steps))
+    device = next(method.parameters()).device
+    method.train()
+    losses = []
+    torch.manual_seed(seed)
+    for batch in _batches(dataset, batch_size, seed, steps):
+        batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        if not domains_match:
+            batch.pop("domain", None)
+        out = method(batch)
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(float(out.loss.detach()))
+    return losses
+
+
+def detection_runner(subject: nn.Module, train_set, test_set, *, root: Path, steps: int = 300, batch_size: int = 32,
+                     lr: float = 1e-3, weight_decay: float = 0.05, seed: int = 0) -> dict:
+    """Train a detector (GM-DF: the method itself; another encoder: a logistic regression on its frozen class
+    tokens) on `train_set` and measure it on `test_set`: frame/video AUC, EER, accuracy (fractions)."""
+    if hasattr(subject, "detect"):
+        method = copy.deepcopy(subject)
+        losses = train_detector(method, train_set, steps, batch_size, lr, weight_decay, seed)
+        scores, labels, videos = score_frames(method, test_set)
+        extra = {"steps": len(losses), "first_loss": losses[0] if losses else None,
+                 "last_loss": float(np.mean(losses[-10:])) if losses else None}
+    else:
+        from sklearn.linear_model import LogisticRegression
+
+        from mimkit.benchmarks.runner import encoder_of
+        from mimkit.core.evaluate import extract_features
+
+        encoder = encoder_of(subject)
+        train_x, train_y = extract_features(encoder, train_set.eval_view())
+        test_x, labels = extract_features(encoder, test_set)
+        probe = LogisticRegression(max_iter=2000, random_state=seed).fit(train_x.numpy(), train_y.numpy())
+        scores = probe.predict_proba(test_x.numpy())[:, 1]
+        labels = labels.numpy()
+        videos = np.asarray([test_set.items[i][0] for i in range(len(test_set))])
+        extra = {"detector": "logistic regression on frozen class tokens"}
+    metrics = detection_metrics(scores, labels, videos)
+    if metrics["video_auc"] is None:
+        raise DataError(f"the test data under {root} hold only one class (real or fake): no AUC")
+    return {**metrics, **extra}
+
+
+# ============================================================================================ registration
+DETECTION_SETTINGS = {"steps": 300, "batch_size": 32, "lr": 1e-3, "weight_decay": 0.05}  # ours (no GM-DF code)
+
+
+def _task(name: str, dataset: str, reader, description: str) -> Task:
+    return Task(name, "faces", dataset, "finetune", "video_auc", reader, description, runner=detection_runner,
+                prepare=prepare_faces, settings=dict(DETECTION_SETTINGS))
+
+
+TASKS = [
+    _task("faces-synthetic", "mimkit-faces synthetic", synthetic_reader,
+          "shipped real faces and their self-blended forgeries, one domain per kind; video AUC"),
+    _task("ffpp-c23", "FaceForensics++", protocol_reader(["ffpp"], "ffpp", nested=False),
+          "FaceForensics++ c23, official train/test split; video AUC"),
+]
+for _target in ("celebdf", "dfdc", "wilddeepfake", "dfd"):
+    TASKS.append(_task(f"ffpp-to-{_target}", DATASET_TITLES[_target], protocol_reader(["ffpp"], _target),
+                       f"cross-dataset: train on FaceForensics++ c23, test on {DATASET_TITLES[_target]}; video AUC"))
+for _held in ("ffpp", "celebdf", "dfdc", "wilddeepfake", "dfd"):
+    _rest = [d for d in ("ffpp", "celebdf", "dfdc", "wilddeepfake", "dfd") if d != _held]
+    TASKS.append(_task(f"gmdf-lodo-{_held}", DATASET_TITLES[_held], protocol_reader(_rest, _held),
+                       f"GM-DF multi-dataset: train on the other four datasets, test on {DATASET_TITLES[_held]}"))
+for _registered in TASKS:
+    register_task(_registered)
+
+
+__all__ = ["detection_runner", "train_detector", "score_frames", "synthetic_reader", "protocol_reader", "TASKS",
+           "DATASET_FOLDERS"]
