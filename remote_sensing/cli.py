@@ -58,7 +58,8 @@ def pretrain_rs() -> Command:
         "(reconstruction_rgb.png: red, green, blue composites). A recipe (`mimkit-rs recipes`) gives a paper's "
         "settings: --config FILE.")
     raster = {"--" + key.replace("_", "-"): f"--data.{key}" for key in (*RASTER_FLAGS, "tile_size", "stride",
-                                                                        "band_order", "min_valid")}
+                                                                        "band_order", "min_valid",
+                                                                        "clip_percentiles")}
     return dataclasses.replace(command, function=pretrain, aliases={**command.aliases, **raster})
 
 

@@ -476,7 +476,7 @@ class GeoTiffDataset(NormalisedDataset):
                  labelled: bool | None = None, mask_root: str | Path | None = None, mask_nodata: int | None = 255,
                  strict: bool = False, require_georeference: bool = True, stats_tiles: int = 256,
                  cache_dir: str | Path | None = None, band_order: str | Sequence[str] | None = None,
-                 min_valid: float = 0.0):
+                 min_valid: float = 0.0, clip_percentiles: Sequence[float] | None = None):
         if not 0.0 <= min_valid <= 1.0:
             raise ConfigError(f"min_valid is a fraction of a tile's pixels, in [0, 1]; got {min_valid}")
         self.band_order, self.min_valid = band_order, float(min_valid)
@@ -498,6 +498,15 @@ class GeoTiffDataset(NormalisedDataset):
         self.items = self._items(headers)
         cache = Path(cache_dir) if cache_dir is not None else (self.root if self.root.is_dir() else self.root.parent)
         self.cache_file = cache / STATS_FILE
+        # SMARTIES' normalisation: each band rescaled from its (1st, 99th) percentiles to [0, 1] and clipped there,
+        # then standardised (utils/data_utils.py ImageNormalizeStandardize)
+        self.clip_percentiles, self.clip_range = (tuple(clip_percentiles) if clip_percentiles is not None else None), None
+        if self.clip_percentiles is not None:
+            low, high = self.clip_percentiles
+            if len(self.clip_percentiles) != 2 or not 0 <= low < high <= 100:
+                raise ConfigError(f"clip_percentiles must be (low, high) with 0 <= low < high <= 100, got "
+                                  f"{list(self.clip_percentiles)}")
+            self.clip_range = self._percentiles(stats_tiles)
         self.mean, self.std = self._stats(mean, std, stats_tiles)
 
     # ------------------------------------------------------------------ scanning and checks
@@ -620,6 +629,23 @@ class GeoTiffDataset(NormalisedDataset):
         return items
 
     # ------------------------------------------------------------------ statistics
+    def _percentiles(self, stats_tiles: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per-band (low, high) percentiles of the valid pixels of up to `stats_tiles` evenly spaced tiles."""
+        count = min(stats_tiles, len(self.items))
+        picks = np.unique(np.linspace(0, len(self.items) - 1, count).round()).astype(int)
+        rng, samples = np.random.default_rng(0), []
+        for i in picks:
+            image, valid = self._read(int(i))
+            pixels = image[:, valid]
+            if pixels.shape[1] > 20000:  # a bounded, seeded sample of each tile's pixels
+                pixels = pixels[:, rng.choice(pixels.shape[1], 20000, replace=False)]
+            samples.append(pixels)
+        values = np.concatenate(samples, axis=1)
+        if not values.size:
+            raise DataError(f"no valid pixel under {self.root} to compute the clip percentiles from")
+        low, high = np.percentile(values, self.clip_percentiles, axis=1)
+        return low.astype(np.float32), np.maximum(high, low + 1e-6).astype(np.float32)
+
     def _stats(self, mean, std, stats_tiles: int) -> tuple[np.ndarray, np.ndarray]:
         if (mean is None) != (std is None):
             raise ConfigError("give both mean and std, or neither (then they are computed from the data)")
@@ -631,7 +657,7 @@ class GeoTiffDataset(NormalisedDataset):
                            p.stat().st_size, p.stat().st_mtime_ns) for p in self.files],
                 "bands": self.selection.names, "indexes": [s.indexes for s in self.selections], "scale": self.scale,
                 "offset": self.offset, "nodata": self.nodata, "tile_size": self.tile_size, "stride": self.stride,
-                "picks": len(picks)}
+                "picks": len(picks), "clip_percentiles": self.clip_percentiles}
             key = cache_key(description)
             found = cached_stats(self.cache_file, key)
             if found is not None:
@@ -681,7 +707,11 @@ class GeoTiffDataset(NormalisedDataset):
         """Scaled float32 bands (C, h, w) and the valid mask of one item (before normalisation and transforms)."""
         f, window = self.items[item]
         raw, valid = read_window(self.files[f], self.selections[f].indexes, window, self.nodata)
-        return _scaled(raw, self.scale, self.offset), valid
+        image = _scaled(raw, self.scale, self.offset)
+        if self.clip_range is not None:
+            low, high = self.clip_range
+            image = np.clip((image - low[:, None, None]) / (high - low)[:, None, None], 0.0, 1.0).astype(np.float32)
+        return image, valid
 
     def _read_mask(self, item: int) -> np.ndarray:
         f, window = self.items[item]
@@ -760,6 +790,8 @@ class GeoTiffData:
         wavelengths: their centre wavelengths in nm (recorded by pretraining; when given, they must match)
         band_order: the files' band order when they carry no band descriptions: band names, or a known layout
             (eurosat: B01..B12 then B8A); None: the band descriptions, else the sensor's order (with a warning)
+        clip_percentiles: (low, high) percentiles (SMARTIES: 1 99): each band rescaled from them to [0, 1] and
+            clipped before standardisation; measured on the statistics tiles
         min_valid: skip (and count) tiles with a smaller fraction of valid (not nodata) pixels; the nodata pixels of
             the tiles kept do not count in the losses of methods that read batch["valid"] (mae, selective_mae)
     """
@@ -783,6 +815,7 @@ class GeoTiffData:
     wavelengths: list[float] | None = None
     band_order: list[str] | str | None = None
     min_valid: float = 0.0
+    clip_percentiles: list[float] | None = None
 
     def dataset(self, img_size, patch_size, transform: str | A.BaseCompose = "train") -> GeoTiffDataset:
         """The files as a GeoTiffDataset of this image and patch size (`transform`: train, eval or a pipeline)."""
@@ -793,7 +826,7 @@ class GeoTiffData:
             tile_size=self.tile_size, stride=self.stride, transform=transform, scale=self.scale, offset=self.offset,
             nodata=self.nodata, mean=self.mean, std=self.std, labelled=False, strict=self.strict,
             require_georeference=not self.allow_ungeoreferenced, cache_dir=self.cache_dir, band_order=self.band_order,
-            min_valid=self.min_valid)
+            min_valid=self.min_valid, clip_percentiles=self.clip_percentiles)
 
     def build(self, model: dict, method: str) -> GeoTiffDataset:
         """The pretraining dataset; records the bands, wavelengths and statistics on `self` and gives a

@@ -283,3 +283,23 @@ def test_eurosat_ordered_file_without_band_descriptions(tmp_path, tiles, caplog)
     assert assumed.band_names[8] == "B8A" and "assumed" in caplog.text and "band_order" in caplog.text
     with pytest.raises(ConfigError, match="band_order"):
         small(tmp_path / "eurosat", band_order="no_such_layout")
+
+
+def test_percentile_clip_before_standardisation_as_smarties(tmp_path, tiles):
+    # SMARTIES: (x - p1) / (p99 - p1), clipped to [0, 1], then standardised with the clipped data's statistics
+    source = next((tiles / "Forest").glob("*.tif"))
+    with rasterio.open(source) as src:
+        array, crs, transform = src.read(), src.crs, src.transform
+    spiky = array.copy()
+    spiky[:, 0, 0] = 60000  # one saturated pixel per band
+    write_geotiff(tmp_path / "c" / "a.tif", spiky, crs=crs, transform=transform)
+    plain = small(tmp_path / "c")
+    clipped = small(tmp_path / "c", clip_percentiles=(1, 99))
+    image, _ = clipped._read(0)
+    assert image.min() >= 0 and image.max() <= 1 and np.allclose(image[:, 0, 0], 1.0)
+    raw, _ = plain._read(0)
+    low, high = np.percentile(raw.reshape(raw.shape[0], -1), (1, 99), axis=1)
+    assert np.allclose(clipped.clip_range[0], low, rtol=1e-4) and np.allclose(clipped.clip_range[1], high, rtol=1e-4)
+    assert np.allclose(clipped.mean, image.reshape(image.shape[0], -1).mean(1), atol=1e-4)
+    with pytest.raises(ConfigError, match="clip_percentiles"):
+        small(tmp_path / "c", clip_percentiles=(99, 1))
