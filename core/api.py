@@ -171,7 +171,7 @@ def finetune(train: str, out: str, run: str | None = None, checkpoint: str | Non
     """
     from .data import few_labels, labelled_dataset
     from .finetune import finetune as finetune_encoder
-    from .runs import update_metrics, write_config
+    from .runs import RunLock, update_metrics, write_config
 
     settings = finetune or FineTuneConfig()
     encoder, data, _ = _encoder_source(run, checkpoint)
@@ -192,8 +192,9 @@ def finetune(train: str, out: str, run: str | None = None, checkpoint: str | Non
         out_dir.mkdir(parents=True, exist_ok=True)
         if not (out_dir / "checkpoints" / "last.ckpt").exists():
             write_config(out_dir, config)
-    row = finetune_encoder(encoder, train_set, test_set, out_dir, head=head, config=settings, resume=resume,
-                           logger=options.pop("logger", True), callbacks=options.pop("callbacks", None) or ())
+    with RunLock(out_dir):  # one writer per folder, as pretraining
+        row = finetune_encoder(encoder, train_set, test_set, out_dir, head=head, config=settings, resume=resume,
+                               logger=options.pop("logger", True), callbacks=options.pop("callbacks", None) or ())
     row = {k: v for k, v in row.items() if k != "train_loss"}
     from lightning.pytorch.utilities import rank_zero_only
 

@@ -243,6 +243,16 @@ def test_a_second_writer_is_refused_and_a_stale_lock_is_taken_over(image_folder,
     assert not (run / LOCK).exists()
 
 
+def test_finetuning_takes_the_same_lock(finished_run, labelled_folders, tmp_path):
+    from mimkit.core.api import finetune
+
+    out = tmp_path / "ft"
+    out.mkdir()
+    (out / LOCK).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": "now"}))
+    with pytest.raises(ConfigError, match=f"in use by another run \\(pid {os.getpid()}"):
+        finetune(train=str(labelled_folders[0]), out=str(out), run=str(finished_run[1]))
+
+
 # ------------------------------------------------------------------------------------------- console
 def test_lightning_lines_are_printed_once_and_without_advertisement(image_folder, tmp_path, caplog, capfd):
     caplog.set_level(logging.INFO, logger="lightning.pytorch")  # the application shows INFO lines
