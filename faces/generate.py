@@ -221,7 +221,8 @@ def load_generator(model: str | Path):
 
 def generate_command(model: str, out: str, identities: int = 10, images_per_identity: int = 5,
                      max_similarity: float = 0.3, min_similarity: float | None = None,
-                     scales: list[float] = list(PERTURBATION_SCALES), fractions: list[float] = list(PERTURBATION_FRACTIONS),
+                     scales: list[float] = list(PERTURBATION_SCALES),
+                     fractions: list[float] = list(PERTURBATION_FRACTIONS),
                      norm: float | None = None, batch_size: int = 64, seed: int = 0, device: str = "cpu",
                      measure: str | None = None) -> dict:
     """Generate a face dataset with a trained Vec2Face model: OUT/<identity>/<k>.png, one subfolder per identity,

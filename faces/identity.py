@@ -319,7 +319,8 @@ class DlibRecognizer:
         if dlib is None or spec is None:
             raise ConfigError("the dlib recognizer needs the optional packages dlib-bin and face-recognition-models "
                               "(pip install dlib-bin face-recognition-models); "
-                              f"missing: {'dlib ' if dlib is None else ''}{'face_recognition_models' if spec is None else ''}")
+                              f"missing: {'dlib ' if dlib is None else ''}"
+                              f"{'face_recognition_models' if spec is None else ''}")
         # read the files' paths without importing the package (it imports pkg_resources, gone from new setuptools)
         models = Path(spec.submodule_search_locations[0]) / "models"
         self.dlib = dlib

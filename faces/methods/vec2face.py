@@ -29,6 +29,7 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from timm.models.vision_transformer import Block
 from torch import nn
 
 from mimkit.core.encoders import EncoderConfig, LayerNorm, gather_tokens, init_weights, run_blocks
@@ -113,7 +114,8 @@ class ImageDecoder(nn.Module):
     """
 
     def __init__(self, z_channels: int = 256, channels: int = 128, channel_multipliers: Sequence[int] = (1, 1, 2, 2, 4),
-                 res_blocks: int = 2, attention_resolutions: Sequence[int] = (16,), grid: int = 7, out_channels: int = 3):
+                 res_blocks: int = 2, attention_resolutions: Sequence[int] = (16,), grid: int = 7,
+                 out_channels: int = 3):
         super().__init__()
         widths = [channels * m for m in channel_multipliers]
         self.conv_in = nn.Conv2d(z_channels, widths[-1], 3, 1, 1)
@@ -147,7 +149,8 @@ class PatchDiscriminator(nn.Module):
         # the stem's widths halve per kernel, the last takes the rest (as in the reference layer)
         split = [dims[0] // 2 ** i for i in range(1, len(stem_kernels))]
         split.append(dims[0] - sum(split))
-        self.stem = nn.ModuleList([nn.Conv2d(channels, w, k, 1, (k - 1) // 2) for k, w in zip(sorted(stem_kernels), split)])
+        self.stem = nn.ModuleList([nn.Conv2d(channels, w, k, 1, (k - 1) // 2)
+                                   for k, w in zip(sorted(stem_kernels), split)])
         self.stages = nn.ModuleList()
         for d_in, d_out in zip(dims[:-1], dims[1:]):
             self.stages.append(nn.ModuleDict(dict(
@@ -221,7 +224,8 @@ class Vec2Face(MIMMethod):
                  dropout: float = 0.1,                        # official: drop = attn_drop = 0.1 in every block
                  mask_ratio_min: float = 0.5, mask_ratio_max: float = 1.0,       # official training arguments
                  mask_ratio_mean: float = 0.75, mask_ratio_std: float = 0.25,
-                 generation_mask_ratio: tuple[float, float, float, float] = (0.1, 1.0, 0.15, 0.25),  # image_generation.py
+                 # image_generation.py: (min, max, mean, std) of the mask ratio when generating
+                 generation_mask_ratio: tuple[float, float, float, float] = (0.1, 1.0, 0.15, 0.25),
                  z_channels: int = 256, decoder_channels: int = 128,             # official vqgan.yaml ddconfig
                  channel_multipliers: tuple[int, ...] = (1, 1, 2, 2, 4), res_blocks: int = 2,
                  attention_resolutions: tuple[int, ...] = (16,),
@@ -241,8 +245,7 @@ class Vec2Face(MIMMethod):
                               f"({enc.embed_dim}): the token loss compares decoder tokens with the encoder's")
         if enc.in_chans != 3:
             raise ConfigError(f"vec2face generates RGB faces: encoder.in_chans must be 3, got {enc.in_chans}")
-        patch = enc.patch_size[0]
-        if enc.patch_size[0] != enc.patch_size[1] or 2 ** (len(channel_multipliers) - 1) != patch:
+        if enc.patch_size[0] != enc.patch_size[1] or 2 ** (len(channel_multipliers) - 1) != enc.patch_size[0]:
             raise ConfigError(f"vec2face: the image decoder upsamples by 2^(len(channel_multipliers) - 1) = "
                               f"{2 ** (len(channel_multipliers) - 1)}, which must equal the square patch size "
                               f"{enc.patch_size} (image {enc.img_size} / grid {enc.grid})")
@@ -256,7 +259,6 @@ class Vec2Face(MIMMethod):
         self.generation_ratio = TruncatedNormalRatio(*generation_mask_ratio)
         self.decoder_embed = nn.Linear(dim, decoder_embed_dim)
         self.decoder_pos_embed = nn.Parameter(torch.zeros(1, self.num_tokens + 1, decoder_embed_dim))
-        from timm.models.vision_transformer import Block
         self.decoder_blocks = nn.ModuleList([Block(decoder_embed_dim, decoder_num_heads, enc.mlp_ratio, qkv_bias=True,
                                                    norm_layer=LayerNorm) for _ in range(decoder_depth)])
         self.decoder_norm = LayerNorm(decoder_embed_dim)

@@ -16,7 +16,8 @@ from mimkit.faces.methods.vec2face import TruncatedNormalRatio, build_lpips, ide
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=32, decoder_depth=1,
             decoder_num_heads=2, identity_network="random", perceptual_net="squeeze", perceptual_backbone="random",
-            z_channels=16, decoder_channels=8, channel_multipliers=(1, 1, 2, 2), res_blocks=1, discriminator_dims=(8, 16))
+            z_channels=16, decoder_channels=8, channel_multipliers=(1, 1, 2, 2), res_blocks=1,
+            discriminator_dims=(8, 16))
 
 
 def tiny(**overrides):
@@ -225,7 +226,8 @@ def test_a_pretraining_run_generates_faces(tmp_path):
     (tmp_path / "faces").mkdir()
     for name, image in real_faces(32)[:8]:
         Image.fromarray(image).save(tmp_path / "faces" / f"{name}.png")
-    model = {**{k: v for k, v in TINY.items() if k not in ("img_size", "patch_size", "embed_dim", "depth", "num_heads")},
+    encoder_keys = ("img_size", "patch_size", "embed_dim", "depth", "num_heads")
+    model = {**{k: v for k, v in TINY.items() if k not in encoder_keys},
              "encoder": dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2),
              "discriminator_start_step": 1}
     data = ImageFolderData(root=str(tmp_path / "faces"), crop_scale=(1.0, 1.0), hflip=False, mean=[0.5] * 3,
