@@ -493,6 +493,10 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # frozen teachers are meant to be
     warnings.filterwarnings("ignore", message=".*tensorboardX.*")
+    # a resumed run writes into its own checkpoint folder, and its sampler resumes from the restored global step
+    # (core.train.MIMDataModule): both warnings are about other set-ups
+    warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
+    warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
 
 
 
