@@ -273,8 +273,9 @@ class Vec2Face(MIMMethod):
         self.weights = dict(pixel=pixel_weight, perceptual=perceptual_weight, ssim=ssim_weight, token=token_weight,
                             identity=identity_weight, adversarial=adversarial_weight)
         # the mean length of the identity vectors seen in training: generation samples new identities at it
-        self.register_buffer("identity_norm", torch.zeros(()))
-        self.register_buffer("identity_count", torch.zeros(()))
+        # (float64: a count of 100 epochs of a million images stays exact)
+        self.register_buffer("identity_norm", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("identity_count", torch.zeros((), dtype=torch.float64))
         self.discriminator_start_step = discriminator_start_step
         self.generator_term_trains_discriminator = generator_term_trains_discriminator
         self.discriminator = PatchDiscriminator(discriminator_dims) if adversarial_weight > 0 else None
@@ -358,7 +359,7 @@ class Vec2Face(MIMMethod):
         if self.training:
             with torch.no_grad():
                 count = self.identity_count + len(vectors)
-                self.identity_norm += (vectors.float().norm(dim=-1).sum() - len(vectors) * self.identity_norm) / count
+                self.identity_norm += (vectors.double().norm(dim=-1).sum() - len(vectors) * self.identity_norm) / count
                 self.identity_count.copy_(count)
         ratio = float(self.train_ratio.sample())
         generated, tokens, target, masked = self.forward_vectors(vectors.float(), ratio,
