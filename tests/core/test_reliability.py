@@ -210,6 +210,20 @@ def test_sigterm_and_sigint_save_a_checkpoint_and_resume_continues_exactly(finis
     assert all(torch.equal(a[k], b[k]) for k in a)  # the same weights as the uninterrupted run
 
 
+def test_a_requeued_slurm_job_continues_its_run_with_the_same_command_line(finished_run, tmp_path, monkeypatch):
+    images, original = finished_run
+    run = shutil.copytree(original, tmp_path / "run")
+    slurm = {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "pretrain", "SLURM_JOB_ID": "7", "SLURM_PROCID": "0",
+             "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost", "SLURM_NTASKS_PER_NODE": "1"}
+    for name, value in slurm.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match="already holds a run"):  # a first start does not resume by itself
+        pretrain("mae", dataset(images), run, config(max_steps=12), method_config=TINY)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # SLURM sets it when it starts a requeued job again
+    summary = pretrain("mae", dataset(images), run, config(max_steps=12), method_config=TINY)
+    assert summary["steps"] == 12 and summary["steps_this_session"] == 4
+
+
 def test_loader_workers_leave_ctrl_c_to_the_main_process():
     before = signal.getsignal(signal.SIGINT)
     try:
