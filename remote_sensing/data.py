@@ -229,7 +229,7 @@ BAND_ORDERS = {
     # EuroSAT-MS GeoTIFFs (and torchgeo's EuroSAT.all_band_names): B8A stored last, after B12
     "eurosat": ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12", "B8A"),
 }
-_assumed_order_warned: set[tuple[str, int]] = set()
+_assumed_order_warned: set[tuple[str, str]] = set()
 
 
 def select_bands(header: RasterHeader, sensor: Sensor | None, bands=None,
@@ -258,8 +258,8 @@ def select_bands(header: RasterHeader, sensor: Sensor | None, bands=None,
                                 f"the file has {header.count}")
             file_bands = [known[str(n).lower()] for n in order]
         elif header.count == len(sensor.bands):
-            if (sensor.name, header.count) not in _assumed_order_warned:
-                _assumed_order_warned.add((sensor.name, header.count))
+            if (str(Path(header.path).parent), sensor.name) not in _assumed_order_warned:  # once per folder
+                _assumed_order_warned.add((str(Path(header.path).parent), sensor.name))
                 log.warning("%s: no band descriptions; its %d bands are assumed to be in %s's order (%s). If the "
                             "files store another order (EuroSAT-MS: B8A last), set band_order", header.path,
                             header.count, sensor.name, ", ".join(sensor.band_names))
