@@ -18,7 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .encoders import ViTEncoder
+from .encoders import PatchEmbed, ViTEncoder
 from .errors import CheckpointError, ConfigError, DataError
 from .tokens import as_tuple, grid_shape
 
@@ -247,6 +247,24 @@ def build_autoencoder(source: str | None = None, *, allow_random: bool = False, 
     return FrozenAutoencoder(model, scale, data_mean, data_std, sample_posterior)
 
 
+class LatentPatchEmbed(PatchEmbed):
+    """A latent ViT's patch embedding: it embeds latent patches, and `check` validates what the encoder is given:
+    images from outside (heads read the token grid of the images), latents while the encoder reads latents."""
+
+    def __init__(self, latent_patch: Sequence[int], latent_chans: int, embed_dim: int, image_patch: Sequence[int],
+                 image_chans: int):
+        super().__init__(latent_patch, latent_chans, embed_dim, 2)
+        self.image_patch, self.image_chans = tuple(image_patch), image_chans
+        self.reading_latents = False
+
+    def check(self, x: torch.Tensor) -> tuple[int, ...]:
+        if self.reading_latents:
+            return super().check(x)
+        if x.ndim != 4 or x.shape[1] != self.image_chans:
+            raise DataError(f"expected images shaped (B, {self.image_chans}, H, W), got {tuple(x.shape)}")
+        return grid_shape(x.shape[2:], self.image_patch)
+
+
 class LatentViTEncoder(ViTEncoder):
     """A ViT over a frozen first stage's latent grid: it takes images, and its blocks see only their latents.
 
@@ -268,8 +286,11 @@ class LatentViTEncoder(ViTEncoder):
             raise ConfigError(f"encoder.patch_size {patch} (pixels) must be a multiple of the autoencoder's "
                               f"downsampling factor {factor}: a token covers patch_size / {factor} latent cells")
         grid_shape(image, patch)
-        super().__init__(img_size=tuple(s // factor for s in image), patch_size=tuple(p // factor for p in patch),
-                         in_chans=autoencoder.latent_channels, spatial_dims=2, **kwargs)
+        latent_patch = tuple(p // factor for p in patch)
+        embedder = LatentPatchEmbed(latent_patch, autoencoder.latent_channels, kwargs.get("embed_dim", 768), patch,
+                                    in_chans)
+        super().__init__(img_size=tuple(s // factor for s in image), patch_size=latent_patch,
+                         in_chans=autoencoder.latent_channels, spatial_dims=2, patch_embed=embedder, **kwargs)
         self.autoencoder = autoencoder
         self.latent_size, self.latent_patch_size, self.latent_chans = self.img_size, self.patch_size, self.in_chans
         self.img_size, self.patch_size, self.in_chans = image, patch, in_chans
@@ -287,7 +308,11 @@ class LatentViTEncoder(ViTEncoder):
                         return_layers: Sequence[int] | None = None, **kwargs):
         """Encode latents (B, latent_channels, h, w) directly: only the tokens at `ids_keep` when given (`kwargs`,
         such as a timestep, go to the ViT)."""
-        return super().forward_visible(latents, ids_keep, return_layers, **kwargs)
+        self.patch_embed.reading_latents = True
+        try:
+            return super().forward_visible(latents, ids_keep, return_layers, **kwargs)
+        finally:
+            self.patch_embed.reading_latents = False
 
     def forward_visible(self, x: torch.Tensor, ids_keep: torch.Tensor | None,
                         return_layers: Sequence[int] | None = None, **kwargs):

@@ -219,5 +219,9 @@ def test_first_stage_command_then_lmd_pretrain_and_knn(tmp_path, make_pngs):
     assert (run / "pictures" / "reconstruction.png").is_file()
     assert main(["evaluate", "--run", str(run), "--protocol", "knn", "--train", str(train), "--test", str(test),
                  "--k", "3"]) == 0
+    # the linear probe reads the encoder through a head (which asks the patch embedding for the images' token grid)
+    assert main(["evaluate", "--run", str(run), "--protocol", "linear", "--train", str(train), "--test", str(test),
+                 "--epochs", "2"]) == 0
     results = json.loads((run / "metrics.json").read_text())["results"]
-    assert results[-1]["protocol"] == "knn" and 0 <= results[-1]["value"] <= 100
+    assert [r["protocol"] for r in results] == ["knn", "knn", "linear", "linear"]
+    assert all(0 <= r["value"] <= 100 for r in results)
