@@ -59,7 +59,8 @@ def pretrain_rs() -> Command:
         "settings: --config FILE.")
     raster = {"--" + key.replace("_", "-"): f"--data.{key}" for key in (*RASTER_FLAGS, "tile_size", "stride",
                                                                         "band_order", "min_valid",
-                                                                        "clip_percentiles")}
+                                                                        "clip_percentiles", "second_root",
+                                                                        "second_sensor", "second_bands")}
     return dataclasses.replace(command, function=pretrain, aliases={**command.aliases, **raster})
 
 

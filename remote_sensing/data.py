@@ -476,7 +476,9 @@ class GeoTiffDataset(NormalisedDataset):
                  labelled: bool | None = None, mask_root: str | Path | None = None, mask_nodata: int | None = 255,
                  strict: bool = False, require_georeference: bool = True, stats_tiles: int = 256,
                  cache_dir: str | Path | None = None, band_order: str | Sequence[str] | None = None,
-                 min_valid: float = 0.0, clip_percentiles: Sequence[float] | None = None):
+                 min_valid: float = 0.0, clip_percentiles: Sequence[float] | None = None,
+                 second_root: str | Path | None = None, second_sensor: str | Sensor | None = "sentinel1",
+                 second_bands=None, second_scale: float | None = None):
         if not 0.0 <= min_valid <= 1.0:
             raise ConfigError(f"min_valid is a fraction of a tile's pixels, in [0, 1]; got {min_valid}")
         self.band_order, self.min_valid = band_order, float(min_valid)
@@ -508,6 +510,9 @@ class GeoTiffDataset(NormalisedDataset):
                                   f"{list(self.clip_percentiles)}")
             self.clip_range = self._percentiles(stats_tiles)
         self.mean, self.std = self._stats(mean, std, stats_tiles)
+        self.second, self.pairs = None, {}
+        if second_root is not None:
+            self._pair(second_root, second_sensor, second_bands, second_scale, stats_tiles, clip_percentiles)
 
     # ------------------------------------------------------------------ scanning and checks
     def _scan(self, root, labelled):
@@ -628,6 +633,46 @@ class GeoTiffDataset(NormalisedDataset):
                         sparse_tiles, self.min_valid, self.root)
         return items
 
+    def _pair(self, root, sensor, bands, scale, stats_tiles, clip_percentiles) -> None:
+        """SMARTIES' second sensor: the co-registered scene of the same relative path under `root` (its own sensor,
+        bands, scale and statistics); files without one are skipped and counted."""
+        self.second = GeoTiffDataset(root, sensor=sensor, bands=bands, img_size=self.img_size,
+                                     patch_size=self.patch_size, tile_size=self.tile_size, stride=self.stride,
+                                     transform="eval", scale=scale, labelled=False, strict=self.strict,
+                                     require_georeference=self.require_georeference, stats_tiles=stats_tiles,
+                                     clip_percentiles=clip_percentiles)
+        index = {p.relative_to(self.second.root) if p.is_relative_to(self.second.root) else p.name: i
+                 for i, p in enumerate(self.second.files)}
+        kept = []
+        for f, window in self.items:
+            rel = self.files[f].relative_to(self.root) if self.files[f].is_relative_to(self.root) else self.files[f].name
+            if rel in index:
+                self.pairs[f] = index[rel]
+                kept.append((f, window))
+            else:
+                self._skip(self.files[f], f"{self.files[f]}: no paired scene {rel} under {self.second.root}", warn=False)
+        if not kept:
+            raise DataError(f"no file under {self.root} has a paired scene of the same relative path under "
+                            f"{self.second.root}")
+        unpaired = len(self.items) - len(kept)
+        if unpaired:
+            log.warning("skipped %d tile(s) under %s without a paired scene under %s", unpaired, self.root,
+                        self.second.root)
+        self.items = kept
+
+    def _read_second(self, item: int) -> np.ndarray:
+        """The second sensor's bands of an item, normalised with its own statistics (nodata at its mean: 0)."""
+        f, window = self.items[item]
+        other = self.second
+        g = self.pairs[f]
+        raw, valid = read_window(other.files[g], other.selections[g].indexes, window, other.nodata)
+        image = _scaled(raw, other.scale, other.offset)
+        if other.clip_range is not None:
+            low, high = other.clip_range
+            image = np.clip((image - low[:, None, None]) / (high - low)[:, None, None], 0.0, 1.0).astype(np.float32)
+        image = np.where(valid[None], image, other.mean[:, None, None])
+        return (image - other.mean[:, None, None]) / other.std[:, None, None]
+
     # ------------------------------------------------------------------ statistics
     def _percentiles(self, stats_tiles: int) -> tuple[np.ndarray, np.ndarray]:
         """Per-band (low, high) percentiles of the valid pixels of up to `stats_tiles` evenly spaced tiles."""
@@ -744,16 +789,30 @@ class GeoTiffDataset(NormalisedDataset):
         if self.mask_root is not None:
             labels = self._read_mask(current)
             planes.append(np.where(valid, labels, IGNORE_INDEX).astype(np.int32))
+        chans = image.shape[0]
+        if self.second is not None:  # one crop and flip for both sensors: their bands travel as one stack
+            second = self._read_second(current)
+            if second.shape[1:] != image.shape[1:]:
+                raise DataError(f"{path}: its paired scene is {second.shape[1]}x{second.shape[2]} pixels, not "
+                                f"{image.shape[1]}x{image.shape[2]}; the two sensors' files must be co-registered")
+            image = np.concatenate([image, second])
         self.transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
         out = self.transform(image=np.ascontiguousarray(image.transpose(1, 2, 0), np.float32),
                              mask=np.stack(planes, -1))
         transformed = out["image"] if out["image"].ndim == 3 else out["image"][..., None]
+        transformed, second = transformed[..., :chans], transformed[..., chans:]
         masks = out["mask"]
         sample = {"image": torch.from_numpy(np.ascontiguousarray(transformed.transpose(2, 0, 1), np.float32)),
                   "valid": torch.from_numpy(masks[..., 0] > 0), "index": current,
                   "band_names": list(self.selection.names)}
         if self.selection.bands is not None:
             sample["wavelengths"], sample["bandwidths"] = self.selection.wavelengths, self.selection.bandwidths
+        if self.second is not None:
+            sample["image2"] = torch.from_numpy(np.ascontiguousarray(second.transpose(2, 0, 1), np.float32))
+            sample["band_names2"] = list(self.second.selection.names)
+            if self.second.selection.bands is not None:
+                sample["wavelengths2"] = self.second.selection.wavelengths
+                sample["bandwidths2"] = self.second.selection.bandwidths
         if self.mask_root is not None:
             sample["mask"] = torch.from_numpy(masks[..., 1].astype(np.int64))
         if self.targets:
@@ -792,6 +851,12 @@ class GeoTiffData:
             (eurosat: B01..B12 then B8A); None: the band descriptions, else the sensor's order (with a warning)
         clip_percentiles: (low, high) percentiles (SMARTIES: 1 99): each band rescaled from them to [0, 1] and
             clipped before standardisation; measured on the statistics tiles
+        second_root: SMARTIES' second sensor: a folder of co-registered scenes with the same relative paths as
+            root's (image2 in the batch, cropped and flipped with the first); files without a pair are skipped and
+            counted
+        second_sensor: the second folder's sensor (sentinel1, rgb, ...)
+        second_bands: its bands to read (None: all)
+        second_scale: its reflectance scale (as scale)
         min_valid: skip (and count) tiles with a smaller fraction of valid (not nodata) pixels; the nodata pixels of
             the tiles kept do not count in the losses of methods that read batch["valid"] (mae, selective_mae)
     """
@@ -816,6 +881,10 @@ class GeoTiffData:
     band_order: list[str] | str | None = None
     min_valid: float = 0.0
     clip_percentiles: list[float] | None = None
+    second_root: str | None = None
+    second_sensor: str = "sentinel1"
+    second_bands: list[str | int] | str | None = None
+    second_scale: float | None = None
 
     def dataset(self, img_size, patch_size, transform: str | A.BaseCompose = "train") -> GeoTiffDataset:
         """The files as a GeoTiffDataset of this image and patch size (`transform`: train, eval or a pipeline)."""
@@ -826,7 +895,8 @@ class GeoTiffData:
             tile_size=self.tile_size, stride=self.stride, transform=transform, scale=self.scale, offset=self.offset,
             nodata=self.nodata, mean=self.mean, std=self.std, labelled=False, strict=self.strict,
             require_georeference=not self.allow_ungeoreferenced, cache_dir=self.cache_dir, band_order=self.band_order,
-            min_valid=self.min_valid, clip_percentiles=self.clip_percentiles)
+            min_valid=self.min_valid, clip_percentiles=self.clip_percentiles, second_root=self.second_root,
+            second_sensor=self.second_sensor, second_bands=self.second_bands, second_scale=self.second_scale)
 
     def build(self, model: dict, method: str) -> GeoTiffDataset:
         """The pretraining dataset; records the bands, wavelengths and statistics on `self` and gives a

@@ -303,3 +303,27 @@ def test_percentile_clip_before_standardisation_as_smarties(tmp_path, tiles):
     assert np.allclose(clipped.mean, image.reshape(image.shape[0], -1).mean(1), atol=1e-4)
     with pytest.raises(ConfigError, match="clip_percentiles"):
         small(tmp_path / "c", clip_percentiles=(99, 1))
+
+
+def test_second_sensor_scenes_are_paired_by_path_and_cropped_with_the_first(tmp_path, tiles):
+    # SMARTIES pairs co-registered scenes of two sensors; here a 2-band "Sentinel-1" file repeats band B01
+    source = next((tiles / "Forest").glob("*.tif"))
+    with rasterio.open(source) as src:
+        array, crs, transform = src.read(), src.crs, src.transform
+    write_geotiff(tmp_path / "s2" / "a.tif", array, crs=crs, transform=transform)
+    write_geotiff(tmp_path / "s2" / "lonely.tif", array, crs=crs, transform=transform)
+    write_geotiff(tmp_path / "s1" / "a.tif", np.stack([array[0], array[0][::-1]]).astype(np.float32), crs=crs,
+                  transform=transform, band_names=["VV", "VH"])
+    data = small(tmp_path / "s2", transform="train", second_root=tmp_path / "s1", second_sensor="sentinel1")
+    assert len(data) == 1 and [p.name for p, _ in data.skipped] == ["lonely.tif"]  # no pair: skipped, counted
+    sample = data[(0, 3)]
+    assert sample["image2"].shape == (2, 32, 32) and sample["band_names2"] == ["VV", "VH"]
+    assert sample["wavelengths2"] is not None
+    # the same random crop and flip for both: the paired band follows B01 pixel for pixel
+    first, second = sample["image"][0].flatten(), sample["image2"][0].flatten()
+    assert torch.corrcoef(torch.stack([first, second]))[0, 1] > 0.999
+    # SMARTIES mixes the two real views (no derived RGB view)
+    model = build_method("smarties", img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2,
+                         decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
+    batch = next(iter(DataLoader(data, batch_size=1)))  # default-collated, as the trainer's loader gives it
+    assert set(model(batch).parts) == {"reconstruction_first", "reconstruction_second"}

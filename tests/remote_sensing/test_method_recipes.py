@@ -51,12 +51,11 @@ def test_every_recipe_is_a_complete_typed_config(name, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
-def test_smarties_second_sensor_is_a_comment_saying_it_is_not_implemented():
-    # the paper pairs two sensors' scenes; mimkit-rs reads one sensor's files, so no key pretends otherwise
+def test_smarties_second_sensor_is_read_from_a_paired_folder_given_at_run_time():
+    # the paper pairs two sensors' scenes: a local folder (--second-root), so the recipe names how, not where
     text = recipe_text("smarties")
-    assert "second_sensor" not in recipe("smarties")["data"] and "second_bands" not in recipe("smarties")["data"]
-    assert "# Not implemented: the paper's paired second sensor" in text
-    assert recipe("smarties")["model"]["second_view"] == "rgb"  # what is applied instead
+    assert "second_root" not in recipe("smarties")["data"] and "--second-root" in text
+    assert recipe("smarties")["model"]["second_view"] == "rgb"  # the fallback without a second folder
 
 
 def test_recipes_hold_the_papers_settings():
