@@ -49,9 +49,6 @@ class Task:
     # what changes the number beside a published one (benchmarks.leaderboard.PROTOCOL_DETAILS: split, label_set,
     # metric_variant, background, bands): a published figure is comparable only when the details both state agree
     protocol_details: Mapping = field(default_factory=dict)
-    # what changes the number beside a published one (benchmarks.leaderboard.PROTOCOL_DETAILS: split, label_set,
-    # metric_variant, background, bands): a published figure is comparable only when the details both state agree
-    protocol_details: Mapping = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
