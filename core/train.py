@@ -408,7 +408,8 @@ def _pretrain(method, dataset, out_dir: Path, config, *, method_config, resume, 
     elif not method_config:
         raise ConfigError("pretrain() of a built method needs its method_config, so the saved model can be rebuilt")
     if run_config is not None and isinstance(run_config.get("model"), dict):
-        moved = {k: v for k, v in stored_config.items() if k.endswith("weights") and k in run_config["model"]}
+        moved = {k: v for k, v in stored_config.items()  # only the paths portable_weights rewrote
+                 if k.endswith("weights") and k in run_config["model"] and isinstance(v, str)}
         run_config = {**run_config, "model": {**run_config["model"], **moved}}
     name = getattr(method, "method_name", type(method).__name__.lower())
     if pretrained is not None and not resume:  # a resumed run restores its own weights
