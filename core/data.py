@@ -390,11 +390,20 @@ class ImageFolderDataset(NormalisedDataset):
         return sample
 
 
+# Folder formats besides plain image folders, by module name (each builds on this module, so it is found by name,
+# as the registry finds methods): module.dataset_class(root) -> the dataset class that reads `root`, or None.
+FOLDER_FORMATS = ("mimkit.core.shards",)
+
+
 def image_dataset(root: str | Path, **options) -> ImageFolderDataset:
     """An image folder, or a shard folder written by `mimkit shard` (core.shards), read the same way."""
-    from .shards import ShardDataset, is_shard_folder  # late: shards builds on this module
+    import importlib
 
-    return (ShardDataset if is_shard_folder(root) else ImageFolderDataset)(root, **options)
+    for name in FOLDER_FORMATS:
+        cls = importlib.import_module(name).dataset_class(root)
+        if cls is not None:
+            return cls(root, **options)
+    return ImageFolderDataset(root, **options)
 
 
 class ReportedSkips(list):

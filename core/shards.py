@@ -159,7 +159,12 @@ class ShardDataset(ImageFolderDataset):
         self.stream = StreamingDataset(str(self.root))
 
 
-__all__ = ["write_shards", "ShardDataset", "is_shard_folder", "META"]
+def dataset_class(root: str | Path) -> type | None:
+    """`ShardDataset` for a shard folder, else None (core.data.image_dataset asks every folder format)."""
+    return ShardDataset if is_shard_folder(root) else None
+
+
+__all__ = ["write_shards", "ShardDataset", "is_shard_folder", "dataset_class", "META"]
 
 
 def shard_summary(meta: dict, out: str | Path) -> Sequence[str]:
