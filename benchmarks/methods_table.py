@@ -97,17 +97,22 @@ def main(argv=None) -> int:
         knn = evaluate(method.encoder, "knn", train_set, test_set, k=20)
         linear = evaluate(method.encoder, "linear", train_set, test_set, epochs=90, seed=0)
         rows.append({"method": name, "knn_accuracy": round(100 * knn["accuracy"], 2),
-                     "linear_accuracy": round(100 * linear["accuracy"], 2), "final_loss": round(summary["final_loss"], 4),
+                     "linear_accuracy": round(100 * linear["accuracy"], 2), "final_loss": _rounded(summary.get("final_loss"), 4),
                      "images_per_second": summary["images_per_second"]})
     base = rows[0]["images_per_second"]
     for row in rows:
-        row["throughput_vs_mae"] = round(row["images_per_second"] / base, 2) if base else None
+        # a run resumed after it had finished trains no step, so it has no throughput of this session
+        row["throughput_vs_mae"] = round(row["images_per_second"] / base, 2) if base and row["images_per_second"] else None
     columns = ["method", "knn_accuracy", "linear_accuracy", "images_per_second", "throughput_vs_mae", "final_loss"]
     header = (f"Digits demo data, ViT 128x6 patch 4 at 32 px, {args.steps} steps of batch {args.batch_size}, "
               f"lr {args.lr}, seed 0; accuracy in percent on 540 test digits: kNN k=20, linear probe 90 epochs on frozen "
               f"features.")
     print(write_table(rows, columns, out / "methods", header))
     return 0
+
+
+def _rounded(value, digits: int):
+    return None if value is None else round(value, digits)
 
 
 if __name__ == "__main__":
