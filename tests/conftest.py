@@ -111,3 +111,23 @@ def pattern_images(n: int, seed: int, noise: float = 0.05) -> list[dict]:
 def patterns():
     """`pattern_images`: the labelled set the evaluation and fine-tuning tests share."""
     return pattern_images
+
+
+def astronaut_crops(count: int = 4, size: int = 32, origin: tuple[int, int] = (0, 96),
+                    step: tuple[int, int] = (64, 32)) -> torch.Tensor:
+    """Real pixels: `count` 256^2 crops of scikit-image's astronaut.png (public domain), the i-th at origin + i * step,
+    downscaled to size x size and standardised per channel."""
+    import torch.nn.functional as F
+    from skimage import data
+
+    image = torch.from_numpy(data.astronaut()).permute(2, 0, 1).float() / 255
+    (y0, x0), (dy, dx) = origin, step
+    crops = [image[:, y0 + dy * i: y0 + dy * i + 256, x0 + dx * i: x0 + dx * i + 256] for i in range(count)]
+    batch = F.interpolate(torch.stack(crops), size=(size, size), mode="area")
+    return (batch - batch.mean((0, 2, 3), keepdim=True)) / batch.std((0, 2, 3), keepdim=True)
+
+
+@pytest.fixture(scope="session")
+def astronaut_crops_of():
+    """`astronaut_crops`: the real-pixel batches of the latent-MAE and diffusion tests."""
+    return astronaut_crops

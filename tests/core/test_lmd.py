@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from mimkit.core import build_method
 from mimkit.core.autoencoders import (FrozenAutoencoder, KLAutoencoder, autoencoder_loss, build_autoencoder,
@@ -22,19 +21,12 @@ TINY = dict(img_size=32, patch_size=8, in_chans=3, embed_dim=32, depth=2, num_he
             decoder_depth=1, decoder_num_heads=2, allow_random_autoencoder=True, autoencoder_kwargs=FIRST_STAGE)
 
 
+CROPS = dict(origin=(0, 96), step=(64, 32))  # where this file's astronaut crops start and move
+
+
 def build(**kwargs):
     torch.manual_seed(0)
     return build_method("lmd", **{**TINY, **kwargs})
-
-
-def astronaut(count: int = 4, size: int = 32) -> torch.Tensor:
-    """Real pixels: `count` crops of scikit-image's astronaut.png (public domain), downscaled to size x size."""
-    from skimage import data
-
-    image = torch.from_numpy(data.astronaut()).permute(2, 0, 1).float() / 255
-    crops = [image[:, 64 * i: 64 * i + 256, 96 + 32 * i: 96 + 32 * i + 256] for i in range(count)]
-    batch = F.interpolate(torch.stack(crops), size=(size, size), mode="area")
-    return (batch - batch.mean((0, 2, 3), keepdim=True)) / batch.std((0, 2, 3), keepdim=True)
 
 
 def official_cosine(step: int, total: int) -> float:
@@ -82,9 +74,9 @@ def test_each_schedule_at_its_knots():
         RatioSchedule("diffusion_cosine", 0.15, 0.75, 100, ramp=0)
 
 
-def test_the_method_masks_at_the_scheduled_ratio():
+def test_the_method_masks_at_the_scheduled_ratio(astronaut_crops_of):
     model = build(total_steps=600, mask_schedule="piecewise")
-    images = astronaut(2)
+    images = astronaut_crops_of(2, **CROPS)
     for step, ratio in ((0, 0.15), (150, 0.40), (300, 0.575), (600, 0.75), (None, 0.75)):
         out = model({"image": images}, step=step)
         hidden = out.mask.sum(1)
@@ -93,9 +85,9 @@ def test_the_method_masks_at_the_scheduled_ratio():
     assert build()({"image": images}).mask.sum(1)[0] == model.masker.num_masked(16, 600)  # no total: the end ratio
 
 
-def test_the_mae_never_sees_pixels():
+def test_the_mae_never_sees_pixels(astronaut_crops_of):
     model = build()
-    images = astronaut(2)
+    images = astronaut_crops_of(2, **CROPS)
     seen = []
     model.encoder.patch_embed.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
     torch.manual_seed(1)
@@ -113,7 +105,7 @@ def test_the_mae_never_sees_pixels():
     assert out.pred.shape == (2, 16, 4 * 4 * 4)
 
 
-def test_the_autoencoder_gets_no_gradient_and_stays_frozen():
+def test_the_autoencoder_gets_no_gradient_and_stays_frozen(astronaut_crops_of):
     model = build()
     first_stage = model.encoder.autoencoder
     before = {k: v.clone() for k, v in first_stage.state_dict().items()}
@@ -125,16 +117,16 @@ def test_the_autoencoder_gets_no_gradient_and_stays_frozen():
     assert not first_stage.training and not first_stage.model.training
     for _ in range(3):
         opt.zero_grad()
-        model({"image": astronaut(2)}).loss.backward()
+        model({"image": astronaut_crops_of(2, **CROPS)}).loss.backward()
         opt.step()
     assert all(p.grad is None for p in first_stage.parameters())
     assert all(torch.equal(v, first_stage.state_dict()[k]) for k, v in before.items())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.blocks.parameters())
 
 
-def test_reconstructions_are_decoded_back_to_pixels():
+def test_reconstructions_are_decoded_back_to_pixels(astronaut_crops_of):
     model = build()
-    images = astronaut(2)
+    images = astronaut_crops_of(2, **CROPS)
     out = model({"image": images})
     latents = model.encoder.autoencoder.latents(images)
     out.pred = model.target(latents)  # a perfect prediction of the (normalised) latent patches
@@ -143,16 +135,16 @@ def test_reconstructions_are_decoded_back_to_pixels():
     assert torch.allclose(rebuilt, model.encoder.autoencoder.decode(latents), atol=1e-4)
 
 
-def test_loss_falls_on_fixed_data(fixed_batch_training):
+def test_loss_falls_on_fixed_data(fixed_batch_training, astronaut_crops_of):
     model = build(mask_schedule="constant")
-    run = fixed_batch_training(model, {"image": astronaut(4)}, steps=40, reseed=4)
+    run = fixed_batch_training(model, {"image": astronaut_crops_of(4, **CROPS)}, steps=40, reseed=4)
     assert run.last() < 0.8 * run.first(), run.losses
 
 
-def test_first_stage_learns_and_its_file_round_trips(tmp_path):
+def test_first_stage_learns_and_its_file_round_trips(tmp_path, astronaut_crops_of):
     torch.manual_seed(0)
     vae = KLAutoencoder(3, **FIRST_STAGE)
-    images = astronaut(4)
+    images = astronaut_crops_of(4, **CROPS)
     opt = torch.optim.Adam(vae.parameters(), lr=2e-3)
     losses = []
     for _ in range(40):
@@ -177,7 +169,7 @@ def test_first_stage_learns_and_its_file_round_trips(tmp_path):
         build_autoencoder(str(tmp_path / "missing.safetensors"))
 
 
-def test_a_local_diffusers_autoencoder_reads_pixels_in_its_own_range(tmp_path):
+def test_a_local_diffusers_autoencoder_reads_pixels_in_its_own_range(tmp_path, astronaut_crops_of):
     diffusers = pytest.importorskip("diffusers")
     torch.manual_seed(0)
     vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
@@ -189,7 +181,7 @@ def test_a_local_diffusers_autoencoder_reads_pixels_in_its_own_range(tmp_path):
         build(autoencoder=str(tmp_path / "vae"), autoencoder_kwargs=None)
     model = build(autoencoder=str(tmp_path / "vae"), autoencoder_kwargs=None, autoencoder_data_mean=mean,
                   autoencoder_data_std=std)
-    images = astronaut(2)
+    images = astronaut_crops_of(2, **CROPS)
     pixels = images * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
     with torch.no_grad():
         expected = vae.encode(2 * pixels - 1).latent_dist.mode()

@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from mimkit.core import build_method
@@ -16,19 +15,12 @@ from mimkit.core.registry import method_arguments
 TINY = dict(img_size=32, patch_size=8, in_chans=3, embed_dim=32, depth=2, num_heads=2, decoder_depth=1)
 
 
+CROPS = dict(origin=(0, 20), step=(30, 25))  # where this file's astronaut crops start and move
+
+
 def build(**kwargs):
     torch.manual_seed(0)
     return build_method("umd", **{**TINY, **kwargs})
-
-
-def astronaut(count: int = 4, size: int = 32) -> torch.Tensor:
-    """Real pixels: `count` crops of scikit-image's astronaut.png (public domain), downscaled to size x size."""
-    from skimage import data
-
-    image = torch.from_numpy(data.astronaut()).permute(2, 0, 1).float() / 255
-    crops = [image[:, 30 * i: 30 * i + 256, 20 + 25 * i: 20 + 25 * i + 256] for i in range(count)]
-    batch = F.interpolate(torch.stack(crops), size=(size, size), mode="area")
-    return (batch - batch.mean((0, 2, 3), keepdim=True)) / batch.std((0, 2, 3), keepdim=True)
 
 
 class Recorder:
@@ -81,10 +73,10 @@ def test_the_noise_schedules_match_their_formulas():
     assert torch.allclose(cosine.x0_from_eps(cosine.q_sample(x0, t, noise), t, noise), x0, atol=1e-4)
 
 
-def test_the_clean_part_has_no_noise_and_timestep_zero():
+def test_the_clean_part_has_no_noise_and_timestep_zero(astronaut_crops_of):
     model = build()
     rec = Recorder(model)
-    images = astronaut(8)
+    images = astronaut_crops_of(8, **CROPS)
     out = model({"image": images})
     noised, clean = rec.calls
     # the noised half: q_sample of the first images, conditioned on t + 1 in 1..T, the noised masker (0.375)
@@ -100,10 +92,10 @@ def test_the_clean_part_has_no_noise_and_timestep_zero():
     assert torch.all(out.mask[4:].sum(1) == model.clean_masker.num_masked(16, None))  # 12 of 16 hidden
 
 
-def test_each_part_regresses_what_the_recipe_says():
+def test_each_part_regresses_what_the_recipe_says(astronaut_crops_of):
     model = build()
     rec = Recorder(model)
-    images = astronaut(4)
+    images = astronaut_crops_of(4, **CROPS)
     out = model({"image": images})
     noised, clean = rec.calls
     grads = torch.autograd.grad(out.loss, [noised["x0"], noised["eps"], clean["x0"], clean["eps"]],
@@ -129,10 +121,10 @@ def test_each_part_regresses_what_the_recipe_says():
 
 @pytest.mark.parametrize("probability, batch, clean",
                          [(0.0, 8, 0), (0.25, 8, 2), (0.5, 5, 2), (0.75, 8, 6), (1.0, 4, 4)])
-def test_the_split_follows_no_noise_prob(probability, batch, clean):
+def test_the_split_follows_no_noise_prob(probability, batch, clean, astronaut_crops_of):
     model = build(no_noise_prob=probability)
     rec = Recorder(model)
-    out = model({"image": astronaut(batch)})
+    out = model({"image": astronaut_crops_of(batch, **CROPS)})
     sizes = {("clean" if bool((call["condition"] == 0).all()) else "noised"): call["x"].shape[0] for call in rec.calls}
     assert sizes.get("clean", 0) == clean and sizes.get("noised", 0) == batch - clean
     assert model.split(batch) == (batch - clean, clean)
@@ -141,10 +133,10 @@ def test_the_split_follows_no_noise_prob(probability, batch, clean):
     assert torch.allclose(out.loss, torch.as_tensor(expected, dtype=torch.float32))
 
 
-def test_without_masks_the_noised_part_is_dits_loss():
+def test_without_masks_the_noised_part_is_dits_loss(astronaut_crops_of):
     model = build(no_noise_prob=0.0, mask_ratio=0.0)
     rec = Recorder(model)
-    out = model({"image": astronaut(2)})
+    out = model({"image": astronaut_crops_of(2, **CROPS)})
     (call,), d = rec.calls, rec.diffused[0]
     assert call["mask"].sum() == 0
     eps = ((call["eps"] - model.target(d["noise"])) ** 2).mean()
@@ -178,9 +170,9 @@ def test_sampling_conditions_on_t_plus_one_and_is_reproducible():
     assert torch.equal(first, again)
 
 
-def test_the_encoder_reads_clean_images_for_evaluation():
+def test_the_encoder_reads_clean_images_for_evaluation(astronaut_crops_of):
     model = build()
-    images = astronaut(2)
+    images = astronaut_crops_of(2, **CROPS)
     enc = model.encoder
     with torch.no_grad():  # adaLN-Zero starts as the identity: give the modulation and class tokens some weight
         for block in enc.blocks:
@@ -194,9 +186,9 @@ def test_the_encoder_reads_clean_images_for_evaluation():
     assert torch.allclose(enc(images), features[:, :4].mean(1))
 
 
-def test_loss_falls_on_fixed_data(fixed_batch_training):
+def test_loss_falls_on_fixed_data(fixed_batch_training, astronaut_crops_of):
     model = build()
-    run = fixed_batch_training(model, {"image": astronaut(4)}, steps=40, reseed=4)
+    run = fixed_batch_training(model, {"image": astronaut_crops_of(4, **CROPS)}, steps=40, reseed=4)
     assert run.last() < 0.8 * run.first(), run.losses
 
 
@@ -238,14 +230,14 @@ def test_the_readme_figures_are_registered_with_their_source():
     assert all("philippe-eecs/small-vision, README.md" in r.source for r in published_results(method="umd") + mae)
 
 
-def test_latent_umd_diffuses_and_unmasks_the_first_stage_latents():
+def test_latent_umd_diffuses_and_unmasks_the_first_stage_latents(astronaut_crops_of):
     model = build(allow_random_autoencoder=True, autoencoder_kwargs=dict(channels=[8, 16]), noise_schedule="linear",
                   autoencoder_sample_posterior=False)
     first_stage = model.encoder.autoencoder
     rec = Recorder(model)
     seen = []
     model.encoder.patch_embed.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
-    images = astronaut(4)
+    images = astronaut_crops_of(4, **CROPS)
     out = model({"image": images})
     latents = first_stage.latents(images)                  # (4, 4, 16, 16): a 2x first stage
     (diffused,), (noised, clean) = rec.diffused, rec.calls
@@ -262,7 +254,7 @@ def test_latent_umd_diffuses_and_unmasks_the_first_stage_latents():
     assert samples.shape == (2, 3, 32, 32)  # decoded to pixels by the first stage
 
 
-def test_latent_umd_takes_a_diffusers_vaes_scaling_factor(tmp_path):
+def test_latent_umd_takes_a_diffusers_vaes_scaling_factor(tmp_path, astronaut_crops_of):
     diffusers = pytest.importorskip("diffusers")
     torch.manual_seed(0)
     vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
@@ -272,7 +264,7 @@ def test_latent_umd_takes_a_diffusers_vaes_scaling_factor(tmp_path):
     half = [0.5, 0.5, 0.5]  # the loader's [-1, 1] pixels (data mean = std = 0.5), as the official pipeline
     model = build(autoencoder=str(tmp_path / "vae"), autoencoder_data_mean=half, autoencoder_data_std=half,
                   autoencoder_sample_posterior=False)
-    images = astronaut(2).clamp(-1, 1)
+    images = astronaut_crops_of(2, **CROPS).clamp(-1, 1)
     assert model.encoder.autoencoder.scale == 0.3
     with torch.no_grad():
         expected = 0.3 * vae.encode(images).latent_dist.mode()
