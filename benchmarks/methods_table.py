@@ -1,12 +1,14 @@
-"""The core methods side by side on the demo data: kNN and linear-probe accuracy after the same short
-pretraining budget, and training throughput relative to MAE, all measured in one run.
+"""The core methods side by side on the demo data: kNN, linear-probe and 10-labels-per-class fine-tuning
+accuracy after the same short pretraining budget, and training throughput relative to MAE, all measured in
+one run, with the same encoder at random initialisation as the first row.
 
     python -m mimkit.benchmarks.methods_table --out runs/methods [--steps 300] [--batch-size 64]
 
 Every method gets the demo's encoder (ViT 128 wide, 6 deep, patch 4 on 32 px digits) and the same steps,
 batch, learning rate and seed. Teacher-based methods (MaskAlign, MR-MAE, MaskEmbed) learn from the MAE
-encoder trained first in the same run, loaded from its local file as a real run would. Writes
-methods.md, methods.csv and methods.json.
+encoder trained first in the same run, loaded from its local file as a real run would. Fine-tuning
+(the demo's protocol: 10 labels per class, 100 epochs, MAE's recipe) is repeated for `--finetune-seeds`
+label draws and seeds and reported as mean +- std. Writes methods.md, methods.csv and methods.json.
 """
 from __future__ import annotations
 
@@ -14,11 +16,13 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from mimkit.core.config import quiet_lightning
 from mimkit.core.data import labelled_dataset
 from mimkit.core.runs import load_run
-from mimkit.core.data import ImageFolderDataset, mae_train_transform
-from mimkit.core.demo import DEMO_MODEL
+from mimkit.core.data import ImageFolderDataset, few_labels, mae_train_transform
+from mimkit.core.demo import DEMO_MODEL, LABELS_PER_CLASS
 from mimkit.core.synthetic import write_digits
 from mimkit.core.evaluate import evaluate
 from mimkit.core.train import TrainConfig, pretrain
@@ -61,6 +65,9 @@ def main(argv=None) -> int:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--methods", nargs="+", help="subset to run (mae always runs first)")
     parser.add_argument("--num-workers", type=int, default=1)
+    parser.add_argument("--finetune-seeds", type=int, default=3,
+                        help="label draws + seeds of the 10-labels-per-class fine-tuning (0 skips it)")
+    parser.add_argument("--finetune-epochs", type=int, default=100)
     args = parser.parse_args(argv)
     quiet_lightning()
 
@@ -82,31 +89,52 @@ def main(argv=None) -> int:
                           in_chans=1, channels=[32, 64], max_steps=args.steps, batch_size=args.batch_size, lr=1e-3,
                           num_workers=args.num_workers, progress=False)
     rows = []
-    for name in names:
-        run = out / name
-        config = TrainConfig(batch_size=args.batch_size, max_steps=args.steps, lr=args.lr,
-                             warmup_steps=max(1, args.steps // 20), checkpoint_every=args.steps,
-                             num_workers=args.num_workers, progress=False, log_every=10, seed=0)
-        method_config = {**ENCODER, **configs[name]}
-        print(f"methods_table: pretraining {name} for {args.steps} steps", file=sys.stderr)
-        summary = pretrain(name, pretrain_set, run, config, method_config=method_config,
-                           resume=(run / "checkpoints" / "last.ckpt").exists())
-        method, _ = load_run(run)
-        train_set = labelled_dataset(folders["train"], method.encoder, data, "train")
-        test_set = labelled_dataset(folders["test"], method.encoder, data, "test")
-        knn = evaluate(method.encoder, "knn", train_set, test_set, k=20)
-        linear = evaluate(method.encoder, "linear", train_set, test_set, epochs=90, seed=0)
-        rows.append({"method": name, "knn_accuracy": round(100 * knn["accuracy"], 2),
-                     "linear_accuracy": round(100 * linear["accuracy"], 2), "final_loss": _rounded(summary.get("final_loss"), 4),
-                     "images_per_second": summary["images_per_second"]})
-    base = rows[0]["images_per_second"]
+    for name in ["random_init"] + names:
+        if name == "random_init":
+            # the demo encoder untrained: what every pretraining must beat (seeded like the methods)
+            from .runner import random_init
+
+            encoder = random_init(None, {"method": "mae", "model": {**ENCODER, **configs["mae"]}}, seed=0)
+            summary = {}
+        else:
+            run = out / name
+            config = TrainConfig(batch_size=args.batch_size, max_steps=args.steps, lr=args.lr,
+                                 warmup_steps=max(1, args.steps // 20), checkpoint_every=args.steps,
+                                 num_workers=args.num_workers, progress=False, log_every=10, seed=0)
+            method_config = {**ENCODER, **configs[name]}
+            print(f"methods_table: pretraining {name} for {args.steps} steps", file=sys.stderr)
+            summary = pretrain(name, pretrain_set, run, config, method_config=method_config,
+                               resume=(run / "checkpoints" / "last.ckpt").exists())
+            encoder = load_run(run)[0].encoder
+        train_set = labelled_dataset(folders["train"], encoder, data, "train")
+        test_set = labelled_dataset(folders["test"], encoder, data, "test")
+        knn = evaluate(encoder, "knn", train_set, test_set, k=20)
+        linear = evaluate(encoder, "linear", train_set, test_set, epochs=90, seed=0)
+        row = {"method": name, "knn_accuracy": round(100 * knn["accuracy"], 2),
+               "linear_accuracy": round(100 * linear["accuracy"], 2),
+               "final_loss": _rounded(summary.get("final_loss"), 4),
+               "images_per_second": summary.get("images_per_second")}
+        if args.finetune_seeds:
+            print(f"methods_table: fine-tuning {name} with {LABELS_PER_CLASS} labels per class, "
+                  f"{args.finetune_seeds} seeds", file=sys.stderr)
+            scores = [100 * evaluate(encoder, "finetune", few_labels(train_set, LABELS_PER_CLASS, seed=seed), test_set,
+                                     epochs=args.finetune_epochs, batch_size=32,
+                                     warmup_epochs=max(1, args.finetune_epochs // 10), seed=seed)["accuracy"]
+                      for seed in range(args.finetune_seeds)]
+            row["finetune_10_per_class"] = round(float(np.mean(scores)), 2)
+            row["finetune_std"] = round(float(np.std(scores)), 2)
+        rows.append(row)
+    base = rows[1]["images_per_second"]
     for row in rows:
         # a run resumed after it had finished trains no step, so it has no throughput of this session
         row["throughput_vs_mae"] = round(row["images_per_second"] / base, 2) if base and row["images_per_second"] else None
-    columns = ["method", "knn_accuracy", "linear_accuracy", "images_per_second", "throughput_vs_mae", "final_loss"]
+    columns = ["method", "knn_accuracy", "linear_accuracy"] + (["finetune_10_per_class", "finetune_std"] if args.finetune_seeds else []) \
+        + ["images_per_second", "throughput_vs_mae", "final_loss"]
     header = (f"Digits demo data, ViT 128x6 patch 4 at 32 px, {args.steps} steps of batch {args.batch_size}, "
               f"lr {args.lr}, seed 0; accuracy in percent on 540 test digits: kNN k=20, linear probe 90 epochs on frozen "
-              f"features.")
+              f"features" + (f", fine-tuning with {LABELS_PER_CLASS} labels per class ({args.finetune_epochs} epochs, "
+                             f"MAE's recipe; mean +- std over {args.finetune_seeds} label draws and seeds)"
+                             if args.finetune_seeds else "") + ". random_init: the same encoder untrained.")
     print(write_table(rows, columns, out / "methods", header))
     return 0
 
