@@ -21,7 +21,7 @@ import numpy as np
 from mimkit.core.config import quiet_lightning
 from mimkit.core.data import labelled_dataset
 from mimkit.core.runs import load_run
-from mimkit.core.data import ImageFolderDataset, few_labels, mae_train_transform
+from mimkit.core.data import ImageFolderData, ImageFolderDataset, few_labels, mae_train_transform
 from mimkit.core.demo import DEMO_MODEL, LABELS_PER_CLASS
 from mimkit.core.synthetic import write_digits
 from mimkit.core.evaluate import evaluate
@@ -102,8 +102,11 @@ def main(argv=None) -> int:
                                  warmup_steps=max(1, args.steps // 20), checkpoint_every=args.steps,
                                  num_workers=args.num_workers, progress=False, log_every=10, seed=0)
             method_config = {**ENCODER, **configs[name]}
+            # each method's own loader transform where it has one (CropMAE cuts its views from the full image),
+            # as `mimkit pretrain` builds it; MAE's crop and flip otherwise
+            dataset = ImageFolderData(root=str(folders["pretrain"]), mean=mean, std=std).build(method_config, name)
             print(f"methods_table: pretraining {name} for {args.steps} steps", file=sys.stderr)
-            summary = pretrain(name, pretrain_set, run, config, method_config=method_config,
+            summary = pretrain(name, dataset, run, config, method_config=method_config,
                                resume=(run / "checkpoints" / "last.ckpt").exists())
             encoder = load_run(run)[0].encoder
         train_set = labelled_dataset(folders["train"], encoder, data, "train")
