@@ -31,44 +31,97 @@ def is_shard_folder(path: str | Path) -> bool:
 
 
 class _Decode:
-    """The per-file step of `litdata.optimize` (a generator: an unreadable file yields nothing and is logged)."""
+    """Decodes one image file for `litdata.optimize` (checks its channels and values)."""
 
-    def __init__(self, root: Path, skip_log: Path, in_chans: int):
-        self.root, self.skip_log, self.in_chans = root, skip_log, in_chans
+    def __init__(self, root: Path, in_chans: int):
+        self.root, self.in_chans = root, in_chans
 
-    def __call__(self, item):
+    def __call__(self, item) -> dict:
         index, path, label = item
         path = Path(path)
+        image = read_image(path)
+        if image.shape[0] != self.in_chans:
+            raise DataError(f"{path}: decoded to {image.shape[0]} channel(s), expected {self.in_chans}")
+        if image.dtype.kind == "f" and not np.isfinite(image).all():
+            raise DataError(f"{path}: holds NaN or infinite pixel values")
+        return {"image": np.ascontiguousarray(image), "label": int(label), "index": int(index),
+                "path": str(path.relative_to(self.root))}
+
+
+class _Logged:
+    """The per-input step of `litdata.optimize`, a generator: an input whose `fn` raises DataError yields nothing and
+    is written to `skip_log` (it runs in an optimize worker process: the file carries the reason back)."""
+
+    def __init__(self, fn, skip_log: Path):
+        self.fn, self.skip_log = fn, skip_log
+
+    def __call__(self, item):
         try:
-            image = read_image(path)
-            if image.shape[0] != self.in_chans:
-                raise DataError(f"{path}: decoded to {image.shape[0]} channel(s), expected {self.in_chans}")
-            if image.dtype.kind == "f" and not np.isfinite(image).all():
-                raise DataError(f"{path}: holds NaN or infinite pixel values")
-        except DataError as error:  # runs in an optimize worker: the log file carries it back
+            sample = self.fn(item)
+        except DataError as error:
+            path = item.get("image") if isinstance(item, dict) else item[1] if isinstance(item, tuple) else item
             with open(self.skip_log, "a") as log:
                 log.write(json.dumps({"path": str(path), "reason": str(error)}) + "\n")
             return
-        yield {"image": np.ascontiguousarray(image), "label": int(label), "index": int(index),
-               "path": str(path.relative_to(self.root))}
+        yield sample
+
+
+def check_out(out: str | Path, source: str | Path | None, overwrite: bool, is_ours) -> Path:
+    """The resolved shard folder `out`, refused when it holds other files (or shards, without `overwrite`) or lies
+    inside `source`; `is_ours(out)` says whether a folder holds shards of this kind."""
+    out = Path(out).expanduser().resolve()
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise DataError(f"shard folder {str(out)!r} is not empty; choose another --out or pass --overwrite")
+        if not is_ours(out):
+            raise DataError(f"{str(out)!r} holds files that are not mimkit shards; refusing to overwrite it")
+    if source is not None:
+        root = Path(source).expanduser().resolve()
+        if out == root or root in out.parents:
+            raise DataError(f"--out {str(out)!r} must not lie inside the source folder {str(root)!r}")
+    return out
+
+
+def optimize(fn, inputs: Sequence, out: Path, chunk_bytes: str, num_workers: int) -> list[dict]:
+    """`litdata.optimize` of `fn` over `inputs` into `out`, in the inputs' order; returns the inputs `fn` refused
+    ({"path", "reason"}). `fn` must pickle: LitData's workers are spawned processes."""
+    import litdata
+
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as scratch:
+        log = Path(scratch) / "skipped.jsonl"
+        log.touch()
+        litdata.optimize(fn=_Logged(fn, log), inputs=list(inputs), output_dir=str(out), chunk_bytes=chunk_bytes,
+                         num_workers=num_workers, mode="overwrite", verbose=False, keep_data_ordered=True)
+        return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+
+
+def read_meta(root: Path, name: str, expected_format: str) -> dict:
+    """The metadata file `name` of a shard folder, checked to be of `expected_format`."""
+    try:
+        meta = json.loads((Path(root) / name).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise DataError(f"{Path(root) / name} is not readable JSON: {error}") from None
+    if meta.get("format") != expected_format:
+        raise DataError(f"{Path(root) / name}: format {meta.get('format')!r}, expected {expected_format!r}")
+    return meta
+
+
+def write_meta(out: Path, name: str, meta: dict) -> None:
+    """Write the metadata file last and atomically: a folder with it holds complete shards."""
+    partial = out / (name + ".partial")
+    partial.write_text(json.dumps(meta, indent=2) + "\n")
+    os.replace(partial, out / name)
 
 
 def write_shards(folder: str | Path, out: str | Path, chunk_bytes: str = "64MB", num_workers: int = 1,
                  labelled: bool | None = None, overwrite: bool = False) -> dict:
     """Decode the images of `folder` (flat, or one subfolder per class) once into LitData shards in `out`; returns
     the metadata written to OUT/mimkit_shards.json."""
-    import litdata
-
-    root, out = Path(folder).expanduser().resolve(), Path(out).expanduser().resolve()
+    root = Path(folder).expanduser().resolve()
     if not root.is_dir():
         raise DataError(f"shard source {str(root)!r} is not a folder of images")
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise DataError(f"shard folder {str(out)!r} is not empty; choose another --out or pass --overwrite")
-        if not is_shard_folder(out):
-            raise DataError(f"{str(out)!r} holds files that are not mimkit shards; refusing to overwrite it")
-    if out == root or root in out.parents:
-        raise DataError(f"--out {str(out)!r} must not lie inside the source folder {str(root)!r}")
+    out = check_out(out, root, overwrite, is_shard_folder)
     files, targets, classes, labelled = scan_folder(root, IMAGE_SUFFIXES, labelled)
     if not files:
         raise DataError(f"no image files under {root} (accepted suffixes: {' '.join(IMAGE_SUFFIXES)})")
@@ -86,21 +139,12 @@ def write_shards(folder: str | Path, out: str | Path, chunk_bytes: str = "64MB",
         raise DataError(f"images under {root} have different channel counts {channels}; shard one kind at a time")
     targets = targets or [-1] * len(files)
     inputs = [(i, str(p), t) for i, (p, t) in enumerate(zip(files, targets)) if p in shapes]
-    out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as scratch:
-        log = Path(scratch) / "skipped.jsonl"
-        log.touch()
-        litdata.optimize(fn=_Decode(root, log, channels[0]), inputs=inputs, output_dir=str(out),
-                         chunk_bytes=chunk_bytes, num_workers=num_workers, mode="overwrite", verbose=False,
-                         keep_data_ordered=True)
-        decode_failures = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    decode_failures = optimize(_Decode(root, channels[0]), inputs, out, chunk_bytes, num_workers)
     skipped += decode_failures
     count = len(inputs) - len(decode_failures)
     meta = {"format": FORMAT, "source": str(root), "count": count, "in_chans": channels[0], "classes": classes,
             "labelled": labelled, "skipped": skipped, "chunk_bytes": chunk_bytes}
-    partial = out / (META + ".partial")
-    partial.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(partial, out / META)
+    write_meta(out, META, meta)
     return meta
 
 
@@ -114,12 +158,7 @@ class ShardDataset(ImageFolderDataset):
         if not is_shard_folder(self.root):
             raise DataError(f"{self.root} is not a mimkit shard folder (expected index.json and {META}; write one with "
                             f"`mimkit shard FOLDER --out {self.root}`)")
-        try:
-            self.meta = json.loads((self.root / META).read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise DataError(f"{self.root / META} is not readable JSON: {error}") from None
-        if self.meta.get("format") != FORMAT:
-            raise DataError(f"{self.root / META}: format {self.meta.get('format')!r}, expected {FORMAT!r}")
+        self.meta = read_meta(self.root, META, FORMAT)
         self.stream = StreamingDataset(str(self.root))
         if len(self.stream) != self.meta["count"]:
             raise DataError(f"{self.root}: the shards hold {len(self.stream)} samples but {META} says "
@@ -164,7 +203,8 @@ def dataset_class(root: str | Path) -> type | None:
     return ShardDataset if is_shard_folder(root) else None
 
 
-__all__ = ["write_shards", "ShardDataset", "is_shard_folder", "dataset_class", "META"]
+__all__ = ["write_shards", "ShardDataset", "is_shard_folder", "dataset_class", "META", "check_out", "optimize",
+           "write_meta", "read_meta"]
 
 
 def shard_summary(meta: dict, out: str | Path) -> Sequence[str]:
