@@ -32,8 +32,7 @@ def pretrain(*args, **kwargs) -> dict:
     kwargs.update(zip(("data", "out"), args))
     data = kwargs["data"]
     if isinstance(data, (str, Path)):
-        text = kwargs.get("method") in TEXT_METHODS
-        kwargs["data"] = data = (ImageTextData if text else ImageTableData)(root=str(data))
+        kwargs["data"] = data = _data_for(kwargs.get("method"))(root=str(data))
     summary = api.pretrain(**kwargs)
     if getattr(data, "preprocessing", None):
         from .tables import TablePreprocessor
@@ -52,17 +51,27 @@ def pretrain_multimodal() -> Command:
         "has the wrong type are left out and counted (--strict-data stops instead). Writes RUN/config.yaml (with the "
         "fitted preprocessing), RUN/tabular.json, metrics.json, checkpoints/ and model.safetensors. A recipe "
         "(`mimkit-multimodal recipes tip`) gives the paper's settings: --config FILE. With --method m3ae or xformer the "
-        "data is a CSV / JSONL of image paths and captions (ImageTextData: --data.layout roco, medicat, csv, r2gen).")
+        "data is a CSV / JSONL of image paths and captions (ImageTextData: --data.layout roco, medicat, csv, r2gen); with "
+        "--method pigeon a table of users' interactions, one row per (user, image), read as sliding windows of "
+        "--data.num_history history images and the next one (PreferenceHistoryData: --data.user_column, "
+        "--data.order_column).")
     flags = {"--" + key.replace("_", "-"): f"--data.{key}" for key in TABLE_FLAGS}
     return dataclasses.replace(command, function=pretrain, aliases={**command.aliases, **flags},
                                groups={**command.groups, "data": _data_class})
 
 
 def _data_class(argv: list[str]) -> tuple[type, None]:
-    """Image + caption files for the image-text methods (m3ae, xformer), image + table files otherwise."""
+    """Image + caption files for the image-text methods (m3ae, xformer), users' image histories for pigeon, image +
+    table files otherwise."""
     from mimkit.core.config import config_value
 
-    return (ImageTextData if config_value(argv, "method") in TEXT_METHODS else ImageTableData), None
+    return _data_for(config_value(argv, "method")), None
+
+
+def _data_for(method: str | None) -> type:
+    from .histories import PreferenceHistoryData
+
+    return ImageTextData if method in TEXT_METHODS else PreferenceHistoryData if method == "pigeon" else ImageTableData
 
 
 # ------------------------------------------------------------------------------------------ evaluate / finetune
@@ -250,15 +259,17 @@ def recipes(name: str | None = None) -> None:
         print(f"{key:16s} {first}")
 
 
-def synthetic(out: str, kind: list[Literal["all", "digits", "crops", "dicom"]] | None = None, size: int = 32,
+def synthetic(out: str, kind: list[Literal["all", "digits", "crops", "dicom", "histories"]] | None = None,
+              size: int = 32,
               missing_rate: float = 0.2, seed: int = 0) -> dict:
     """Write small image + table (and caption, VQA) sets from real pixels that packages ship: scikit-learn's digits
     with a table measured on each image, scikit-image picture crops with measured tables, pydicom's test files with
-    their DICOM header fields. Each holds train.csv, test.csv and images/.
+    their DICOM header fields; each holds train.csv, test.csv and images/. `histories`: users' digit sequences
+    (each user prefers one digit) for Pigeon, histories.csv and images/.
 
     Args:
         out: the folder to write into (one sub-folder per kind)
-        kind: any of digits, crops, dicom, or all (default)
+        kind: any of digits, crops, dicom, histories, or all (default)
         size: image side in pixels (DICOM: twice this)
         missing_rate: share of table cells left empty (digits, crops)
         seed: seed of the noise, the missing cells and the split
@@ -273,9 +284,12 @@ def synthetic(out: str, kind: list[Literal["all", "digits", "crops", "dicom"]] |
         written["crops"] = write.write_crops(root / "crops", size=size, missing_rate=missing_rate, seed=seed)
     if kinds & {"all", "dicom"}:
         written["dicom"] = Path(write.write_dicom_table(root / "dicom", size=2 * size, seed=seed)["root"])
-    targets = {"digits": "digit", "crops": "picture", "dicom": "Modality"}
+    if kinds & {"all", "histories"}:
+        written["histories"] = write.write_histories(root / "histories", size=size, seed=seed) / "histories.csv"
+    targets = {"digits": "(target column: digit)", "crops": "(target column: picture)",
+               "dicom": "(target column: Modality)", "histories": "(pretrain --method pigeon --data this file)"}
     for name, path in written.items():
-        print(f"{name:8s} {path}   (target column: {targets[name]})")
+        print(f"{name:9s} {path}   {targets[name]}")
     return written
 
 

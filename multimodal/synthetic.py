@@ -11,7 +11,8 @@
 - `dicom`: pydicom's bundled CT / MR / other test files, each image as a PNG beside its real DICOM header fields
   (modality, rows, columns, pixel spacing, slice thickness, sex, body part, manufacturer); the target is the
   modality. Files pydicom cannot decode here are left out and counted.
-Each kind writes `train.csv` and `test.csv` (image paths relative to the folder) and `images/`.
+- `histories`: users' interaction sequences of digits (each user prefers one digit) for Pigeon: `histories.csv`.
+Each of the first three kinds writes `train.csv` and `test.csv` (image paths relative to the folder) and `images/`.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from mimkit.core.errors import ConfigError
 
 log = logging.getLogger("mimkit")
 
-SYNTHETIC_KINDS = ("digits", "crops", "dicom")
+SYNTHETIC_KINDS = ("digits", "crops", "dicom", "histories")
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 LOOPS = {0, 4, 6, 8, 9}  # digits usually drawn with a closed loop
 SKIMAGE_PICTURES = ("astronaut", "camera", "coffee", "chelsea", "coins", "immunohistochemistry", "cell", "rocket",
@@ -113,6 +114,38 @@ def write_digits(root: str | Path, count: int | None = None, size: int = 32, mis
     _write_rows(root / "captions_test.csv", [c for c, t in zip(captions, test) if t])
     (root / "vqa_train.json").write_text(json.dumps([q for j, q in enumerate(questions) if not test[j // 2]]))
     (root / "vqa_test.json").write_text(json.dumps([q for j, q in enumerate(questions) if test[j // 2]]))
+    return root
+
+
+# ============================================================================================ user histories
+def write_histories(root: str | Path, users: int = 40, per_user: int = 10, size: int = 32, taste: float = 0.8,
+                    seed: int = 0) -> Path:
+    """Users' image histories for Pigeon from scikit-learn's digits: each user has a favourite digit, and each of
+    their `per_user` interactions (in order, column `step`) is a digit of that class with probability `taste`, any
+    other digit otherwise; `histories.csv` (user, image, step, favourite) and images/."""
+    from sklearn.datasets import load_digits
+
+    if not 0 <= taste <= 1 or users < 1 or per_user < 2:
+        raise ConfigError(f"histories need users >= 1, per_user >= 2 and taste in [0, 1]; got {users}, {per_user}, "
+                          f"{taste}")
+    digits = load_digits()
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    by_class = {c: np.flatnonzero(digits.target == c) for c in range(10)}
+    rows, written = [], set()
+    for user in range(users):
+        favourite = int(rng.integers(10))
+        for step in range(per_user):
+            label = favourite if rng.random() < taste else int(rng.choice([c for c in range(10) if c != favourite]))
+            i = int(rng.choice(by_class[label]))
+            name = f"images/digit_{i:04d}.png"
+            if i not in written:
+                image = (digits.images[i] / 16.0 * 255).astype(np.uint8)
+                Image.fromarray(image).resize((size, size), Image.BICUBIC).save(root / name)
+                written.add(i)
+            rows.append({"user": f"user_{user:03d}", "image": name, "step": step, "favourite": favourite})
+    _write_rows(root / "histories.csv", rows)
     return root
 
 
@@ -224,5 +257,5 @@ def write_dicom_table(root: str | Path, size: int = 64, pattern: str = "*.dcm", 
     return {"root": str(root), "written": len(rows), "skipped": skipped}
 
 
-__all__ = ["write_digits", "write_crops", "write_dicom_table", "digit_measurements", "SYNTHETIC_KINDS",
-           "DIGIT_NAMES", "DICOM_FIELDS", "SKIMAGE_PICTURES"]
+__all__ = ["write_digits", "write_crops", "write_dicom_table", "write_histories", "digit_measurements",
+           "SYNTHETIC_KINDS", "DIGIT_NAMES", "DICOM_FIELDS", "SKIMAGE_PICTURES"]
