@@ -23,7 +23,7 @@ from mimkit.core.errors import ConfigError, DataError
 from .data import FaceData
 
 DATA_ALIASES = {"--sources": "--data.sources", "--split": "--data.split", "--compression": "--data.compression",
-                "--frames-per-video": "--data.frames_per_video"}
+                "--frames-per-video": "--data.frames_per_video", "--faces": "--data.faces"}
 
 
 # ------------------------------------------------------------------------------------------ pretrain / train-detector
@@ -79,7 +79,7 @@ def _inputs(path: Path):
 
 
 def detect(run: str, input: str, out: str = "scores.csv", frames_per_video: int = 8, batch_size: int = 32,
-           seed: int = 0) -> Path:
+           seed: int = 0, faces: Literal["cropped", "mtcnn"] | None = None) -> Path:
     """Score faces for forgery with a trained detector run: one CSV row per frame (video, frame, score = the
     probability that the face is fake, video_score = the mean over the video's frames).
 
@@ -90,6 +90,8 @@ def detect(run: str, input: str, out: str = "scores.csv", frames_per_video: int 
         frames_per_video: frames drawn from each video (seeded)
         batch_size: frames scored at once
         seed: seed of the frame choice
+        faces: "cropped" (inputs are face crops) or "mtcnn" (raw frames: detect and align each frame's largest face);
+            default: as the run's training data (its data.faces, data.face_margin, data.face_weights)
     """
     import numpy as np
     import torch
@@ -99,13 +101,17 @@ def detect(run: str, input: str, out: str = "scores.csv", frames_per_video: int 
 
     from .data import FaceForgeryDataset
 
-    method, _ = load_run(run)
+    method, config = load_run(run)
     if not hasattr(method, "detect"):
         raise ConfigError(f"run {run} holds a {getattr(method, 'method_name', 'method')} model, which does not "
                           f"detect forgeries; train one with `mimkit-faces train-detector`")
     size = int(method.encoder.img_size[0])
+    trained = (config or {}).get("data") or {}
+    trained = trained if isinstance(trained, dict) else {}
+    face_data = FaceData(faces=faces or trained.get("faces", "cropped"), face_weights=trained.get("face_weights"),
+                         face_margin=trained.get("face_margin", FaceData.face_margin))
     dataset = FaceForgeryDataset([("input", _inputs(Path(input)))], img_size=size, frames_per_video=frames_per_video,
-                                 seed=seed, labelled=False)
+                                 seed=seed, labelled=False, aligner=face_data.aligner(size))
     method.eval()
     scores = []
     with torch.no_grad():

@@ -4,7 +4,9 @@ Each dataset is one domain; a sample is {"image", "label" (0 real, 1 fake), "dom
 list), "video" (index into `dataset.videos`)}. A "video" is a video file (read with OpenCV), a folder of
 extracted frames, or one image; `frames_per_video` frames are drawn from each (a fixed number, seeded by the
 video's name, evenly spread over its length), so scores can be averaged per video (video AUC) as the papers do.
-Faces are expected already cropped (the layouts' frame folders, DeepfakeBench's crops): they pass through.
+Already-cropped faces (the layouts' frame folders, DeepfakeBench's crops) pass through; raw frames are cropped
+with `faces="mtcnn"`: MTCNN (mimkit.faces.detection, the weights facenet-pytorch ships) finds the largest face and
+its five landmarks, and the frame is aligned to the ArcFace template with `face_margin` more context around it.
 
 Layouts read (ROOT is the dataset's folder; `compression` c0, c23 or c40 where it applies; videos may be replaced
 by folders of frames of the same name, e.g. `videos/000.mp4` by `frames/000/`):
@@ -29,7 +31,7 @@ import logging
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -320,7 +322,7 @@ class FaceForgeryDataset(Dataset):
 
     def __init__(self, sources: Sequence[tuple[str, Sequence[Video]]], img_size: int = 224,
                  frames_per_video: int = 8, train: bool = False, seed: int = 0, labelled: bool = True,
-                 mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD):
+                 mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD, aligner=None):
         if frames_per_video < 1:
             raise ConfigError(f"frames_per_video must be at least 1, got {frames_per_video}")
         self.domains = [name for name, _ in sources]
@@ -342,6 +344,9 @@ class FaceForgeryDataset(Dataset):
         self.in_chans = 3
         self.transform = face_transform(img_size, train)
         self.targets = [self.videos[v].label for v, _ in self.items]
+        # raw frames: a FaceAligner (mimkit.faces.detection); landmarks are kept per frame, since augmentation
+        # comes after alignment and detection is the slow part
+        self.aligner, self.landmarks, self.missed = aligner, {}, 0
 
     @staticmethod
     def _frames(video: Video, number: int, seed: int) -> list[int | Path]:
@@ -366,6 +371,19 @@ class FaceForgeryDataset(Dataset):
         view.train, view.transform = False, face_transform(self.img_size, False)
         return view
 
+    def _aligned(self, index: int, pixels: np.ndarray, where) -> np.ndarray:
+        """The frame aligned on its largest face; the whole frame (counted in `missed`, logged) when none is found."""
+        from .detection import align_face
+
+        if index not in self.landmarks:
+            self.landmarks[index] = self.aligner.landmarks(pixels)
+            if self.landmarks[index] is None:
+                self.missed += 1
+                log.warning("no face found in %s: the whole frame is used (%d such frames so far in this process)",
+                            where, self.missed)
+        points = self.landmarks[index]
+        return pixels if points is None else align_face(pixels, points, self.aligner.size, self.aligner.margin)
+
     def __getitem__(self, index):
         if isinstance(index, tuple):  # (index, sample seed) from core's ResumableSampler
             index, sample_seed = index
@@ -374,6 +392,8 @@ class FaceForgeryDataset(Dataset):
         number, frame = self.items[index]
         video = self.videos[number]
         pixels = read_image(frame) if isinstance(frame, Path) else read_video_frame(video.path, frame)
+        if self.aligner is not None:
+            pixels = self._aligned(index, pixels, frame if isinstance(frame, Path) else f"{video.path} frame {frame}")
         if self.train:  # the augmentation is a pure function of the sample seed (resumable runs repeat it)
             import random
 
@@ -455,6 +475,11 @@ class FaceData:
         labelled: give labels (detector training) or not (self-supervised pretraining)
         augment: JPEG compression, blur, colour jitter and flips while training
         seed: seed of the frame choice
+        faces: "cropped" (frames are face crops: they pass through) or "mtcnn" (raw frames: detect the largest
+            face with MTCNN and align it by its five landmarks; needs `pip install --no-deps facenet-pytorch`)
+        face_weights: folder holding MTCNN's pnet.pt, rnet.pt, onet.pt (default: facenet-pytorch's installed ones)
+        face_margin: context around the aligned face (0: the tight ArcFace crop; ours 0.3, the face 1 / 1.3 of the
+            crop, keeps the face's outline, where blending leaves its traces)
     """
 
     sources: list[str] = field(default_factory=list)
@@ -465,6 +490,9 @@ class FaceData:
     labelled: bool = True
     augment: bool = True
     seed: int = 0
+    faces: Literal["cropped", "mtcnn"] = "cropped"
+    face_weights: str | None = None
+    face_margin: float = 0.3
 
     @property
     def root(self) -> str:
@@ -486,7 +514,17 @@ class FaceData:
                    for name, reader, path in map(parse_source, self.sources)]
         return FaceForgeryDataset(sources, img_size=img_size, frames_per_video=self.frames_per_video,
                                   train=self.augment if train is None else train, seed=self.seed,
-                                  labelled=self.labelled)
+                                  labelled=self.labelled, aligner=self.aligner(img_size))
+
+    def aligner(self, img_size: int):
+        """The FaceAligner for raw frames (`faces="mtcnn"`), at the detector's image size; None for crops."""
+        if self.faces == "cropped":
+            return None
+        if self.faces != "mtcnn":
+            raise ConfigError(f"data.faces must be 'cropped' or 'mtcnn', got {self.faces!r}")
+        from .detection import FaceAligner
+
+        return FaceAligner(self.face_weights, size=img_size, margin=self.face_margin)
 
     def build(self, model: dict, method: str) -> FaceForgeryDataset:
         """The training dataset for a method of these `model` settings (core.api.pretrain's data interface)."""
