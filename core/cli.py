@@ -1,4 +1,5 @@
-"""The `mimkit` command: demo, pretrain, evaluate, finetune, embed, autoencoder, reconstruct, export, methods, info.
+"""The `mimkit` command: demo, pretrain, evaluate, finetune, embed, autoencoder, synthetic, shard, reconstruct, export,
+methods, info.
 
 Each command is a typed function (the Python API's, core.api, for the main ones); core.config derives its
 flags, `--config FILE`, `--print_config` and dotted overrides from it. The short flags of earlier versions
@@ -6,10 +7,11 @@ flags, `--config FILE`, `--print_config` and dotted overrides from it. The short
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 from .config import Command, Tool, add_trainer_arguments, config_value
 from .errors import ConfigError
@@ -93,7 +95,43 @@ def pretrain_command(data_class: type, default_method: Callable[[list[str]], str
                    "model.KEY; --resume --out RUN continues RUN with its own config.yaml.")
 
 
+def method_data(default: type, default_method: Callable[[list[str]], str] = lambda argv: "mae"):
+    """The `data` group: the data class the chosen method names (`data_class`: mom's boxes), else `default`."""
+    def resolve(argv: list[str]):
+        from .registry import method_class
+
+        return getattr(method_class(config_value(argv, "method") or default_method(argv)), "data_class", default), None
+    return resolve
+
+
 # ------------------------------------------------------------------------------------------ small commands
+def synthetic(out: str, kind: list[Literal["digits", "objects"]] | None = None, objects: int = 1000,
+              seed: int = 0) -> dict:
+    """Write the project's small data sets from real pixels that packages ship.
+
+    Args:
+        out: the folder to write into (one subfolder per kind)
+        kind: any of digits (scikit-learn's handwritten digits: pretrain/, train/, test/) and objects (scikit-image
+            photographs with objects pasted at known boxes and distances, KITTI layout: train/, test/); default both
+        objects: training images of the object set (its test split: 30% as many)
+        seed: seed of the split (digits) and of the pasted objects
+    """
+    from .synthetic import write_digits, write_objects
+
+    kinds = list(kind or ["digits", "objects"])
+    written = {}
+    if "digits" in kinds:
+        written["digits"] = write_digits(Path(out) / "digits", seed=seed)
+    if "objects" in kinds:
+        if objects < 1:
+            raise ConfigError(f"--objects must be at least 1, got {objects}")
+        written["objects"] = write_objects(Path(out) / "objects", train=objects, test=max(1, round(0.3 * objects)),
+                                           seed=seed)
+    for name, folders in written.items():
+        print(f"{name:8s} " + "  ".join(f"{split}: {path}" for split, path in folders.items()))
+    return written
+
+
 def reconstruct(run: str, data: str, out: str, count: int = 8) -> Path:
     """Save a reconstruction grid of a run on some images.
 
@@ -217,9 +255,10 @@ def build_tool() -> Tool:
     from .data import ImageFolderData
     from .demo import run_demo
 
+    pretrain = pretrain_command(ImageFolderData)  # a method that reads more than images names its data (mom: boxes)
     return Tool("mimkit", "Masked-image-modeling pretraining, evaluation, fine-tuning and export.", [
         Command("demo", run_demo, "pretrain a small MAE on embedded real images, evaluate it against random init"),
-        pretrain_command(ImageFolderData),
+        dataclasses.replace(pretrain, groups={**pretrain.groups, "data": method_data(ImageFolderData)}),
         Command("evaluate", evaluate, "evaluate a run's encoder: knn, linear probe, fine-tune",
                 aliases={"--protocol": "--protocol"}),
         Command("finetune", finetune, "fine-tune a run's encoder with a head (MAE's recipe), on Lightning",
@@ -232,6 +271,8 @@ def build_tool() -> Tool:
         Command("embed", embed, "write one embedding per image (safetensors or Parquet, with the file names)"),
         Command("autoencoder", train_autoencoder, "train a small KL autoencoder on your images: LMD's first stage",
                 aliases={"--no-progress": "--progress=false"}),
+        Command("synthetic", synthetic, "write the small data sets the tests and benchmarks use (digits; objects "
+                "with boxes and distances for mom)"),
         Command("shard", shard, "decode an image folder once into LitData shards (read by --data like a folder)",
                 preprocess=positional("folder")),
         Command("reconstruct", reconstruct, "save a reconstruction grid of a run on some images"),

@@ -6,6 +6,7 @@ the per-image lists.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -15,8 +16,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .data import normalisation_stats
-from .errors import DataError
+from .data import ChannelStats, normalisation_stats
+from .errors import ConfigError, DataError
 
 # KITTI object label columns (devkit readme): type, truncated, occluded, alpha, bbox left top right bottom,
 # dimensions h w l, location x y z (camera coordinates, metres), rotation_y [, score]
@@ -93,10 +94,18 @@ def object_boxes(batch: dict) -> tuple[list[torch.Tensor], list[torch.Tensor] | 
 
 
 class KittiObjects(Dataset):
-    """KITTI-layout folder: `image_2/NAME.png` and `label_2/NAME.txt`; images resized to `img_size`, boxes with them."""
+    """KITTI-layout folder: `image_2/NAME.png` and `label_2/NAME.txt`; images resized to `img_size`, boxes with them.
+
+    `mean` / `std` None: measured on up to 256 evenly spaced images. With `hflip`, a sample asked for by the trainer's
+    (index, seed) pair is flipped with its boxes half of the time (DistFormer's KITTI training: RandomHorizontalFlip
+    p 0.5, dataset/kitti_ds.py); a plain index is never flipped.
+    """
+
+    in_chans = 3
 
     def __init__(self, root: str | Path, img_size: Sequence[int] | int = (96, 320), mean=(0.485, 0.456, 0.406),
-                 std=(0.229, 0.224, 0.225), max_objects: int = 16, classes: Sequence[str] | None = None):
+                 std=(0.229, 0.224, 0.225), max_objects: int = 16, classes: Sequence[str] | None = None,
+                 hflip: bool = False, stats_images: int = 256):
         self.root = Path(root)
         self.img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         images = self.root / "image_2"
@@ -107,26 +116,124 @@ class KittiObjects(Dataset):
         if missing or not self.files:
             raise DataError(f"{self.root}: every image in image_2/ needs label_2/NAME.txt; "
                             f"{'missing for ' + ', '.join(missing[:5]) if missing else 'no images found'}")
+        self.max_objects, self.classes, self.hflip = max_objects, classes, hflip
+        if (mean is None) != (std is None):
+            raise ConfigError("give both mean and std, or neither (then they are measured on the images)")
+        if mean is None:
+            accumulator = ChannelStats(3)
+            picks = np.unique(np.linspace(0, len(self.files) - 1, min(stats_images, len(self.files))).round())
+            for i in picks.astype(int):
+                accumulator.add(self._pixels(self.files[i]).numpy())
+            mean, std = accumulator.result()
         self.mean, self.std = normalisation_stats(mean, std, 3)
-        self.max_objects, self.classes = max_objects, classes
+
+    @property
+    def stats(self) -> tuple[list[float], list[float]]:
+        """Per-channel (mean, std) used for normalisation."""
+        return self.mean.tolist(), self.std.tolist()
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict:
-        # the shared trainer's sampler gives (index, seed) pairs; no random transform here, so the seed is unused
-        index = int(key[0]) if isinstance(key, (tuple, list)) else int(key)
-        path = self.files[index]
-        image = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255
-        boxes, distances, _ = read_kitti_labels(self.root / "label_2" / f"{path.stem}.txt", self.classes)
-        h, w = image.shape[:2]
+    def _pixels(self, path: Path) -> torch.Tensor:
+        """(3, *img_size) [0, 1] pixels of one image."""
+        try:
+            image = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255
+        except OSError as error:
+            raise DataError(f"{path}: cannot read the image ({error})") from None
         tensor = torch.from_numpy(image).permute(2, 0, 1)
-        tensor = F.interpolate(tensor[None], size=self.img_size, mode="bilinear", antialias=True,
-                               align_corners=False)[0]
-        scale = torch.tensor([self.img_size[1] / w, self.img_size[0] / h] * 2)
+        return F.interpolate(tensor[None], size=self.img_size, mode="bilinear", antialias=True, align_corners=False)[0]
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index, seed = (int(key[0]), int(key[1])) if isinstance(key, (tuple, list)) else (int(key), None)
+        path = self.files[index]
+        with Image.open(path) as image:
+            w, h = image.size
+        tensor = self._pixels(path)
+        boxes, distances, _ = read_kitti_labels(self.root / "label_2" / f"{path.stem}.txt", self.classes)
+        boxes = torch.from_numpy(boxes) * torch.tensor([self.img_size[1] / w, self.img_size[0] / h] * 2)
+        if self.hflip and seed is not None and np.random.default_rng(seed).random() < 0.5:
+            tensor = tensor.flip(-1)
+            boxes = torch.stack([self.img_size[1] - boxes[:, 2], boxes[:, 1], self.img_size[1] - boxes[:, 0],
+                                 boxes[:, 3]], dim=1)
         tensor = (tensor - torch.from_numpy(self.mean)[:, None, None]) / torch.from_numpy(self.std)[:, None, None]
-        boxes, distances = pad_objects(torch.from_numpy(boxes) * scale, torch.from_numpy(distances), self.max_objects)
+        if len(boxes) > self.max_objects:
+            raise DataError(f"{self.root / 'label_2' / (path.stem + '.txt')} holds {len(boxes)} objects, more than "
+                            f"max_objects={self.max_objects} (data.max_objects)")
+        boxes, distances = pad_objects(boxes, torch.from_numpy(distances), self.max_objects)
         return {"image": tensor, "boxes": boxes, "distances": distances}
+
+
+@dataclass
+class ObjectFolderData:
+    """Images with object boxes and per-object distances in the KITTI layout, for methods that need boxes (mom).
+
+    Args:
+        root: a KITTI-layout folder: image_2/NAME.png and label_2/NAME.txt (`mimkit synthetic-objects` writes one)
+        classes: object types to keep (the label files' first column; None: all but DontCare)
+        max_objects: boxes per image: the batch pads each image's boxes to this many
+        hflip: random horizontal flips of image and boxes (DistFormer's KITTI training: p 0.5)
+        mean: per-channel mean after scaling to [0, 1] (None: measured on up to 256 images)
+        std: per-channel standard deviation (None: measured with the mean)
+    """
+
+    root: str | None = None
+    classes: list[str] | None = None
+    max_objects: int = 32
+    hflip: bool = True
+    mean: list[float] | None = None
+    std: list[float] | None = None
+
+    def default_method(self) -> str:
+        return "mom"
+
+    def build(self, model: dict, method: str) -> KittiObjects:
+        """The dataset at the method's image size; the measured mean/std are kept on `self` (for config.yaml)."""
+        from .config import encoder_setting
+
+        if self.root is None:
+            raise ConfigError("no data given: pass --data DIR (a KITTI-layout folder: image_2/ and label_2/)")
+        dataset = KittiObjects(self.root, img_size=encoder_setting(model, "img_size", method), mean=self.mean,
+                               std=self.std, max_objects=self.max_objects, classes=self.classes, hflip=self.hflip)
+        self.mean, self.std = [float(v) for v in dataset.stats[0]], [float(v) for v in dataset.stats[1]]
+        return dataset
+
+
+def distance_metrics(true: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    """DistFormer's per-object distance errors (utils/metrics.py; the monocular-depth set): abs_rel = mean |p - t| / t,
+    sq_rel = mean (p - t)^2 / t, rmse, rmse_log (p clipped at float eps), delta_1 = share with max(p/t, t/p) < 1.25."""
+    true, predicted = np.asarray(true, dtype=np.float64), np.asarray(predicted, dtype=np.float64)
+    if true.shape != predicted.shape or true.size == 0:
+        raise DataError(f"distance_metrics needs as many predictions as targets (at least one), got {predicted.shape} "
+                        f"and {true.shape}")
+    eps = np.finfo(np.float64).eps
+    clipped = np.clip(predicted, eps, None)
+    ratio = np.maximum(true / clipped, clipped / true)
+    return {"abs_rel": float(np.mean(np.abs(predicted - true) / true)),
+            "sq_rel": float(np.mean((predicted - true) ** 2 / true)),
+            "rmse": float(np.sqrt(np.mean((predicted - true) ** 2))),
+            "rmse_log": float(np.sqrt(np.mean((np.log(clipped) - np.log(true + eps)) ** 2))),
+            "delta_1": float(np.mean(ratio < 1.25))}
+
+
+@torch.no_grad()
+def evaluate_distances(method, dataset, batch_size: int = 64) -> dict[str, float]:
+    """`distance_metrics` of a method's `predict_distances` (every object token visible) over a box dataset."""
+    from torch.utils.data import DataLoader
+
+    was_training = method.training
+    method.eval()
+    true, predicted = [], []
+    try:
+        for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+            boxes, distances = object_boxes(batch)
+            device = next(method.parameters()).device
+            outputs = method.predict_distances(batch["image"].to(device), [b.to(device) for b in boxes])
+            true += [d.numpy() for d in distances]
+            predicted += [p.cpu().numpy() for p in outputs]
+    finally:
+        method.train(was_training)
+    return {**distance_metrics(np.concatenate(true), np.concatenate(predicted)), "objects": int(sum(map(len, true)))}
 
 
 def _photo(name: str) -> np.ndarray:

@@ -2,6 +2,8 @@
 
 scikit-learn ships 1,797 real 8x8 scans of handwritten digits (UCI optical digits, `sklearn/datasets/data/
 digits.csv.gz`); `write_digits` writes them as PNG folders in the layout a user's own data takes.
+`write_objects` writes scikit-image photographs with real objects pasted at known boxes and pinhole distances
+(core.objects.pasted_objects) in the KITTI layout, for the methods that need boxes (mom).
 """
 from __future__ import annotations
 
@@ -39,4 +41,25 @@ def write_digits(root: str | Path, size: int = 32, seed: int = 0) -> dict[str, P
     return folders
 
 
-__all__ = ["write_digits", "TEST_FRACTION"]
+def write_objects(root: str | Path, train: int = 1000, test: int = 300, size: int = 64, seed: int = 0
+                  ) -> dict[str, Path]:
+    """Write the pasted-object set as KITTI-layout folders train/ and test/ (image_2/*.png, label_2/*.txt).
+
+    Backgrounds: crops of scikit-image's `coffee`, `rocket`, `hubble_deep_field`; objects: its `chelsea` and the
+    `astronaut`'s upper body; distance = `size` x 1 / box height (a pinhole camera). The two splits draw from
+    different seeds; a folder already written with its count of images is kept.
+    """
+    from .objects import write_pasted_kitti
+
+    root = Path(root)
+    folders = {}
+    for offset, (split, count) in enumerate((("train", train), ("test", test))):
+        folder = root / split
+        if len(list((folder / "image_2").glob("*.png"))) != count or len(list((folder / "label_2").glob("*.txt"))) \
+                != count:
+            write_pasted_kitti(folder, count, size, seed=seed * 2 + offset)
+        folders[split] = folder
+    return folders
+
+
+__all__ = ["write_digits", "write_objects", "TEST_FRACTION"]

@@ -12,7 +12,7 @@ from torchvision.ops import roi_align
 
 from ..encoders import EncoderConfig, LayerNorm, init_weights
 from ..errors import DataError
-from ..objects import object_boxes
+from ..objects import ObjectFolderData, object_boxes
 from ..registry import register_method
 from .base import MIMMethod, MIMOutput
 
@@ -36,9 +36,15 @@ class MaskedObjectModeling(MIMMethod):
     `crop_size`, one cell per token (MSE on masked tokens; crops darker than `min_brightness` or boxes smaller
     than `min_box_size` weigh 0). The mean of each object's encoded tokens, after self-attention across the
     objects of its image, regresses the distance (smooth L1). loss = distance + `mom_weight` x MoM.
+    The crops are clean [0, 1] pixels (DistFormer's clip_clean): `data_mean` / `data_std`, the loader's normalisation
+    (filled in from the data by `pretrain`), are undone first. `mom_weight` 0 turns the MoM branch off: every object
+    token visible and no reconstruction, as the official regressor with MAE disabled (mae_regressor.py: encode_only,
+    masking_ratio 0).
     Values from github.com/apanariello4/DistFormer (utils/args.py, kitti.sh); DistFormer's backbone is a
     ConvNeXt-FPN and its object transformer PyTorch's post-norm TransformerEncoder: here timm pre-norm Blocks.
     """
+
+    data_class = ObjectFolderData  # `mimkit pretrain --method mom` reads KITTI-layout folders (boxes, distances)
 
     def __init__(self, encoder: EncoderConfig = EncoderConfig(),  # ViT-B/16 in place of ConvNeXt-FPN (ours)
                  pool_size: int = 8,  # args.py: --pool_size 8 8
@@ -49,7 +55,8 @@ class MaskedObjectModeling(MIMMethod):
                  crop_size: Sequence[int] = (120, 120),  # kitti.sh: --mae_crop_size 120 120
                  mom_weight: float = 20.0,  # kitti.sh: --mae_alpha 20 (nuScenes, MOTSynth: 10)
                  min_brightness: float = 0.01,  # kitti.sh: --mae_min_brightness 1e-2
-                 min_box_size: Sequence[int] = (25, 25)):  # kitti.sh: --mae_min_bbox_h 25 --mae_min_bbox_w 25
+                 min_box_size: Sequence[int] = (25, 25),  # kitti.sh: --mae_min_bbox_h 25 --mae_min_bbox_w 25
+                 data_mean: Sequence[float] | None = None, data_std: Sequence[float] | None = None):
         super().__init__()
         self.encoder = enc = self.build_encoder(encoder)
         self.pool_size, self.mask_ratio = int(pool_size), float(mask_ratio)
@@ -79,6 +86,17 @@ class MaskedObjectModeling(MIMMethod):
             nn.init.trunc_normal_(p, std=0.02)
         self.mom_weight, self.min_brightness = float(mom_weight), float(min_brightness)
         self.min_box_size = tuple(float(v) for v in min_box_size)
+        if (data_mean is None) != (data_std is None):
+            raise DataError("mom: give both data_mean and data_std (the loader's normalisation), or neither")
+        channels = enc.in_chans
+        stats = [torch.zeros(channels), torch.ones(channels)] if data_mean is None else \
+            [torch.as_tensor(data_mean, dtype=torch.float32), torch.as_tensor(data_std, dtype=torch.float32)]
+        if any(s.numel() != channels for s in stats):
+            raise DataError(f"mom: data_mean and data_std need {channels} values (one per channel), "
+                            f"got {stats[0].numel()} and {stats[1].numel()}")
+        # not in the state dict: the run's config rebuilds them
+        self.register_buffer("data_mean", stats[0].view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("data_std", stats[1].view(1, -1, 1, 1), persistent=False)
 
     def feature_map(self, images: torch.Tensor) -> torch.Tensor:
         enc = self.encoder
@@ -92,6 +110,12 @@ class MaskedObjectModeling(MIMMethod):
         rois = roi_align(features, [b.to(features) for b in boxes], output_size=self.pool_size,
                          spatial_scale=1.0 / self.encoder.patch_size[0], sampling_ratio=2, aligned=True)
         return self.embed(rois.flatten(2).transpose(1, 2)) + self.pos_embed
+
+    def object_crops(self, images: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
+        """(M, C, *crop_size) clean [0, 1] pixels of every box, resized (the reconstruction target)."""
+        pixels = images * self.data_std.to(images) + self.data_mean.to(images)
+        return roi_align(pixels, [b.to(images) for b in boxes], output_size=self.crop_size, sampling_ratio=2,
+                         aligned=True)
 
     def object_weights(self, crops: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         """1 per object, 0 for dark crops (mean over pixels of the channel maximum) or boxes below the size."""
@@ -108,6 +132,13 @@ class MaskedObjectModeling(MIMMethod):
             raise DataError("the batch holds no object boxes; MoM needs at least one per batch")
         tokens = self.object_tokens(images, boxes)
         m, n, d = tokens.shape
+        if self.mom_weight == 0:  # the MoM branch off: the distance from every object token
+            if distances is None:
+                raise DataError("mom with mom_weight 0 trains the distance alone: the batch needs per-object "
+                                f"'distances'; got keys {sorted(batch)}")
+            predicted = self.distances(self.object_encoder(tokens), counts)
+            distance = F.smooth_l1_loss(predicted.float(), torch.cat([t.to(predicted) for t in distances]).float())
+            return MIMOutput(loss=distance, parts={"distance": distance.detach()})
         mask = object_masks(m, n, self.mask_ratio, tokens.device)
         visible = tokens[~mask].reshape(m, n - int(self.mask_ratio * n), d)
         encoded = self.object_encoder(visible)
@@ -116,8 +147,7 @@ class MaskedObjectModeling(MIMMethod):
         full[~mask] = encoded.reshape(-1, d)
         pred = self.to_pixels(self.object_decoder(full + self.decoder_pos_embed))
         all_boxes = torch.cat([b.to(images) for b in boxes])
-        crops = roi_align(images, [b.to(images) for b in boxes], output_size=self.crop_size, sampling_ratio=2,
-                          aligned=True)
+        crops = self.object_crops(images, boxes)
         c = images.shape[1]
         target = crops.reshape(m, c, self.pool_size, self.cell[0], self.pool_size, self.cell[1])
         target = target.permute(0, 2, 4, 3, 5, 1).reshape(m, n, -1)
