@@ -150,9 +150,11 @@ def predict(model: nn.Module, dataset, batch_size: int = 128, device=None) -> tu
 
 def fit_classifier(method: nn.Module, train_set, test_set, *, inputs: str = "multimodal",
                    strategy: str = "frozen", max_steps: int = 300, batch_size: int = 64, lr: float = 1e-4,
-                   weight_decay: float = 0.0, seed: int = 0, device=None, progress: bool | None = None) -> dict:
+                   weight_decay: float = 0.0, seed: int = 0, device=None, progress: bool | None = None,
+                   keep_model: bool = False) -> dict:
     """Train a linear head (and the backbone unless frozen) on `train_set`, score the last weights on `test_set`:
-    {"accuracy", "auc", "balanced_accuracy", "steps", ...} as fractions."""
+    {"accuracy", "auc", "balanced_accuracy", "steps", ...} as fractions; `keep_model` adds the trained
+    TableImageClassifier ("model") and the test probabilities ("probabilities")."""
     from mimkit.core.data import ResumableSampler, make_loader
     from mimkit.core.evaluate import default_device
     from mimkit.core.finetune import classification_metrics
@@ -178,7 +180,97 @@ def fit_classifier(method: nn.Module, train_set, test_set, *, inputs: str = "mul
     result = classification_metrics(torch.from_numpy(probabilities), torch.from_numpy(labels))
     result.update(auc=macro_auc(probabilities, labels), steps=trainer.global_step,
                   final_train_loss=float(np.mean(module.losses[-10:])) if module.losses else None)
+    if keep_model:
+        result.update(model=model.cpu().eval(), probabilities=probabilities)
     return result
+
+
+# ============================================================================================ saved classifiers
+HEAD_FILE, PREDICTIONS_FILE = "head.safetensors", "predictions.csv"
+
+
+def save_classifier(model: TableImageClassifier, folder: str | Path, train_set: ImageTableDataset, record: dict,
+                    probabilities: np.ndarray | None = None, labels=None) -> Path:
+    """A trained classifier as a folder that `load_run` / `load_classifier` read: model.safetensors (the backbone as
+    trained), head.safetensors, config.yaml (method, model, the table preprocessing with the target's classes,
+    image column and statistics, and `classifier`: `record`) and, given the test probabilities, predictions.csv."""
+    from safetensors.torch import save_file
+
+    from mimkit.core.checkpoints import save_method, write_atomically
+    from mimkit.core.runs import write_config
+
+    origin = getattr(train_set, "run_settings", None) or {}
+    if not origin.get("method") or origin.get("model") is None:
+        raise ConfigError("saving a classifier needs the pretraining run's method and model (the table tasks' "
+                          "prepare, fit_table_run, passes them to the reader)")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_method(model.backbone, folder / "model.safetensors", origin["model"])
+    head = {k: v.detach().cpu().contiguous() for k, v in model.head.state_dict().items()}
+    write_atomically(folder / HEAD_FILE, lambda temporary: save_file(head, str(temporary)), "head")
+    mean, std = train_set.stats
+    write_config(folder, {"method": origin["method"], "model": origin["model"],
+                          "data": {"preprocessing": train_set.preprocessor.to_dict(), "target": train_set.preprocessor.target,
+                                   "image_column": origin.get("image_column", "image"), "mean": mean, "std": std},
+                          "classifier": {"inputs": model.inputs, "classes": list(train_set.classes), **record}})
+    if probabilities is not None:
+        classes = list(train_set.classes)
+        rows = ["row,label,predicted," + ",".join(f"p_{c}" for c in classes)]
+        for i, (p, label) in enumerate(zip(probabilities, labels)):
+            rows.append(f"{i},{classes[int(label)]},{classes[int(np.argmax(p))]}," + ",".join(f"{v:.6g}" for v in p))
+        (folder / PREDICTIONS_FILE).write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def is_classifier(folder: str | Path) -> bool:
+    """Whether a folder holds a classifier saved by `save_classifier`."""
+    return (Path(folder) / HEAD_FILE).is_file()
+
+
+def load_classifier(folder: str | Path) -> tuple[TableImageClassifier, dict]:
+    """(the TableImageClassifier, the folder's config.yaml) of a classifier saved by `save_classifier`."""
+    from safetensors.torch import load_file
+
+    from mimkit.core.runs import load_run
+
+    if not is_classifier(folder):
+        raise ConfigError(f"{folder} holds no saved classifier ({HEAD_FILE}): give a folder that "
+                          f"`mimkit-multimodal finetune` wrote under OUT/classifiers/")
+    method, config = load_run(folder)
+    info = config.get("classifier") or {}
+    if not info.get("classes") or info.get("inputs") not in INPUTS:
+        raise ConfigError(f"{folder}/config.yaml: the classifier section needs classes and inputs (one of "
+                          f"{', '.join(INPUTS)}); found {sorted(info)}")
+    model = TableImageClassifier(method, len(info["classes"]), info["inputs"])
+    model.head.load_state_dict(load_file(str(Path(folder) / HEAD_FILE)))
+    return model.eval(), config
+
+
+def score_classifier(folder: str | Path, root: str | Path, pattern: str | None = None, rate: float | None = None,
+                     seed: int | None = None, batch_size: int = 128, device=None) -> dict:
+    """Score a saved classifier, as it is (no training), on ROOT's test split with the missing pattern and rate it
+    was trained with (or those given): the same cells go missing as in its training run for the same seed.
+    {"accuracy", "auc", ..., "probabilities", "labels"}."""
+    from mimkit.core.finetune import classification_metrics
+
+    model, config = load_classifier(folder)
+    info, data = config["classifier"], config.get("data") or {}
+    pattern = pattern or info.get("pattern", "value")
+    rate = info.get("rate", 0.0) if rate is None else rate
+    seed = info.get("seed", 0) if seed is None else seed
+    fitted = TablePreprocessor.from_dict(data["preprocessing"])
+    common = dict(image_column=data.get("image_column", "image"), preprocessor=fitted,
+                  img_size=fit_run(model.backbone.encoder, config)["img_size"],
+                  in_chans=getattr(model.backbone.encoder, "in_chans", None), transform="eval", labelled=True,
+                  mean=data.get("mean"), std=data.get("std"))
+    root = Path(root)
+    train = ImageTableDataset(_split_file(root, "train"), **common)
+    test = ImageTableDataset(_split_file(root, "test"), **common)
+    _, test, _ = apply_missing(train, test, pattern, float(rate), seed)
+    probabilities, labels = predict(model, test, batch_size, device)
+    result = classification_metrics(torch.from_numpy(probabilities), torch.from_numpy(labels))
+    return {**result, "auc": macro_auc(probabilities, labels), "missing_pattern": pattern, "missing_rate": rate,
+            "probabilities": probabilities, "labels": labels, "num_test": len(test)}
 
 
 # ============================================================================================ missing data
@@ -203,12 +295,19 @@ def apply_missing(train_set: ImageTableDataset, test_set: ImageTableDataset, pat
 def classification_runner(subject: nn.Module, train_set, test_set, root: Path, pattern: str = "value",
                           rate: float = 0.0, inputs: str = "multimodal", strategy: str = "frozen",
                           max_steps: int = 300, batch_size: int = 64, lr: float = 1e-4, weight_decay: float = 0.0,
-                          seed: int = 0, device=None) -> dict:
+                          seed: int = 0, device=None, save_dir: str | None = None) -> dict:
     """The image + table tasks' protocol: the missing pattern on both splits, then `fit_classifier` (defaults:
-    TIP's evaluation, a frozen backbone with a linear head, lr 1e-4, no weight decay)."""
+    TIP's evaluation, a frozen backbone with a linear head, lr 1e-4, no weight decay); with `save_dir` the trained
+    classifier is kept there (`save_classifier`)."""
     train, test, info = apply_missing(train_set, test_set, pattern, rate, seed)
     result = fit_classifier(subject, train, test, inputs=inputs, strategy=strategy, max_steps=max_steps,
-                            batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed, device=device)
+                            batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed, device=device,
+                            keep_model=save_dir is not None)
+    if save_dir is not None:
+        labels = np.asarray(test.targets)
+        record = {"pattern": pattern, "rate": rate, "strategy": strategy, "seed": seed, "steps": result["steps"],
+                  "accuracy": result["accuracy"], "auc": result["auc"]}
+        save_classifier(result.pop("model"), save_dir, train, record, result.pop("probabilities"), labels)
     return {**result, **info, "missing_pattern": pattern, "missing_rate": rate,
             "missing_cells_test": float(test.missing.float().mean() if test.extra_missing is None
                                         else (test.missing | test.extra_missing).float().mean())}
@@ -229,7 +328,8 @@ def table_reader(default_target: str | None = None):
 
     def read(root: Path, target: str | None = default_target, image_column: str = "image", img_size=32,
              in_chans: int | None = None, preprocessing: dict | None = None, mean=None, std=None,
-             image_root: str | None = None, strict: bool = False) -> tuple[ImageTableDataset, ImageTableDataset]:
+             image_root: str | None = None, strict: bool = False,
+             run_settings: dict | None = None) -> tuple[ImageTableDataset, ImageTableDataset]:
         if target is None:
             raise ConfigError("image + table tasks need the target column: --target NAME")
         from .tables import read_table, target_classes
@@ -247,6 +347,7 @@ def table_reader(default_target: str | None = None):
         train = ImageTableDataset(train_file, mean=mean, std=std, **common)
         mean, std = train.stats
         test = ImageTableDataset(test_file, mean=mean, std=std, **{**common, "in_chans": train.in_chans})
+        train.run_settings = {**(run_settings or {}), "image_column": image_column}  # what a saved classifier records
         return train, test
     return read
 
@@ -267,6 +368,14 @@ def fit_run(encoder: nn.Module, run_config: dict | None) -> dict:
     return options
 
 
+def fit_table_run(encoder: nn.Module, run_config: dict | None) -> dict:
+    """The image + table tasks' `prepare`: `fit_run`'s options and the run's method and model (`run_settings`), so a
+    trained classifier can be saved as a run of its own."""
+    run_config = dict(run_config or {})
+    settings = {"method": run_config.get("method"), "model": run_config.get("model")}
+    return {**fit_run(encoder, run_config), "run_settings": settings}
+
+
 def _tasks(prefix: str, dataset: str, description: str, target: str | None, settings: dict) -> list[Task]:
     reader = table_reader(target)
     conditions = [("value", 0.0)] + [(p, r) for p in MISSING_PATTERNS for r in MISSING_RATES]
@@ -275,7 +384,7 @@ def _tasks(prefix: str, dataset: str, description: str, target: str | None, sett
         name = f"{prefix}-complete" if rate == 0 else f"{prefix}-{pattern.replace('_', '-')}-{rate}"
         what = "complete tables" if rate == 0 else f"{pattern.replace('_', ' ')} missing at rate {rate}"
         tasks.append(Task(name, "multimodal", dataset, "finetune", "accuracy", reader, f"{description}; {what}",
-                          runner=classification_runner, prepare=fit_run, metric_key="accuracy",
+                          runner=classification_runner, prepare=fit_table_run, metric_key="accuracy",
                           settings={**settings, "pattern": pattern, "rate": rate}))
     return tasks
 
@@ -297,5 +406,6 @@ for _task in TASKS:
 
 
 __all__ = ["TableImageClassifier", "ClassifierModule", "fit_classifier", "classification_runner", "apply_missing",
-           "macro_auc", "predict", "FeatureSet", "table_reader", "fit_run", "TASKS", "MISSING_RATES", "INPUTS",
+           "macro_auc", "predict", "FeatureSet", "table_reader", "fit_run", "fit_table_run", "save_classifier",
+           "load_classifier", "score_classifier", "is_classifier", "TASKS", "MISSING_RATES", "INPUTS",
            "STRATEGIES"]

@@ -93,27 +93,67 @@ def _tasks(task: list[str] | None, patterns: list[str] | None, rates: list[float
 
 
 def _score(run: str, data: str, target: str | None, task, patterns, rates, inputs, strategy, compare_random_init,
-           max_steps, batch_size, lr, weight_decay, image_column, seed, out) -> list[dict]:
+           max_steps, batch_size, lr, weight_decay, image_column, seed, out, save: bool = False) -> list[dict]:
     from mimkit.benchmarks.report import write_table
-    from mimkit.benchmarks.runner import run_task
+    from mimkit.benchmarks.runner import random_init, run_task
     from mimkit.core.runs import load_run, update_metrics
 
+    from .bench import is_classifier
+
+    if is_classifier(run) and strategy == "frozen" and not (patterns or rates or inputs or compare_random_init):
+        return _score_saved(run, data, task, seed, out)
     method, config = load_run(run)
     target = target or (config.get("data") or {}).get("target")  # the label column pretraining left out
     reader = {**({"target": target} if target else {}), **({"image_column": image_column} if image_column else {})}
     settings = {"strategy": strategy, "max_steps": max_steps, "batch_size": batch_size, "seed": seed,
                 **({"lr": lr} if lr is not None else {}),
                 **({"weight_decay": weight_decay} if weight_decay is not None else {})}
+    subjects = {"pretrained": method}
+    if compare_random_init:
+        subjects["random"] = random_init(method, config, seed)
     rows = []
     for name in _tasks(task, patterns, rates):
         for kind in inputs or ["multimodal"]:
-            for row in run_task(name, method, data, run_config=config, compare_random_init=compare_random_init,
-                                seed=seed, reader_options=reader, inputs=kind,
-                                **{k: v for k, v in settings.items() if k != "seed"}):
-                rows.append({**row, "inputs": kind, "auc": round(100 * row["details"]["auc"], 2)
-                             if row["details"].get("auc") is not None else None})
+            for init, subject in subjects.items():  # only the pretrained model's classifier is kept
+                keep = {"save_dir": str(Path(out or run) / "classifiers" / _classifier_name(name, kind))} \
+                    if save and init == "pretrained" else {}
+                for row in run_task(name, subject, data, run_config=config, seed=seed, reader_options=reader,
+                                    inputs=kind, **keep, **{k: v for k, v in settings.items() if k != "seed"}):
+                    rows.append({**row, "init": init, "inputs": kind, "auc": round(100 * row["details"]["auc"], 2)
+                                 if row["details"].get("auc") is not None else None})
     update_metrics(out or run, {"results": rows})
+    if save:
+        print(f"mimkit-multimodal: the fine-tuned classifiers are in {Path(out or run) / 'classifiers'} (evaluate "
+              f"--run FOLDER scores one as it is; embed --run FOLDER writes its embeddings or --kind "
+              f"probabilities)", file=sys.stderr)
     print(write_table(rows, ["task", "inputs", "init", "metric", "value", "auc", "num_train", "num_test"]), end="")
+    return rows
+
+
+def _classifier_name(task: str, inputs: str) -> str:
+    return task if inputs == "multimodal" else f"{task}-{inputs}"
+
+
+def _score_saved(folder: str, data: str, task: list[str] | None, seed: int, out: str | None) -> list[dict]:
+    """Score a saved classifier as it is on the data's test split (its task's missing pattern, or the given task's)."""
+    from mimkit.benchmarks.report import write_table
+    from mimkit.benchmarks.tasks import get_task
+    from mimkit.core.runs import read_config, update_metrics
+
+    from .bench import score_classifier
+
+    info = read_config(folder).get("classifier") or {}
+    conditions = [(name, get_task(name).settings) for name in task] if task else [(None, info)]
+    rows = []
+    for name, settings in conditions:
+        result = score_classifier(folder, data, settings.get("pattern"), settings.get("rate"), seed)
+        rows.append({"task": name or Path(folder).name, "inputs": info.get("inputs"), "init": "fine-tuned (saved)",
+                     "metric": "accuracy", "value": round(100 * result["accuracy"], 2),
+                     "auc": round(100 * result["auc"], 2) if result["auc"] is not None else None,
+                     "num_test": result["num_test"], "missing_pattern": result["missing_pattern"],
+                     "missing_rate": result["missing_rate"], "classifier": str(folder)})
+    update_metrics(out or folder, {"results": rows})
+    print(write_table(rows, ["task", "inputs", "init", "metric", "value", "auc", "num_test"]), end="")
     return rows
 
 
@@ -125,10 +165,11 @@ def evaluate(run: str, data: str, target: str | None = None, task: list[str] | N
     """Score a TIP run on labelled image + table data as TIP's evaluation does: the backbone frozen, a linear head on
     the multimodal CLS, with complete tables and with cells hidden by each missing pattern (random values, random
     features, most / least important features) at rates 0.3, 0.6, 0.9; accuracy and macro AUC (percent), printed and
-    appended to RUN/metrics.json.
+    appended to RUN/metrics.json. RUN may be a classifier `finetune` saved (OUT/classifiers/TASK): it is then scored
+    as it is, without training, on the test split with the missing cells of its own task (or of --task).
 
     Args:
-        run: a `mimkit-multimodal pretrain` run folder (its model and table preprocessing)
+        run: a `mimkit-multimodal pretrain` run folder (its model and table preprocessing), or a saved classifier
         data: a folder with train.csv and test.csv (or .parquet): image paths and the target column
         target: the target column (default: the one pretraining left out of the features, or the task's)
         task: registered task(s) instead of the pattern x rate grid (`image-table-complete`, `synthetic-digits-...`)
@@ -154,7 +195,9 @@ def finetune(run: str, data: str, target: str | None = None, task: list[str] | N
              max_steps: int = 300, batch_size: int = 64, lr: float | None = None, weight_decay: float | None = None,
              image_column: str | None = None, seed: int = 0, out: str | None = None) -> list[dict]:
     """Fine-tune a TIP run end to end (backbone and linear head, AdamW, warmup + cosine) on labelled image + table data
-    with complete and incomplete tables, as `evaluate` does with a frozen backbone; results as there.
+    with complete and incomplete tables, as `evaluate` does with a frozen backbone; results as there. Each fine-tuned
+    classifier (backbone, head, the table preprocessing with the target's classes, test predictions) is kept in
+    OUT/classifiers/TASK[-INPUTS], a folder `evaluate --run` and `embed --run` read.
 
     Args:
         run: a `mimkit-multimodal pretrain` run folder
@@ -174,20 +217,22 @@ def finetune(run: str, data: str, target: str | None = None, task: list[str] | N
         out: write metrics.json here instead of into the run
     """
     return _score(run, data, target, task, patterns, rates, inputs, "trainable", compare_random_init, max_steps,
-                  batch_size, lr, weight_decay, image_column, seed, out)
+                  batch_size, lr, weight_decay, image_column, seed, out, save=True)
 
 
 # ------------------------------------------------------------------------------------------ embed
-def embed(run: str, data: str, out: str, kind: Literal["multimodal", "image", "table"] = "multimodal",
-          batch_size: int = 128) -> Path:
+def embed(run: str, data: str, out: str,
+          kind: Literal["multimodal", "image", "table", "probabilities"] = "multimodal", batch_size: int = 128) -> Path:
     """Write one embedding per row of an image + table file: the multimodal CLS, the image vector or the tabular CLS,
     with the run's table preprocessing; .safetensors (`embeddings` and the image paths in the metadata) or .parquet.
+    A classifier `finetune` saved (OUT/classifiers/TASK) gives its fine-tuned backbone's vectors, or with
+    --kind probabilities its class probabilities (the class names in the metadata).
 
     Args:
-        run: a `mimkit-multimodal pretrain` run folder
+        run: a `mimkit-multimodal pretrain` run folder, or a classifier folder `finetune` saved
         data: a CSV / Parquet table with the run's image column and feature columns
         out: the file to write, .safetensors or .parquet
-        kind: multimodal, image or table
+        kind: multimodal, image, table, or probabilities (a saved classifier's)
         batch_size: rows per forward pass
     """
     import torch
@@ -195,14 +240,22 @@ def embed(run: str, data: str, out: str, kind: Literal["multimodal", "image", "t
     from mimkit.core.data import make_loader
     from mimkit.core.runs import load_run
 
-    from .bench import fit_run
+    from .bench import fit_run, is_classifier, load_classifier
     from .data import ImageTableDataset
     from .tables import TablePreprocessor
 
     out_path = Path(out)
     if out_path.suffix not in (".safetensors", ".parquet"):
         raise ConfigError(f"--out {out}: the suffix picks the format, one of .safetensors, .parquet")
-    method, config = load_run(run)
+    classifier = None
+    if kind == "probabilities":
+        if not is_classifier(run):
+            raise ConfigError(f"--kind probabilities needs a classifier folder that finetune saved "
+                              f"(OUT/classifiers/TASK); {run} holds none")
+        classifier, config = load_classifier(run)
+        method = classifier.backbone
+    else:
+        method, config = load_run(run)
     options = fit_run(method.encoder, config)
     if "preprocessing" not in options:
         raise ConfigError(f"{run}: the run's config.yaml holds no table preprocessing (not a mimkit-multimodal run?)")
@@ -214,15 +267,17 @@ def embed(run: str, data: str, out: str, kind: Literal["multimodal", "image", "t
     vectors = []
     with torch.no_grad():
         for batch in make_loader(dataset, batch_size):
-            vectors.append(method.embed(batch, kind))
+            vectors.append(classifier(batch).float().softmax(-1) if classifier is not None
+                           else method.embed(batch, kind))
     features = torch.cat(vectors).float().contiguous()
     names = [str(f) for f in dataset.files]
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if out_path.suffix == ".safetensors":
         from safetensors.torch import save_file
 
+        extra = {"classes": json.dumps(config["classifier"]["classes"])} if classifier is not None else {}
         save_file({"embeddings": features}, str(out_path), metadata={"images": json.dumps(names), "kind": kind,
-                                                                     "run": str(run)})
+                                                                     "run": str(run), **extra})
     else:
         import pyarrow as pa
         import pyarrow.parquet as pq

@@ -87,15 +87,25 @@ def test_a_frozen_backbone_learns_only_its_head(digits):
     assert model.head.in_features == 32
 
 
-def test_cli_pretrain_writes_the_preprocessing_and_embed_and_evaluate_reuse_it(digits, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def tiny_run(digits, tmp_path_factory):
+    """A 3-step `mimkit-multimodal pretrain` run of a tiny TIP on the digits table."""
     from mimkit.multimodal.cli import main
 
-    config = tmp_path / "tiny.yaml"
+    folder = tmp_path_factory.mktemp("tip-run")
+    config = folder / "tiny.yaml"
     config.write_text(yaml.safe_dump({"method": "tip", "model": TINY}))
-    run = tmp_path / "run"
+    run = folder / "run"
     assert main(["pretrain", "--config", str(config), "--data", str(digits / "train.csv"), "--target", "digit",
                  "--out", str(run), "--max-steps", "3", "--batch-size", "16", "--num-workers", "0",
                  "--no-progress", "--data.crop_scale", "[0.7, 1.0]"]) == 0
+    return run
+
+
+def test_cli_pretrain_writes_the_preprocessing_and_embed_and_evaluate_reuse_it(digits, tiny_run, tmp_path, capsys):
+    from mimkit.multimodal.cli import main
+
+    run = tiny_run
     stored = yaml.safe_load((run / "config.yaml").read_text())
     columns = stored["data"]["preprocessing"]["columns"]
     assert [c["name"] for c in columns][:3] == ["parity", "closed_loop", "site"] and "digit" not in \
@@ -118,3 +128,46 @@ def test_cli_pretrain_writes_the_preprocessing_and_embed_and_evaluate_reuse_it(d
     assert "synthetic-digits-table-complete" in capsys.readouterr().out
     results = json.loads((run / "metrics.json").read_text())["results"]
     assert results[-1]["settings"]["strategy"] == "frozen" and results[-1]["auc"] is not None
+
+
+def test_finetune_keeps_its_classifier_and_a_reloaded_one_predicts_the_same(digits, tiny_run, tmp_path, capsys):
+    from safetensors import safe_open
+
+    from mimkit.core.runs import load_run
+    from mimkit.multimodal.bench import load_classifier, score_classifier
+    from mimkit.multimodal.cli import main
+
+    name, out = "synthetic-digits-table-value-0.3", tmp_path / "tuned"
+    assert main(["finetune", "--run", str(tiny_run), "--data", str(digits), "--task", name, "--max-steps", "3",
+                 "--batch-size", "16", "--out", str(out)]) == 0
+    row = json.loads((out / "metrics.json").read_text())["results"][-1]
+    folder = out / "classifiers" / name
+    assert {p.name for p in folder.iterdir()} >= {"model.safetensors", "head.safetensors", "config.yaml",
+                                                  "predictions.csv"}
+    stored = yaml.safe_load((folder / "config.yaml").read_text())
+    assert stored["data"]["preprocessing"]["target"] == "digit"
+    assert stored["classifier"]["classes"] == [str(d) for d in range(10)] and stored["classifier"]["rate"] == 0.3
+    # reloaded: the fine-tuned backbone (not the pretrained one), the same test probabilities and accuracy
+    model, _ = load_classifier(folder)
+    pretrained, _ = load_run(tiny_run)
+    assert not torch.equal(model.backbone.tabular.cls_token, pretrained.tabular.cls_token)
+    written = np.loadtxt(folder / "predictions.csv", delimiter=",", skiprows=1, usecols=range(3, 13))
+    again = score_classifier(folder, digits)  # the same cells missing as in fine-tuning (same pattern and seed)
+    assert np.allclose(again["probabilities"], written, atol=1e-5)
+    assert round(100 * again["accuracy"], 2) == row["value"]
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(folder), "--data", str(digits)]) == 0  # as it is: no training
+    scored = json.loads((folder / "metrics.json").read_text())["results"][-1]
+    assert (scored["value"], scored["auc"], scored["missing_rate"]) == (row["value"], row["auc"], 0.3)
+    probabilities_file = tmp_path / "probabilities.safetensors"
+    assert main(["embed", "--run", str(folder), "--data", str(digits / "test.csv"), "--out", str(probabilities_file),
+                 "--kind", "probabilities"]) == 0
+    with safe_open(str(probabilities_file), "pt") as handle:
+        probabilities = handle.get_tensor("embeddings").numpy()
+        assert json.loads(handle.metadata()["classes"]) == [str(d) for d in range(10)]
+    complete = score_classifier(folder, digits, rate=0.0)["probabilities"]  # the table as it is in the file
+    assert np.allclose(probabilities, complete, atol=1e-5) and np.abs(probabilities - written).max() > 1e-4
+    capsys.readouterr()
+    assert main(["embed", "--run", str(tiny_run), "--data", str(digits / "test.csv"), "--out",
+                 str(probabilities_file), "--kind", "probabilities"]) != 0
+    assert "--kind probabilities needs a classifier folder" in capsys.readouterr().err
