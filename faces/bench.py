@@ -16,6 +16,19 @@ Protocols and the data root they read:
 - gmdf-lodo-<dataset>: GM-DF's multi-dataset protocol, train on the training splits of the other four datasets
   (each a domain), test on the one left out; same ROOT.
 GM-DF's own figures could not be found (see mimkit.faces.published): no published rows are registered for them.
+
+Generation tasks (a Vec2Face model; ROOT holds identities/, written by `mimkit-faces synthetic`, or is itself a
+folder of aligned face images, one identity each): each real face's vector from the model's identity network is
+perturbed at the official scales (`per_identity` images each) and generated; a recognizer then embeds the generated
+and the real faces: by default the model's own identity network (the vector space it was trained in, as the
+paper's identity loss), or an independent one (`recognizer`: an IResNet file, or "dlib").
+- vec2face-identity-consistency: mean cosine similarity of each generated face to the real face whose vector made
+  it (intra-identity consistency);
+- vec2face-identity-identification: rank-1 identification of the generated faces among all the real faces
+  (identity separability; chance is 1 / identities).
+Both also give the generated set's intra / inter-identity similarity, their gap and its LFW-style verification
+accuracy. Their protocol is "retrieval" (generated faces as queries, the real faces as the gallery): mimkit.benchmarks
+has no generation protocol.
 """
 from __future__ import annotations
 
@@ -26,10 +39,11 @@ from typing import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mimkit.benchmarks.tasks import Task, register_task
-from mimkit.core.errors import DataError
+from mimkit.core.errors import ConfigError, DataError
 from mimkit.faces import published  # noqa: F401  (documents that no GM-DF figures are registered)
 
 from .data import FaceForgeryDataset, detection_metrics, read_videos
@@ -194,5 +208,125 @@ for _registered in TASKS:
     register_task(_registered)
 
 
+# ============================================================================================ generation (Vec2Face)
+class IdentityFaces(torch.utils.data.Dataset):
+    """Aligned face images, one identity each: {"image" in [-1, 1] (3, S, S), "label" = the face's index}."""
+
+    def __init__(self, files: Sequence[Path], size: int):
+        from .data import read_image
+
+        self.files, self.size = list(files), size
+        self.images = [read_image(f) for f in self.files]
+        self.targets = list(range(len(self.files)))
+        self.names = [f.stem for f in self.files]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict:
+        from PIL import Image
+
+        image = np.asarray(Image.fromarray(self.images[index]).resize((self.size, self.size), Image.BICUBIC))
+        pixels = torch.from_numpy(image.transpose(2, 0, 1).copy()).float() / 127.5 - 1
+        return {"image": pixels, "label": index}
+
+
+def identity_faces_reader(root: Path, size: int = 112, **_):
+    """ROOT/identities/ (mimkit-faces synthetic) or ROOT: each image one identity; the same set both ways."""
+    from .data import IMAGE_SUFFIXES
+
+    folder = root / "identities" if (root / "identities").is_dir() else root
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+    if len(files) < 2:
+        raise DataError(f"{folder}: expected aligned face images, one identity each (at least 2; "
+                        f"`mimkit-faces synthetic OUT` writes OUT/identities/), found {len(files)}")
+    faces = IdentityFaces(files, size)
+    return faces, faces
+
+
+def _resized(images: torch.Tensor, size: int) -> torch.Tensor:
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
+def _embedder(recognizer: str | None, method: nn.Module, batch_size: int):
+    """(name, images in [-1, 1] -> features): the method's identity network, an IResNet file, or dlib's ResNet."""
+    from .identity import DlibRecognizer, load_identity_network
+
+    if recognizer == "dlib":
+        from .generate import to_uint8
+
+        judge = DlibRecognizer()
+        return "dlib ResNet (128-d)", lambda images: judge(list(to_uint8(_resized(images, 150))))
+    network = method.identity_network if recognizer is None else load_identity_network(recognizer)
+    name = "the model's identity network" if recognizer is None else str(recognizer)
+    device = next(method.parameters()).device
+    network = network.to(device)
+
+    @torch.no_grad()
+    def embed(images: torch.Tensor) -> torch.Tensor:
+        return torch.cat([network(_resized(images[i:i + batch_size], network.img_size).to(device)).float().cpu()
+                          for i in range(0, len(images), batch_size)])
+    return name, embed
+
+
+def generation_runner(subject: nn.Module, train_set, test_set, *, root: Path, per_identity: int = 5,
+                      recognizer: str | None = None, batch_size: int = 32, seed: int = 0) -> dict:
+    """Generate `per_identity` faces from perturbations of each real face's identity vector and measure them
+    against the real faces with a recognizer (see the module docstring); fractions, cosine similarities as is."""
+    from .generate import perturb
+    from .identity import identity_statistics, verification_accuracy
+
+    if not (hasattr(subject, "generate") and hasattr(subject, "identity_network")):
+        given = getattr(subject, "method_name", None) or type(subject).__name__
+        raise ConfigError(f"generation tasks need a vec2face model (one that generates faces); got {given}")
+    if per_identity < 2:
+        raise ConfigError(f"per_identity must be at least 2 (same-identity pairs), got {per_identity}")
+    device = next(subject.parameters()).device
+    real = torch.stack([test_set[i]["image"] for i in range(len(test_set))])
+    _, own = _embedder(None, subject, batch_size)
+    vectors = own(real)   # the generator's input: its own recognizer's vectors of the real faces
+    samples, owners = perturb(vectors, per_identity, seed=seed)
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)   # the generation masks
+    try:
+        generated = torch.cat([subject.generate(samples[i:i + batch_size].to(device)).float().cpu()
+                               for i in range(0, len(samples), batch_size)])
+    finally:
+        torch.random.set_rng_state(state)
+    name, embed = _embedder(recognizer, subject, batch_size)
+    fake, genuine = F.normalize(embed(generated), dim=-1), F.normalize(embed(real), dim=-1)
+    consistency = (fake * genuine[owners]).sum(-1)
+    rank1 = ((fake @ genuine.T).argmax(1) == owners).float().mean()
+    return {"identity_similarity": float(consistency.mean()), "rank1": float(rank1),
+            "chance_rank1": 1 / len(real), **identity_statistics(fake, owners),
+            "verification_accuracy": verification_accuracy(fake, owners, seed=seed), "recognizer": name,
+            "per_identity": per_identity}
+
+
+GENERATION_SETTINGS = {"per_identity": 5, "batch_size": 32}  # ours: 5 perturbations of each real face
+
+
+def _generation_task(name: str, metric: str, description: str) -> Task:
+    return Task(name, "faces", "shipped faces (LFW subset, astronaut, Grace Hopper)", "retrieval", metric,
+                identity_faces_reader, description, runner=generation_runner, settings=dict(GENERATION_SETTINGS),
+                protocol_details=dict(split="every shipped face MTCNN aligns, each its own identity",
+                                      metric_variant=f"{metric} of generated faces against the real ones"))
+
+
+GENERATION_TASKS = [
+    _generation_task("vec2face-identity-consistency", "identity_similarity",
+                     "Vec2Face: mean cosine similarity of faces generated from perturbed identity vectors to the real "
+                     "face that gave the vector (intra-identity consistency)"),
+    _generation_task("vec2face-identity-identification", "rank1",
+                     "Vec2Face: rank-1 identification of faces generated from perturbed identity vectors among the "
+                     "real faces (identity separability)"),
+]
+for _registered in GENERATION_TASKS:
+    register_task(_registered)
+TASKS += GENERATION_TASKS
+
+
 __all__ = ["detection_runner", "train_detector", "score_frames", "synthetic_reader", "protocol_reader", "TASKS",
-           "DATASET_FOLDERS"]
+           "DATASET_FOLDERS", "generation_runner", "identity_faces_reader", "IdentityFaces", "GENERATION_TASKS"]

@@ -135,15 +135,18 @@ def detect(run: str, input: str, out: str = "scores.csv", frames_per_video: int 
 # ------------------------------------------------------------------------------------------ evaluate
 def evaluate(run: str, data: str, task: list[str] | None = None, out: str | None = None,
              compare_random_init: bool = False, steps: int | None = None, batch_size: int | None = None,
-             lr: float | None = None, frames_per_video: int = 8, compression: str = "c23", seed: int = 0) -> list[dict]:
-    """Train and score a detector from a run on face-forgery benchmark tasks (frame/video AUC, EER, accuracy);
-    results are appended to the run's metrics.json (or OUT/metrics.json).
+             lr: float | None = None, frames_per_video: int = 8, compression: str = "c23", seed: int = 0,
+             per_identity: int | None = None, recognizer: str | None = None) -> list[dict]:
+    """Train and score a detector from a run on face-forgery benchmark tasks (frame/video AUC, EER, accuracy), or
+    measure a Vec2Face run's generated identities; results are appended to the run's metrics.json (or
+    OUT/metrics.json).
 
     Args:
         run: a mimkit run folder (a GM-DF run trains as a detector; any other encoder gets a logistic regression)
         data: the tasks' data root (see `mimkit.faces.bench`: the synthetic folder, an FF++ folder, or a folder
             holding FaceForensics++/, Celeb-DF-v2/, DFDC/, WildDeepfake/)
-        task: faces-synthetic, ffpp-c23, ffpp-to-{celebdf,dfdc,wilddeepfake,dfd}, gmdf-lodo-<dataset>
+        task: faces-synthetic, ffpp-c23, ffpp-to-{celebdf,dfdc,wilddeepfake,dfd}, gmdf-lodo-<dataset>; for a
+            vec2face run vec2face-identity-consistency and vec2face-identity-identification (its default)
         out: where to add the results (default: the run folder)
         compare_random_init: also the same model at random initialisation
         steps: detector training steps (default: the task's, 300)
@@ -152,6 +155,9 @@ def evaluate(run: str, data: str, task: list[str] | None = None, out: str | None
         frames_per_video: frames drawn from each video
         compression: FaceForensics++ / DFD compression
         seed: seed of the training and of the random initialisation
+        per_identity: generation tasks: images generated from each real face's perturbed vector (default 5)
+        recognizer: generation tasks: the judge of identity: an IResNet file or "dlib" (default: the model's own
+            identity network)
     """
     from mimkit.benchmarks.report import write_table
     from mimkit.benchmarks.runner import run_task
@@ -159,14 +165,21 @@ def evaluate(run: str, data: str, task: list[str] | None = None, out: str | None
     from mimkit.core.runs import load_run, update_metrics
 
     method, config = load_run(run)
-    options = {k: v for k, v in {"steps": steps, "batch_size": batch_size, "lr": lr}.items() if v is not None}
+    from .bench import GENERATION_TASKS
+
+    generation = {t.name for t in GENERATION_TASKS}
+    detection = {k: v for k, v in {"steps": steps, "batch_size": batch_size, "lr": lr}.items() if v is not None}
+    generating = {k: v for k, v in {"per_identity": per_identity, "recognizer": recognizer,
+                                    "batch_size": batch_size}.items() if v is not None}
+    default = sorted(generation) if config.get("method") == "vec2face" else ["faces-synthetic"]
     rows = []
-    for name in task or ["faces-synthetic"]:
+    for name in task or default:
         spec = get_task(name)
         if spec.domain != "faces":
             raise ConfigError(f"task {name} is a {spec.domain} task; mimkit-faces evaluates faces tasks")
         reader = {"frames_per_video": frames_per_video, **({"compression": compression} if name != "faces-synthetic"
                                                             else {})}
+        options = generating if name in generation else detection
         rows += [{**row, "method": config.get("method")} for row in
                  run_task(spec, method, data, run_config=config, compare_random_init=compare_random_init, seed=seed,
                           reader_options=reader, **options)]
@@ -209,7 +222,8 @@ def synthetic(out: str, kind: list[Literal["colour", "swap", "blur", "noise"]] |
               frames: int = 3, count: int | None = None, seed: int = 0) -> Path:
     """Write real faces that packages ship (scikit-image's LFW crops and astronaut, matplotlib's Grace Hopper)
     and self-blended forgeries of them, one folder per forgery kind in the real/ + fake/ layout
-    (OUT/<kind>/{train,test}/{real,fake}/<video>/frame_<k>.png).
+    (OUT/<kind>/{train,test}/{real,fake}/<video>/frame_<k>.png), and the same real faces aligned for face
+    recognition (MTCNN, ArcFace template, 112 x 112) as OUT/identities/<name>.png for Vec2Face's generation tasks.
 
     Args:
         out: the folder to write
@@ -219,10 +233,12 @@ def synthetic(out: str, kind: list[Literal["colour", "swap", "blur", "noise"]] |
         count: use only the first COUNT faces (default: all 102)
         seed: random seed of the forgeries and the train/test split
     """
-    from .synthetic import FORGERY_KINDS, write_dataset
+    from .synthetic import FORGERY_KINDS, write_dataset, write_identity_faces
 
     root = write_dataset(out, kinds=kind or FORGERY_KINDS, size=size, frames=frames, seed=seed, count=count)
-    print(f"wrote real faces and their forgeries ({', '.join(kind or FORGERY_KINDS)}) to {root}")
+    write_identity_faces(root / "identities", count=count)
+    print(f"wrote real faces and their forgeries ({', '.join(kind or FORGERY_KINDS)}) to {root}, and the real faces "
+          f"aligned for recognition to {root / 'identities'}")
     return root
 
 

@@ -10,6 +10,9 @@ boundary and a colour or frequency mismatch are real signals a detector can find
 The folder `write_dataset` writes is the generic real/ + fake/ layout `mimkit.faces.data` reads:
     ROOT/<kind>/{train,test}/{real,fake}/<video>/frame_<k>.png
 one "video" per source face: a few frames that differ by a small shift and scale, as consecutive video frames do.
+
+`write_identity_faces` writes the same real faces aligned for face recognition (ArcFace template, 112 x 112), one
+file per identity, for Vec2Face's generation tasks: ROOT/identities/<name>.png plus identities.json.
 """
 from __future__ import annotations
 
@@ -141,4 +144,59 @@ def write_dataset(root: str | Path, kinds: Sequence[str] = FORGERY_KINDS, size: 
     return root
 
 
-__all__ = ["FORGERY_KINDS", "real_faces", "face_mask", "forge", "jitter", "write_dataset"]
+def identity_faces(size: int = 112, aligner=None, count: int | None = None
+                   ) -> tuple[list[tuple[str, np.ndarray]], str, list[str]]:
+    """(faces, alignment, missed): the shipped real faces aligned on their five MTCNN landmarks to the ArcFace
+    template at `size` (alignment "mtcnn"; an LFW crop is enlarged to 75 pixels on a grey 150-pixel canvas first,
+    as MTCNN needs some room around a face); faces MTCNN does not find are left out and named in `missed`.
+    Without MTCNN's weights: the hand-cut crops resized (alignment "crop"). `count`: the first faces only."""
+    from skimage import data
+
+    from mimkit.core.errors import CheckpointError, ConfigError
+
+    if aligner is None:
+        from .detection import FaceAligner
+
+        try:
+            aligner = FaceAligner(size=size)
+        except (ConfigError, CheckpointError):
+            return real_faces(size)[:count], "crop", []
+    sources = []
+    for i, face in enumerate(data.lfw_subset()[:100]):
+        grey = np.asarray(Image.fromarray((np.clip(face, 0, 1) * 255).astype(np.uint8)).resize((75, 75),
+                                                                                               Image.BICUBIC))
+        canvas = np.full((150, 150), 128, np.uint8)
+        canvas[38:113, 38:113] = grey
+        sources.append((f"lfw_{i:03d}", np.repeat(canvas[..., None], 3, axis=2)))
+    sources += [("astronaut", data.astronaut()), ("grace_hopper", _grace_hopper())]
+    faces, missed = [], []
+    for name, image in sources[:count]:
+        aligned = aligner(image)
+        if aligned is None:
+            missed.append(name)
+        else:
+            faces.append((name, aligned))
+    return faces, "mtcnn", missed
+
+
+def write_identity_faces(root: str | Path, size: int = 112, count: int | None = None) -> Path:
+    """Write the shipped real faces aligned for recognition (identity_faces) as ROOT/<name>.png, one identity
+    each, with ROOT/identities.json (size, alignment, the faces left out). Returns `root`."""
+    import json
+    import logging
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    faces, alignment, missed = identity_faces(size, count=count)
+    for name, face in faces:
+        Image.fromarray(face).save(root / f"{name}.png")
+    if missed:
+        logging.getLogger("mimkit").warning("MTCNN found no face in %d shipped images (%s): left out of %s",
+                                            len(missed), ", ".join(missed), root)
+    (root / "identities.json").write_text(json.dumps({"size": size, "alignment": alignment, "faces": len(faces),
+                                                      "missed": missed}, indent=1))
+    return root
+
+
+__all__ = ["FORGERY_KINDS", "real_faces", "face_mask", "forge", "jitter", "write_dataset", "identity_faces",
+           "write_identity_faces"]
