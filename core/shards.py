@@ -85,14 +85,22 @@ def check_out(out: str | Path, source: str | Path | None, overwrite: bool, is_ou
 def optimize(fn, inputs: Sequence, out: Path, chunk_bytes: str, num_workers: int) -> list[dict]:
     """`litdata.optimize` of `fn` over `inputs` into `out`, in the inputs' order; returns the inputs `fn` refused
     ({"path", "reason"}). `fn` must pickle: LitData's workers are spawned processes."""
+    import multiprocessing
+
     import litdata
 
     out.mkdir(parents=True, exist_ok=True)
+    # LitData sets the process-wide start method to spawn; put back what this process had (the data loaders of a run
+    # started in the same process would otherwise pickle their datasets into spawned workers)
+    start_method = multiprocessing.get_start_method(allow_none=True)
     with tempfile.TemporaryDirectory() as scratch:
         log = Path(scratch) / "skipped.jsonl"
         log.touch()
-        litdata.optimize(fn=_Logged(fn, log), inputs=list(inputs), output_dir=str(out), chunk_bytes=chunk_bytes,
-                         num_workers=num_workers, mode="overwrite", verbose=False, keep_data_ordered=True)
+        try:
+            litdata.optimize(fn=_Logged(fn, log), inputs=list(inputs), output_dir=str(out), chunk_bytes=chunk_bytes,
+                             num_workers=num_workers, mode="overwrite", verbose=False, keep_data_ordered=True)
+        finally:
+            multiprocessing.set_start_method(start_method, force=True)
         return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
 
 

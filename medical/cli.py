@@ -45,6 +45,10 @@ def _modality_method(argv: list[str]) -> str:
     """The method the command line picks before parsing: --method, else the modality's (mae until one is given,
     for --help; pretraining itself then asks for --modality)."""
     modality = config_value(argv, "modality") or config_value(argv, "data.modality")
+    if modality is None:  # shards from `mimkit-medical shard` know theirs
+        from .shards import shard_modality
+
+        modality = shard_modality(config_value(argv, "data") or config_value(argv, "data.root"))
     return DEFAULT_METHODS.get(modality, "mae")
 
 
@@ -400,10 +404,38 @@ def synthetic(out: str, kind: list[str] | None = None, size: int | None = None, 
     return folders
 
 
+# ============================================================================================ shard
+def shard(data: MedicalData, out: str, img_size: int | list[int] | None = None, in_chans: int | None = None,
+          chunk_bytes: str = "256MB", num_workers: int = 1, overwrite: bool = False) -> dict:
+    """Prepare images or volumes once (MONAI: orientation, --spacing, --hu-window, foreground crop, padding to the
+    ROI) into LitData shards that `mimkit-medical pretrain --data SHARDS` reads in place of the folder: the random
+    crops stay per step, the expensive steps run once.
+
+    Args:
+        data: the folder, its layout and modality, and the preprocessing the runs will use (--roi for volumes)
+        out: the shard folder to write
+        img_size: 2D input size (default 224); volumes take --roi (default 96)
+        in_chans: channels of the inputs (default: read from the files)
+        chunk_bytes: the size of one chunk file (LitData's chunk_bytes)
+        num_workers: processes preparing the inputs
+        overwrite: replace the shards already in --out
+    """
+    from .shards import shard_summary, write_medical_shards
+
+    if num_workers < 1:
+        raise ConfigError(f"--num-workers must be at least 1, got {num_workers}")
+    meta = write_medical_shards(data, out, img_size=img_size, in_chans=in_chans, chunk_bytes=chunk_bytes,
+                                num_workers=num_workers, overwrite=overwrite)
+    print("\n".join(shard_summary(meta, out)))
+    return meta
+
+
 # ============================================================================================ the tool
 def build_tool() -> Tool:
+    from .shards import MedicalShardsData
+
     pretrain = pretrain_command(
-        MedicalData, default_method=_modality_method,
+        MedicalShardsData, default_method=_modality_method,
         description="Pretrain any registered method (default per modality: ct/mr hiend_mae, xray thorax_mae, "
         "oct/fundus uni4eye) on a folder of medical images or volumes. CT: orientation RAS, --spacing resampling, "
         "--hu-window, foreground crop, random --roi sub-volumes; MR: z-score inside the body; X-ray/OCT/fundus: "
@@ -429,6 +461,8 @@ def build_tool() -> Tool:
                             preprocess=positional("name")),
                     Command("synthetic", synthetic, "write small synthetic data sets in the public layouts (tests, "
                             "demo)"),
+                    Command("shard", shard, "prepare images or volumes once into LitData shards (read by pretrain "
+                            "--data like a folder)", aliases=DATA_ALIASES),
                 ], epilog="Try it without data: `mimkit-medical synthetic --out data`, then `mimkit-medical pretrain "
                 "--data data/organs --layout msd --modality ct --out runs/ct ...`. Each command has its own --help.")
 
