@@ -55,7 +55,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.95)  # MAE
     warmup_steps: int | None = None     # None: 5% of max_steps (MAE: 40 of 800 epochs)
     accumulate_grad_batches: int = 1
-    precision: str = "32"               # "32" or "bf16-mixed"
+    precision: str = "32"               # "32", "bf16-mixed", or "auto" (bf16-mixed where bf16 is native)
     accelerator: str = "auto"
     devices: int = 1
     num_nodes: int = 1
@@ -68,8 +68,10 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
-        if self.precision not in ("32", "bf16-mixed", "16-mixed", "bf16-true"):
-            raise ConfigError(f"precision must be 32 or bf16-mixed, got {self.precision!r}")
+        if self.precision not in ("32", "bf16-mixed", "16-mixed", "bf16-true", "auto"):
+            raise ConfigError(f"precision must be 32, bf16-mixed or auto, got {self.precision!r}")
+        gpu = self.accelerator in ("gpu", "cuda") or (self.accelerator == "auto" and torch.cuda.is_available())
+        self.precision = auto_precision(self.precision, "cuda" if gpu else "cpu")  # config.yaml keeps what ran
         for item in dataclasses.fields(self):  # each number within its range (core.config.RANGES)
             check_number(f"train.{item.name}", getattr(self, item.name), range_rule(f"train.{item.name}"))
         self.betas = tuple(self.betas)
@@ -100,6 +102,41 @@ class TrainConfig:
         if warmup is None and self.warmup_epochs is not None:
             warmup = min(steps, round(self.warmup_epochs * steps_per_epoch))
         return dataclasses.replace(self, max_steps=steps, warmup_steps=warmup)
+
+
+def native_bf16(device_type: str = "cpu") -> bool:
+    """Whether bf16 matrix products run natively here (CUDA: the GPU says so; CPU: AVX512-BF16 or AMX).
+
+    Without them torch still computes bf16 on the CPU, by conversion: 16x slower than fp32 for ViT-Tiny
+    on an AVX2 machine (measured, issue 15), so bf16 autocast only pays where this is True.
+    """
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device_type != "cpu":
+        return False
+    capability = torch.backends.cpu.get_cpu_capability()  # "AVX512" / "AVX2" / "DEFAULT"...; AMX shows here too
+    if "AMX" in capability.upper():
+        return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no way to ask, so no claim
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def auto_precision(precision: str, device_type: str = "cpu") -> str:
+    """`precision` with "auto" resolved: bf16-mixed where `native_bf16`, else 32."""
+    if precision != "auto":
+        return precision
+    return "bf16-mixed" if native_bf16(device_type) else "32"
+
+
+def adamw(groups, lr: float, betas: tuple[float, float]) -> torch.optim.AdamW:
+    """AdamW with torch's fused kernel where every parameter allows it (3x faster steps on the CPU, measured
+    for ViT-Tiny MAE: 10 vs 30 ms), else its default implementation."""
+    params = [p for group in groups for p in group["params"]]
+    fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -161,8 +198,7 @@ class MIMModule(L.LightningModule):
 
     def configure_optimizers(self):
         cfg = self.config
-        optimizer = torch.optim.AdamW(parameter_groups(self.method, cfg.weight_decay), lr=cfg.learning_rate,
-                                      betas=cfg.betas)
+        optimizer = adamw(parameter_groups(self.method, cfg.weight_decay), cfg.learning_rate, cfg.betas)
         min_ratio = cfg.min_lr / cfg.learning_rate if cfg.learning_rate else 0.0
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: warmup_cosine(step, cfg.warmup, cfg.max_steps, min_ratio))
@@ -269,9 +305,11 @@ def load_initial_weights(method: MIMMethod, path: str | Path) -> dict:
 
 class StopOnSignal(Callback):
     """SIGTERM (what SLURM and Kubernetes send before a kill) and SIGINT (Ctrl+C) end training after the current
-    step with a checkpoint, so `--resume` continues exactly. The signal is noted and handed to Lightning's own SIGTERM
-    handling at the end of the step, after the checkpoint is written where ModelCheckpoint writes its own (a state
-    Lightning resumes exactly); Lightning then stops the loops. A second Ctrl+C interrupts at once."""
+    step with a checkpoint, so `--resume` continues exactly. The signal is only noted; at the end of each optimiser
+    step every process asks the others whether any noted one (Lightning's `reduce_boolean_decision`: a signal may
+    reach one rank only, or ranks at different steps), so all ranks save the same step's checkpoint together and
+    then hand the stop to Lightning's own SIGTERM handling, which ends the loops on every rank at once. No collective
+    runs inside a signal handler. A second Ctrl+C interrupts at once."""
 
     def __init__(self, last: Path):
         self.last, self.signal, self.step = last, None, None
@@ -285,11 +323,6 @@ class StopOnSignal(Callback):
         for signum in (signal.SIGTERM, signal.SIGINT):
             self._previous[signum] = signal.getsignal(signum)
             signal.signal(signum, self._note)
-        if trainer.world_size > 1:
-            # every rank must stop at the same step: Lightning's own broadcast decides, at the start of a step,
-            # and no checkpoint is added (the periodic ones resume)
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(signum, self._lightning)
 
     def _note(self, signum, frame) -> None:
         if self.signal == "SIGINT" and signum == signal.SIGINT:
@@ -297,15 +330,19 @@ class StopOnSignal(Callback):
         self.signal = signal.Signals(signum).name
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        if self.signal is None and not trainer.received_sigterm:
-            return
         if (batch_idx + 1) % trainer.accumulate_grad_batches:
             return  # in the middle of an accumulated step: stop after the optimiser step
+        # every rank takes part at every step (one small all-reduce under DDP), so they agree on the step
+        noted = self.signal is not None or trainer.received_sigterm
+        if not trainer.strategy.reduce_boolean_decision(noted, all=False):
+            return
         self.step = trainer.global_step
-        trainer.save_checkpoint(self.last, weights_only=False)
-        self.signal = self.signal or "SIGTERM"
+        trainer.save_checkpoint(self.last, weights_only=False)  # rank 0 writes; all ranks meet at its barrier
+        self.signal = self.signal or "SIGTERM"  # the rank that saw none stops for the rank that did
         if not trainer.received_sigterm and callable(self._lightning):
-            self._lightning(signal.SIGTERM, None)  # Lightning stops the loops (and its launcher's processes)
+            # Lightning's handler, called on every rank at this same point (its broadcast is matched): it marks
+            # received_sigterm, so the loops raise SIGTERMException together after this step
+            self._lightning(signal.SIGTERM, None)
 
     def on_exception(self, trainer, module, exception: BaseException) -> None:
         self._restore()  # Lightning calls no teardown hook after an exception
@@ -448,6 +485,8 @@ def _pretrain(method, dataset, out_dir: Path, config, *, method_config, resume, 
                     ckpt_path=str(resume_from) if resume_from else None)
     except SIGTERMException:
         code = 130 if stopper.signal == "SIGINT" else 143
+        if not trainer.is_global_zero:
+            code = 0  # rank 0 reports the stop; a rank exiting non-zero makes the launcher (Lightning's, torchrun) kill all
         saved = (f"after step {stopper.step}; the checkpoint {last} holds it" if stopper.step is not None else
                  "; its newest step checkpoint holds it")
         raise RunInterrupted(f"stopped by {stopper.signal or 'a signal'} {saved}: --resume --out {out_dir} continues",

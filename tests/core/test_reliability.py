@@ -210,6 +210,66 @@ def test_sigterm_and_sigint_save_a_checkpoint_and_resume_continues_exactly(finis
     assert all(torch.equal(a[k], b[k]) for k in a)  # the same weights as the uninterrupted run
 
 
+DDP_SIGNAL_SCRIPT = """
+import json, os, signal, sys
+from pathlib import Path
+import torch
+from lightning.pytorch.callbacks import Callback
+from mimkit.core.data import ImageFolderDataset
+from mimkit.core.train import RunInterrupted, TrainConfig, pretrain
+
+images, out, send, resume = sys.argv[1], Path(sys.argv[2]), sys.argv[3], sys.argv[4] == "resume"
+torch.set_num_threads(1)
+
+class Terminate(Callback):
+    # rank 0 sends SIGTERM after step 2: to itself only (a kill of the launcher) or to every rank (SLURM's scancel)
+    sent = False
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if trainer.global_step == 2 and trainer.global_rank == 0 and send != "none" and not self.sent:
+            self.sent = True
+            others = [proc.pid for proc in trainer.strategy.launcher.procs] if send == "all" else []
+            for pid in [os.getpid(), *others]:
+                os.kill(pid, signal.SIGTERM)
+
+config = TrainConfig(batch_size=2, max_steps=8, checkpoint_every=4, num_workers=0, log_every=1, progress=False,
+                     accelerator="cpu", devices=2, strategy="ddp", lr=1e-3, warmup_steps=2)
+data = ImageFolderDataset(images, img_size=32, patch_size=8, in_chans=1)
+rank = int(os.environ.get("LOCAL_RANK", "0"))
+try:
+    summary = pretrain("mae", data, out, config, method_config={tiny}, resume=resume, callbacks=[Terminate()])
+    result, code = {{"steps": summary.get("steps"), "this_session": summary.get("steps_this_session")}}, 0
+except RunInterrupted as stop:
+    result, code = {{"stopped": str(stop)}}, stop.exit_code
+(out / f"rank{{rank}}.json").write_text(json.dumps({{**result, "exit": code}}))
+sys.exit(code)
+"""
+
+
+@pytest.mark.parametrize("send", ["launcher", "all"])
+def test_sigterm_under_ddp_saves_one_checkpoint_all_ranks_agree_on_and_resume_continues(image_folder, tmp_path, send):
+    script, run = tmp_path / "ddp_signal.py", tmp_path / "run"
+    script.write_text(DDP_SIGNAL_SCRIPT.format(tiny=TINY))
+    env = {**os.environ, "PL_DISABLE_FORK": "1", "OMP_NUM_THREADS": "1"}
+
+    def launch(mode):  # the pipes close when every rank has exited: a rank left hanging times out
+        return subprocess.run([sys.executable, str(script), str(image_folder), str(run), send, mode], env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    stopped = launch("new")
+    assert stopped.returncode == 143, stopped.stderr[-3000:]  # the shell's code for SIGTERM, after a clean stop
+    ranks = [json.loads((run / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert all("stopped by SIGTERM after step 3" in rank["stopped"] for rank in ranks)  # the same step on both
+    assert [rank["exit"] for rank in ranks] == [143, 0]  # a non-zero exit of rank 1 would make the launcher kill all
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 3  # between the step-4 checkpoints: written because of the signal
+    assert not (run / LOCK).exists()
+    if send == "launcher":  # one resume is enough to show the checkpoint continues under DDP
+        resumed = launch("resume")
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert json.loads((run / "rank0.json").read_text()) == {"steps": 8, "this_session": 5, "exit": 0}
+
+
 def test_a_requeued_slurm_job_continues_its_run_with_the_same_command_line(finished_run, tmp_path, monkeypatch):
     images, original = finished_run
     run = shutil.copytree(original, tmp_path / "run")
