@@ -486,7 +486,7 @@ def _pretrain(method, dataset, out_dir: Path, config, *, method_config, resume, 
     except SIGTERMException:
         code = 130 if stopper.signal == "SIGINT" else 143
         if not trainer.is_global_zero:
-            code = 0  # rank 0 reports the stop; a rank exiting non-zero makes the launcher (Lightning's, torchrun) kill all
+            code = 0  # rank 0 reports the stop; a rank exiting non-zero makes its launcher kill all ranks
         saved = (f"after step {stopper.step}; the checkpoint {last} holds it" if stopper.step is not None else
                  "; its newest step checkpoint holds it")
         raise RunInterrupted(f"stopped by {stopper.signal or 'a signal'} {saved}: --resume --out {out_dir} continues",
