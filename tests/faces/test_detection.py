@@ -156,3 +156,36 @@ def test_raw_frames_are_aligned_in_the_face_data(tmp_path, detector):
     dataset[1]   # the blank frame: no face, used whole and counted
     assert dataset.missed == 1
     assert FaceData(sources=[f"folder:{tmp_path}"]).dataset(img_size=112).aligner is None   # crops pass through
+
+
+def test_detect_command_aligns_raw_frames_as_the_run_was_trained(tmp_path, detector, caplog):
+    import csv
+    import logging
+
+    from PIL import Image
+
+    from mimkit.core import build_method
+    from mimkit.core.checkpoints import save_method
+    from mimkit.core.runs import write_config
+    from mimkit.faces.cli import main
+
+    model = dict(encoder=dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2), text_width=32,
+                 text_depth=1, text_heads=2, context_length=24, text_embed_dim=32, decoder_embed_dim=32,
+                 decoder_depth=1, decoder_num_heads=2, domains=["raw"])
+    torch.manual_seed(0)
+    save_method(build_method("gm_df", **model), tmp_path / "run" / "model.safetensors", model)
+    write_config(tmp_path / "run", {"method": "gm_df", "model": model,
+                                    "data": {"sources": ["folder:/x"], "faces": "mtcnn", "face_margin": 0.3}})
+    (tmp_path / "frames").mkdir()
+    Image.fromarray(astronaut()).save(tmp_path / "frames" / "astronaut.png")
+    Image.fromarray(np.full((100, 100, 3), 90, np.uint8)).save(tmp_path / "frames" / "blank.png")
+    for faces, warned in ((None, True), ("cropped", False)):   # the run's setting, then crops passed through
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="mimkit"):
+            argv = ["detect", "--run", str(tmp_path / "run"), "--input", str(tmp_path / "frames"),
+                    "--out", str(tmp_path / "scores.csv")] + (["--faces", faces] if faces else [])
+            assert main(argv) == 0
+        rows = list(csv.DictReader((tmp_path / "scores.csv").open()))
+        assert sorted(r["video"] for r in rows) == ["astronaut.png", "blank.png"]
+        assert ("no face found in" in caplog.text and "blank.png" in caplog.text) is warned
+        assert "astronaut.png: the whole frame" not in caplog.text
