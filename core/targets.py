@@ -16,9 +16,11 @@ class PixelTarget:
     def __init__(self, patch_size: int | Sequence[int], normalize: bool = True, eps: float = 1e-6):
         self.patch_size, self.normalize, self.eps = patch_size, normalize, eps
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, C, *spatial) -> (B, N, patch_pixels * C)."""
+    def __call__(self, images: torch.Tensor, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, *spatial) -> (B, N, patch_pixels * C); with `ids` (B, R) only those tokens, (B, R, ...)."""
         target = patchify(images, self.patch_size).float()
+        if ids is not None:  # normalise only the tokens a method reconstructs
+            target = torch.gather(target, 1, ids.unsqueeze(-1).expand(-1, -1, target.shape[-1]))
         if self.normalize:
             mean = target.mean(-1, keepdim=True)
             var = target.var(-1, keepdim=True)
@@ -145,18 +147,22 @@ class HOGTarget:
         g_row[:, :, 1:-1] = x[:, :, 2:] - x[:, :, :-2]
         g_col[:, :, :, 1:-1] = x[:, :, :, 2:] - x[:, :, :, :-2]
         magnitude = torch.hypot(g_row, g_col)
-        angle = torch.rad2deg(torch.atan2(g_row, g_col)) % 180
-        bins = torch.div(angle, 180.0 / self.orientations, rounding_mode="floor").clamp_(0, self.orientations - 1)
+        # bins computed in place (the image-sized temporaries, not the arithmetic, cost the time)
+        bins = torch.atan2(g_row, g_col, out=g_row).rad2deg_().remainder_(180)
+        bins = bins.div_(180.0 / self.orientations, rounding_mode="floor").clamp_(0, self.orientations - 1)
         batch, chans, height, width = x.shape
         c = self.cell_size
         rows, cols = height // c, width // c
         magnitude = magnitude[:, :, :rows * c, :cols * c]
         bins = bins[:, :, :rows * c, :cols * c]
-        hist = []
-        for b in range(self.orientations):  # one bin at a time keeps memory at one image-sized tensor
-            in_bin = (magnitude * (bins == b)).reshape(batch, chans, rows, c, cols, c)
-            hist.append(in_bin.sum(dim=(3, 5)) / (c * c))
-        return torch.stack(hist, dim=-1)
+        # one pass: each pixel adds its magnitude to bin (cell, orientation) of its cell's histogram; the
+        # index is summed in floating point, exact for the < 2^24 bins of one image channel
+        cell = ((torch.arange(rows * c, device=x.device) // c)[:, None] * cols
+                + (torch.arange(cols * c, device=x.device) // c)[None, :]) * self.orientations
+        index = (bins + cell.to(bins.dtype)).long().reshape(batch * chans, -1)
+        hist = x.new_zeros(batch * chans, rows * cols * self.orientations)
+        hist.scatter_add_(1, index, magnitude.reshape(batch * chans, -1))
+        return hist.reshape(batch, chans, rows, cols, self.orientations) / (c * c)
 
     def normalized_cells(self, images: torch.Tensor) -> torch.Tensor:
         """Cell histograms normalised over their bins, (B, C, H // cell, W // cell, orientations)."""

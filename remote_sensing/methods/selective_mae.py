@@ -89,11 +89,14 @@ class SelectiveMAE(MIMMethod):
         mask = self.select(images, tokens, step)
         latent = self.encoder.forward_tokens(gather_tokens(tokens, mask.ids_keep))
         pred = self.decoder(latent, mask.ids_target)     # (B, R, patch_dim)
-        # predictions in place among N tokens (zeros elsewhere); the loss covers the reconstructed tokens only
-        full = pred.new_zeros(pred.shape[0], tokens.shape[1], pred.shape[-1])
-        full = full.scatter(1, mask.ids_target.unsqueeze(-1).expand_as(pred), pred)
-        loss = masked_mse(full, self.target(images), mask.target,  # nodata pixels (batch["valid"]) do not count
-                          valid_values(batch, images, self.encoder.patch_size))
+        # predictions in place among N tokens (zeros elsewhere); the loss covers the reconstructed tokens only,
+        # and only their targets are computed (a quarter of the patches: normalising all was a third of a step)
+        index = mask.ids_target.unsqueeze(-1).expand_as(pred)
+        full = pred.new_zeros(pred.shape[0], tokens.shape[1], pred.shape[-1]).scatter(1, index, pred)
+        valid = valid_values(batch, images, self.encoder.patch_size)  # nodata pixels (batch["valid"]) do not count
+        every = pred.new_ones(pred.shape[:2], dtype=torch.float32)
+        loss = masked_mse(full.gather(1, index), self.target(images, mask.ids_target), every,
+                          None if valid is None else valid.gather(1, index))
         # `mask` marks every hidden token; `pred` holds predictions for the reconstructed ones only
         return MIMOutput(loss=loss, parts={"reconstruction": loss.detach()}, pred=full, mask=mask.mask)
 
