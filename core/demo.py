@@ -21,7 +21,7 @@ LABELS_PER_CLASS = 10
 
 
 def run_demo(out: str | Path = "runs/demo", steps: int | None = None, quick: bool = False,
-             precision: str = "32", num_workers: int = 1) -> dict:
+             precision: str = "auto", num_workers: int = 1) -> dict:
     """The main job, no download: write scikit-learn's handwritten digits as PNG folders, pretrain a small MAE on the
     unlabelled training images, then compare the pretrained encoder with the same encoder at random initialisation
     under kNN, linear probe and fine-tuning with 10 labels per class. Writes report.md, metrics.json and pictures.
@@ -30,7 +30,7 @@ def run_demo(out: str | Path = "runs/demo", steps: int | None = None, quick: boo
         out: the output folder (data/, run/, report.md); an interrupted demo resumes from its last checkpoint
         steps: pretraining steps (default 1200)
         quick: a smoke run: 60 steps and short evaluations (its numbers mean nothing)
-        precision: 32 or bf16-mixed
+        precision: auto (bf16-mixed where the CPU or GPU computes bf16 natively, else 32), 32 or bf16-mixed
         num_workers: data-loading processes
     """
     from mimkit.benchmarks.runner import random_init
@@ -39,9 +39,10 @@ def run_demo(out: str | Path = "runs/demo", steps: int | None = None, quick: boo
     from .evaluate import evaluate_encoders
     from .runs import update_metrics
     from .synthetic import write_digits
-    from .train import TrainConfig, pretrain
+    from .train import TrainConfig, auto_precision, pretrain
 
     out = Path(out)
+    precision = auto_precision(precision)  # the report and config.yaml name what ran
     started = time.perf_counter()
     folders = write_digits(out / "data")
     train = dict(DEMO_TRAIN, precision=precision, num_workers=num_workers)
@@ -65,9 +66,11 @@ def run_demo(out: str | Path = "runs/demo", steps: int | None = None, quick: boo
     train_set = labelled_dataset(folders["train"], pretrained.encoder, data, "train")
     test_set = labelled_dataset(folders["test"], pretrained.encoder, data, "test")
     few = few_labels(train_set, LABELS_PER_CLASS, seed=0)
-    options = {"knn": {"k": 20}, "linear": {"epochs": 10 if quick else 90, "seed": 0},
+    # evaluation in the pretraining's precision (bf16 autocast where pretraining used it)
+    evaluation = {"precision": "bf16" if precision == "bf16-mixed" else "fp32"}
+    options = {"knn": {"k": 20, **evaluation}, "linear": {"epochs": 10 if quick else 90, "seed": 0, **evaluation},
                "finetune": {"epochs": 5 if quick else 100, "batch_size": 32, "warmup_epochs": 1 if quick else 10,
-                            "seed": 0}}
+                            "seed": 0, **evaluation}}
     print("mimkit demo: evaluating pretrained vs random-init encoders (kNN, linear probe, fine-tune with "
           f"{LABELS_PER_CLASS} labels per class)", file=sys.stderr)
     rows = evaluate_encoders({"pretrained": pretrained.encoder, "random": random_encoder},
