@@ -124,6 +124,31 @@ def extract_features(encoder: nn.Module, data, *, batch_size: int = 64, pool: st
         encoder.train(was_training).to(home)
 
 
+class FeatureCache:
+    """Features of (encoder, data set, pool, precision, device), encoded once and reused: kNN and the linear
+    probe of one encoder share them (`evaluate_encoders` passes one cache to both). The encoders must not change
+    while the cache is in use."""
+
+    def __init__(self):
+        self._store: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.encoded = 0  # data sets actually encoded (the rest came from the cache)
+
+    def features(self, encoder: nn.Module, data, **extract) -> tuple[torch.Tensor, torch.Tensor]:
+        """`extract_features(encoder, data, **extract)`, computed on the first call only."""
+        key = (id(encoder), id(data), extract.get("pool", "token"), extract.get("precision", "fp32"),
+               str(default_device(extract.get("device"))))
+        if key not in self._store:
+            self._store[key] = extract_features(encoder, data, **extract)
+            self.encoded += 1
+        return self._store[key]
+
+
+def _encode_pair(encoder, train_set, test_set, cache: FeatureCache | None, **extract):
+    """(train features, train labels, test features, test labels), through `cache` when given."""
+    encode = cache.features if cache is not None else extract_features
+    return (*encode(encoder, train_set, **extract), *encode(encoder, test_set, **extract))
+
+
 # ---------------------------------------------------------------------------------------- kNN
 def _single_label_for_knn(labels) -> None:
     if torch.as_tensor(labels).ndim != 1:
@@ -163,14 +188,14 @@ def knn_scores(train_features: torch.Tensor, train_labels: torch.Tensor, test_fe
 
 def knn_evaluate(encoder: nn.Module, train_set, test_set, *, k: int = 20, temperature: float | None = 0.07,
                  pool: str = "token", batch_size: int = 64, precision: str = "fp32", device=None,
-                 num_workers: int = 0, progress: bool | None = None) -> dict:
-    """Weighted kNN on frozen features (DINO protocol): accuracy and balanced accuracy on `test_set`."""
+                 num_workers: int = 0, progress: bool | None = None, features: FeatureCache | None = None) -> dict:
+    """Weighted kNN on frozen features (DINO protocol): accuracy and balanced accuracy on `test_set`; `features`
+    shares encoded features with other protocols."""
     _check_knn_options(k, temperature)  # before the costly feature extraction
     extract = dict(batch_size=batch_size, pool=pool, precision=precision, device=device,
                    num_workers=num_workers, progress=progress)
-    train_x, train_y = extract_features(encoder, train_set, **extract)
+    train_x, train_y, test_x, test_y = _encode_pair(encoder, train_set, test_set, features, **extract)
     _single_label_for_knn(train_y)
-    test_x, test_y = extract_features(encoder, test_set, **extract)
     num_classes = int(max(train_y.max(), test_y.max())) + 1
     scores = knn_scores(train_x, train_y, test_x, k=k, temperature=temperature, num_classes=num_classes)
     return {"protocol": "knn", "k": min(k, len(train_x)), "temperature": temperature, "pool": pool,
@@ -240,27 +265,31 @@ def _sklearn_probe(train_x, train_y, test_x, num_outputs: int, seed: int, max_it
 def linear_probe(encoder: nn.Module, train_set, test_set, *, method: str = "sgd", epochs: int = 90,
                  base_lr: float = 0.1, lr: float | None = None, batch_size: int = 256,
                  warmup_epochs: float = 10, max_iter: int = 1000, pool: str = "token", precision: str = "fp32",
-                 seed: int = 0, device=None, num_workers: int = 0, progress: bool | None = None) -> dict:
-    """Linear probe on frozen features (MAE protocol, `method="sgd"`: FineTuneModule with the "bn_linear" head on
-    features encoded once) or scikit-learn's logistic regression (`method="sklearn"`); the encoder is never changed."""
+                 seed: int = 0, device=None, num_workers: int = 0, progress: bool | None = None,
+                 features: FeatureCache | None = None) -> dict:
+    """Linear probe on frozen features encoded once, train and test split (MAE protocol, `method="sgd"`:
+    FineTuneModule with the "bn_linear" head; or scikit-learn's logistic regression, `method="sklearn"`); the
+    encoder is never changed; `features` shares encoded features with other protocols."""
     _choice("method", method, ("sgd", "sklearn"))
     _choice("pool", pool, POOLS)
     _positive(epochs=epochs, batch_size=batch_size, max_iter=max_iter)
     result = {"protocol": "linear", "method": method, "pool": pool}
-    if method == "sgd":
-        row = finetune_run(encoder, train_set, test_set, head="bn_linear", head_options={"pool": pool}, val_fraction=0,
-                           **_probe_settings(epochs, base_lr, lr, 0.0, warmup_epochs),
-                           **_trainer_settings(batch_size, precision, seed, device, num_workers, progress))
-        return {**result, "num_train": row["num_train"], "epochs": epochs, "lr": row["learning_rate"],
-                **row["test"]}
     extract = dict(batch_size=batch_size, pool=pool, precision=precision, device=device,
                    num_workers=num_workers, progress=progress)
-    train_x, train_y = extract_features(encoder, train_set, **extract)
-    test_x, test_y = extract_features(encoder, test_set, **extract)
+    train_x, train_y, test_x, test_y = _encode_pair(encoder, train_set, test_set, features, **extract)
     if train_y.ndim != test_y.ndim or (train_y.ndim == 2 and train_y.shape[1] != test_y.shape[1]):
         raise DataError(f"train and test labels differ in kind: shapes {tuple(train_y.shape)} "
                         f"and {tuple(test_y.shape)}")
     num_outputs = train_y.shape[1] if train_y.ndim == 2 else int(max(train_y.max(), test_y.max())) + 1
+    if method == "sgd":
+        # the head trains on the features (in fp32: they are stored so), as on the frozen encoder's outputs
+        train_items = [{"features": x, "label": y} for x, y in zip(train_x, train_y)]
+        test_items = [{"features": x, "label": y} for x, y in zip(test_x, test_y)]
+        row = finetune_run(None, train_items, test_items, head="bn_linear", num_outputs=num_outputs, val_fraction=0,
+                           **_probe_settings(epochs, base_lr, lr, 0.0, warmup_epochs),
+                           **_trainer_settings(batch_size, "fp32", seed, device, 0, progress))
+        return {**result, "num_train": row["num_train"], "epochs": epochs, "lr": row["learning_rate"],
+                **row["test"]}
     scores = _sklearn_probe(train_x, train_y, test_x, num_outputs, seed, max_iter)
     return {**result, "num_train": len(train_x), **classification_metrics(scores, test_y)}
 
@@ -334,11 +363,12 @@ def evaluate(encoder: nn.Module, protocol: str, train_set, test_set, **options) 
 def evaluate_encoders(encoders: dict, protocols: Sequence[str], train_set, test_set, options: dict,
                       finetune_set=None) -> list[dict]:
     """Run each protocol on each encoder (e.g. pretrained and random init); rows for metrics.json."""
-    rows = []
+    rows, cache = [], FeatureCache()  # kNN and the linear probe of one encoder share its features
     for protocol in protocols:
         for init, encoder in encoders.items():
             train = finetune_set if (protocol == "finetune" and finetune_set is not None) else train_set
-            result = evaluate(encoder, protocol, train, test_set, **options.get(protocol, {}))
+            shared = {"features": cache} if protocol in ("knn", "linear") else {}
+            result = evaluate(encoder, protocol, train, test_set, **options.get(protocol, {}), **shared)
             for metric in ("accuracy", "balanced_accuracy", "auc_macro"):
                 if result.get(metric) is not None:  # in percent, as papers (and the published registry) print them
                     rows.append({"protocol": protocol, "init": init, "metric": metric,
