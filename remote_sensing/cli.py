@@ -22,6 +22,7 @@ from mimkit.core.config import Command, Tool, config_value, current_config, read
 from mimkit.core.errors import CheckpointError, ConfigError
 
 from .data import GeoTiffData
+from .shards import GeoTiffShardsData  # GeoTiffData that also reads tile shards (`tile --format litdata`)
 
 RASTER_FLAGS = ("sensor", "bands", "scale", "offset", "nodata", "allow_ungeoreferenced", "cache_dir")
 
@@ -33,7 +34,7 @@ def pretrain(*args, **kwargs) -> dict:
     kwargs.update(zip(("data", "out"), args))
     data = kwargs["data"]
     if isinstance(data, (str, Path)):
-        kwargs["data"] = data = GeoTiffData(root=str(data))
+        kwargs["data"] = data = GeoTiffShardsData(root=str(data))
     summary = api.pretrain(**kwargs)
     if summary:
         from mimkit.core.config import encoder_setting
@@ -51,7 +52,7 @@ def pretrain(*args, **kwargs) -> dict:
 
 def pretrain_rs() -> Command:
     command = pretrain_command(
-        GeoTiffData, description="Pretrain any registered method (mae, smarties, cha_mae, selective_mae, ...) on a "
+        GeoTiffShardsData, description="Pretrain any registered method (mae, smarties, cha_mae, selective_mae, ...) on a "
         "folder of GeoTIFF / COG files (searched recursively; tiles from `mimkit-rs tile`, or whole scenes with "
         "--tile-size). Each sample carries its bands' wavelengths, so spectrum-aware methods (smarties) see them. "
         "Writes RUN/config.yaml, metrics.json, checkpoints/, model.safetensors and pictures/ "
@@ -310,7 +311,8 @@ def resume_finetuning(argv: list[str]) -> list[str]:
 def tile(scenes: list[str], out: str, tile_size: int = 256, stride: int | None = None, shard_size: int = 1000,
          sensor: str | None = None, bands: list[str | int] | str | None = None, nodata: float | None = None,
          min_valid: float = 0.0, allow_ungeoreferenced: bool = False, strict: bool = False,
-         progress: bool = True) -> dict:
+         progress: bool = True, format: Literal["tiles", "litdata"] = "tiles", chunk_bytes: str = "256MB",
+         num_workers: int = 1, overwrite: bool = False) -> dict:
     """Cut GeoTIFF / COG scenes into tiles read window by window (a scene is never loaded whole). Each tile keeps
     the scene's CRS with its own transform, nodata value and band names; all-nodata tiles (and tiles below
     min_valid) are skipped and counted. Tiles go to OUT/shard-00000/ ... with shard_size tiles each; OUT/index.json
@@ -329,9 +331,23 @@ def tile(scenes: list[str], out: str, tile_size: int = 256, stride: int | None =
         allow_ungeoreferenced: cut scenes without georeferencing too
         strict: stop at the first unusable scene instead of skipping it
         progress: show a progress bar (--no-progress: none)
+        format: tiles (GeoTIFF tiles in shard folders, with index.json) or litdata (LitData shards: raw bands,
+            validity masks and georeferencing per tile, read by pretrain --data OUT in place of a tile folder)
+        chunk_bytes: litdata: the size of one chunk file
+        num_workers: litdata: processes writing the shards
+        overwrite: litdata: replace the shards already in --out
     """
     from .data import write_tiles
 
+    if format == "litdata":
+        from .shards import write_tile_shards
+
+        summary = write_tile_shards(scenes, out, tile_size=tile_size, stride=stride, sensor=sensor, bands=bands,
+                                    nodata=nodata, min_valid=min_valid, require_georeference=not allow_ungeoreferenced,
+                                    strict=strict, progress=progress, chunk_bytes=chunk_bytes,
+                                    num_workers=num_workers, overwrite=overwrite)
+        print(json.dumps({k: v for k, v in summary.items() if k not in ("paths", "valid_fraction")}, indent=2))
+        return summary
     summary = write_tiles(scenes, out, tile_size=tile_size, stride=stride, shard_size=shard_size, sensor=sensor,
                           bands=bands, nodata=nodata, min_valid=min_valid,
                           require_georeference=not allow_ungeoreferenced, strict=strict, progress=progress)
