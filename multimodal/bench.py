@@ -34,14 +34,29 @@ from .retrieval import retrieval_tasks
 from .tables import TablePreprocessor
 
 MISSING_RATES = (0.3, 0.6, 0.9)
-INPUTS = ("multimodal", "image", "table")
+INPUTS = ("multimodal", "image", "table", "ensemble")
 STRATEGIES = ("frozen", "trainable")
 
 
 # ============================================================================================ the classifier
+class EnsembleHead(nn.Module):
+    """The official TIPBackboneEnsemble's heads: one linear classifier each on the image vector, the tabular CLS and
+    the multimodal CLS (the slices of TIP's `ensemble` embedding), their logits averaged."""
+
+    def __init__(self, dims: tuple[int, int, int], num_classes: int):
+        super().__init__()
+        self.dims = tuple(int(d) for d in dims)
+        self.image, self.table, self.multimodal = (nn.Linear(d, num_classes) for d in self.dims)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        image, table, multimodal = x.split(self.dims, dim=-1)
+        return (self.image(image) + self.table(table) + self.multimodal(multimodal)) / 3
+
+
 class TableImageClassifier(nn.Module):
     """A TIP backbone (copied) with a linear head on one vector per sample: the interaction module's CLS
-    (`multimodal`), the image vector (`image`) or the tabular CLS (`table`)."""
+    (`multimodal`, TIP's default), the image vector (`image`), the tabular CLS (`table`), or three heads on the three
+    with their logits averaged (`ensemble`, TIP's finetune_ensemble option)."""
 
     def __init__(self, method: nn.Module, num_classes: int, inputs: str = "multimodal", frozen: bool = False):
         super().__init__()
@@ -51,7 +66,9 @@ class TableImageClassifier(nn.Module):
             raise ConfigError(f"image + table classification needs a tip model, got "
                               f"{getattr(method, 'method_name', type(method).__name__)!r}")
         self.backbone, self.inputs, self.frozen = copy.deepcopy(method), inputs, frozen
-        self.head = nn.Linear(self.backbone.embed_dims[inputs], num_classes)
+        dims = self.backbone.embed_dims
+        self.head = EnsembleHead((dims["image"], dims["table"], dims["multimodal"]), num_classes) \
+            if inputs == "ensemble" else nn.Linear(dims[inputs], num_classes)
         if frozen:
             self.backbone.requires_grad_(False)
 

@@ -159,7 +159,8 @@ def _score_saved(folder: str, data: str, task: list[str] | None, seed: int, out:
 
 def evaluate(run: str, data: str, target: str | None = None, task: list[str] | None = None,
              patterns: list[str] | None = None, rates: list[float] | None = None,
-             inputs: list[Literal["multimodal", "image", "table"]] | None = None, compare_random_init: bool = False,
+             inputs: list[Literal["multimodal", "image", "table", "ensemble"]] | None = None,
+             compare_random_init: bool = False,
              max_steps: int = 300, batch_size: int = 64, lr: float | None = None, weight_decay: float | None = None,
              image_column: str | None = None, seed: int = 0, out: str | None = None) -> list[dict]:
     """Score a TIP run on labelled image + table data as TIP's evaluation does: the backbone frozen, a linear head on
@@ -175,7 +176,8 @@ def evaluate(run: str, data: str, target: str | None = None, task: list[str] | N
         task: registered task(s) instead of the pattern x rate grid (`image-table-complete`, `synthetic-digits-...`)
         patterns: missing patterns to run (default all: value, feature, most_important, least_important)
         rates: missing rates to run (default 0.3 0.6 0.9; complete tables always)
-        inputs: the vectors a head reads: multimodal (default), image (image-only), table (table-only)
+        inputs: the vectors a head reads: multimodal (default), image (image-only), table (table-only), ensemble
+            (three heads on the image, table and multimodal vectors, logits averaged: TIP's finetune_ensemble)
         compare_random_init: also score the same architecture at random initialisation, side by side
         max_steps: training steps of the head
         batch_size: samples per step
@@ -191,7 +193,8 @@ def evaluate(run: str, data: str, target: str | None = None, task: list[str] | N
 
 def finetune(run: str, data: str, target: str | None = None, task: list[str] | None = None,
              patterns: list[str] | None = None, rates: list[float] | None = None,
-             inputs: list[Literal["multimodal", "image", "table"]] | None = None, compare_random_init: bool = False,
+             inputs: list[Literal["multimodal", "image", "table", "ensemble"]] | None = None,
+             compare_random_init: bool = False,
              max_steps: int = 300, batch_size: int = 64, lr: float | None = None, weight_decay: float | None = None,
              image_column: str | None = None, seed: int = 0, out: str | None = None) -> list[dict]:
     """Fine-tune a TIP run end to end (backbone and linear head, AdamW, warmup + cosine) on labelled image + table data
@@ -206,7 +209,7 @@ def finetune(run: str, data: str, target: str | None = None, task: list[str] | N
         task: registered task(s) instead of the pattern x rate grid
         patterns: missing patterns to run (default all)
         rates: missing rates to run (default 0.3 0.6 0.9; complete tables always)
-        inputs: multimodal (default), image (image-only), table (table-only)
+        inputs: multimodal (default), image (image-only), table (table-only), ensemble (TIP's finetune_ensemble)
         compare_random_init: also fine-tune the same architecture from random initialisation
         max_steps: training steps
         batch_size: samples per step

@@ -249,7 +249,8 @@ class TIP(MIMMethod):
             self.encoder = timm.create_model(image_encoder, pretrained=False, num_classes=0, global_pool="",
                                              in_chans=config.in_chans or 3)
             image_dim = self.encoder.num_features
-        self.embed_dims = {"image": image_dim, "table": tabular_embed_dim, "multimodal": multimodal_embed_dim}
+        self.embed_dims = {"image": image_dim, "table": tabular_embed_dim, "multimodal": multimodal_embed_dim,
+                           "ensemble": image_dim + tabular_embed_dim + multimodal_embed_dim}
         self.mask_ratio, self.corruption_rate = mask_ratio, corruption_rate
         self.temperature, self.lambda_0 = temperature, lambda_0
         self.tabular = TabularEncoder(sizes, num_continuous, tabular_embed_dim, tabular_depth, tabular_num_heads,
@@ -286,17 +287,20 @@ class TIP(MIMMethod):
         return values, missing
 
     def embed(self, batch: dict, kind: str = "multimodal") -> torch.Tensor:
-        """One vector per sample: `image` (the image vector), `table` (the tabular CLS) or `multimodal` (the
-        interaction module's CLS over the table, missing cells hidden, and the image)."""
+        """One vector per sample: `image` (the image vector), `table` (the tabular CLS), `multimodal` (the
+        interaction module's CLS over the table, missing cells hidden, and the image) or `ensemble` (the three
+        concatenated in that order, for the official TIPBackboneEnsemble's three heads)."""
         if kind == "image":
             return self.image_features(self.images(batch))[1]
         values, missing = self.table(batch)
         tabular = self.tabular(values, missing)
         if kind == "table":
             return tabular[:, 0]
-        if kind != "multimodal":
-            raise ConfigError(f"embedding kind must be image, table or multimodal, got {kind!r}")
-        return self.interaction(tabular, self.image_features(self.images(batch))[0])[:, 0]
+        if kind not in ("multimodal", "ensemble"):
+            raise ConfigError(f"embedding kind must be image, table, multimodal or ensemble, got {kind!r}")
+        image_tokens, image_vector = self.image_features(self.images(batch))
+        fused = self.interaction(tabular, image_tokens)[:, 0]
+        return fused if kind == "multimodal" else torch.cat([image_vector, tabular[:, 0], fused], 1)
 
     # ------------------------------------------------------------------ views
     def pick_cells(self, b: int, n: int, ratio: float, device, rounding=round) -> torch.Tensor:

@@ -87,6 +87,23 @@ def test_a_frozen_backbone_learns_only_its_head(digits):
     assert model.head.in_features == 32
 
 
+def test_the_ensemble_head_averages_an_image_a_table_and_a_multimodal_head(digits):
+    from mimkit.core.data import make_loader
+    from mimkit.multimodal.bench import TableImageClassifier
+
+    train, _ = get_task("synthetic-digits-table-complete").load(digits, img_size=16, in_chans=1)
+    torch.manual_seed(0)
+    method = build_method("tip", **{**TINY, "categorical_sizes": train.preprocessor.categorical_sizes,
+                                    "num_continuous": train.preprocessor.num_continuous}).eval()
+    model = TableImageClassifier(method, 10, "ensemble").eval()
+    batch = next(iter(make_loader(train, 4)))
+    with torch.no_grad():
+        vectors = [model.backbone.embed(batch, kind) for kind in ("image", "table", "multimodal")]
+        expected = (model.head.image(vectors[0]) + model.head.table(vectors[1]) + model.head.multimodal(vectors[2])) / 3
+        assert torch.allclose(model(batch), expected, atol=1e-6)
+    assert model.head.dims == (32, 32, 32) and method.embed_dims["ensemble"] == 96
+
+
 @pytest.fixture(scope="module")
 def tiny_run(digits, tmp_path_factory):
     """A 3-step `mimkit-multimodal pretrain` run of a tiny TIP on the digits table."""
