@@ -514,8 +514,11 @@ def _pretrain(method, dataset, out_dir: Path, config, *, method_config, resume, 
         "history": history.rows,
     }
     skipped = skip_totals(dataset, skip_log)
-    update_metrics(out_dir, {"method": name, "train": summary, "data": {
-        "images": len(dataset), "skipped_files": len({entry["file"] for entry in skipped}), "skipped": skipped}})
+    data = {"images": len(dataset), "skipped_files": len({entry["file"] for entry in skipped}), "skipped": skipped}
+    partial = [{"file": str(file), "reason": reason} for file, reason in getattr(dataset, "partial", ())]
+    if partial:  # files kept with some pixels read as nodata (remote sensing: NaN where the file declares nodata)
+        data.update(partial_files=len(partial), partial=partial)
+    update_metrics(out_dir, {"method": name, "train": summary, "data": data})
     return summary
 
 

@@ -13,9 +13,12 @@ once over the valid pixels of up to `stats_tiles` tiles and cached in a JSON fil
 file list (names, sizes, modification times) and the band selection.
 
 Bad input: an unreadable file, a GeoTIFF without georeferencing, a band count that does not match the sensor
-description, a file too small for one tile, and an all-nodata tile are skipped and counted in
-`dataset.skipped` (or raise with strict=True); if every file is bad, or the folder mixes integer digital
-numbers with floating-point reflectances, a DataError says what was found.
+description, a file too small for one tile, an all-nodata tile, a tile under `min_valid`, and a tile with NaN or
+infinite values in a file that declares no nodata are skipped and counted in `dataset.skipped` (or raise with
+strict=True); if every file is bad, or the folder mixes integer digital numbers with floating-point reflectances,
+a DataError says what was found. NaN / infinite values in a file that declares nodata (a nodata value, a mask or an
+alpha band in the file, or `nodata` given) are nodata pixels: `valid` is 0 there, and each such file is counted with
+its number of those pixels in `dataset.partial` (the run's metrics.json lists both).
 """
 from __future__ import annotations
 
@@ -138,10 +141,10 @@ def read_header(path: str | Path) -> RasterHeader:
 
 
 def read_window(path: str | Path, indexes: Sequence[int] | None = None, window: Sequence[int] | None = None,
-                nodata: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+                nodata: float | None = None, finite: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Read bands (0-based `indexes`, default all) of a window (row, col, height, width; default the whole file):
     (array (C, h, w) in the stored dtype, valid (h, w) bool). A pixel is invalid when any selected band is
-    nodata: the file's nodata value or mask, `nodata` if given, or NaN."""
+    nodata: the file's nodata value or mask, `nodata` if given, or (with `finite`) NaN or infinite."""
     path = Path(path)
     try:
         with warnings.catch_warnings():
@@ -156,7 +159,7 @@ def read_window(path: str | Path, indexes: Sequence[int] | None = None, window: 
                         f"({type(error).__name__}: {error})") from None
     if nodata is not None:
         valid &= ~(array == nodata).any(0)
-    if array.dtype.kind == "f":
+    if finite and array.dtype.kind == "f":
         valid &= np.isfinite(array).all(0)
     return array, valid
 
@@ -497,6 +500,10 @@ class GeoTiffDataset(NormalisedDataset):
         self.files, self.selections, headers = self._check_files(files, bands)
         self.selection = self.selections[0]
         self.in_chans = len(self.selection.indexes)
+        # a file that says it has nodata (a value, a mask or an alpha band), or nodata given: its NaN / inf pixels
+        # are nodata; elsewhere they are bad data (skipped and counted, as the core reader does)
+        self.declares_nodata = [h.may_have_nodata or nodata is not None for h in headers]
+        self.partial: list[tuple[Path, str]] = []
         self.items = self._items(headers)
         cache = Path(cache_dir) if cache_dir is not None else (self.root if self.root.is_dir() else self.root.parent)
         self.cache_file = cache / STATS_FILE
@@ -540,6 +547,8 @@ class GeoTiffDataset(NormalisedDataset):
     def _skip(self, path: Path, reason: str, warn: bool = True) -> None:
         if self.strict:
             raise DataError(f"{reason} (strict: pass strict=False / drop --strict-data to skip and count such files)")
+        if (path, reason) in self.skipped:
+            return  # the same tile found again (a later epoch, another statistics pass)
         self.skipped.append((path, reason))
         if warn:
             log.warning("skipping: %s", reason)
@@ -611,10 +620,11 @@ class GeoTiffDataset(NormalisedDataset):
         for f, header in enumerate(headers):
             windows = (tile_windows(header.height, header.width, self.tile_size, self.stride)
                        if self.tile_size else [None])
+            stray = 0
             for window in windows:
                 # A scene with a nodata border often has tiles with no data at all: count them once, up front.
-                if header.may_have_nodata or self.nodata is not None:
-                    _, valid = read_window(header.path, self.selections[f].indexes, window, self.nodata)
+                if self.declares_nodata[f]:
+                    _, valid, nonfinite = self._read_pixels(f, window)
                     if not valid.any():
                         self._skip(header.path, f"{header.path}: tile {window or 'whole file'} is all nodata",
                                    warn=False)
@@ -623,7 +633,16 @@ class GeoTiffDataset(NormalisedDataset):
                         self._skip(header.path, f"{header.path}: tile {window or 'whole file'} is below min_valid "
                                    f"({valid.mean():.3f} < {self.min_valid} of its pixels valid)", warn=False)
                         continue
+                    stray += nonfinite
                 items.append((f, window))
+            if stray:
+                nodata = self.nodata if self.nodata is not None else header.nodata
+                declared = f"nodata {nodata}" if nodata is not None else "a nodata mask"
+                self.partial.append((header.path, f"{header.path}: {stray} pixel(s) with NaN or infinite values read "
+                                     f"as nodata (the data declares {declared})"))
+        if self.partial:
+            log.warning("%d file(s) under %s hold NaN or infinite pixels, read as nodata (dataset.partial lists them); "
+                        "first: %s", len(self.partial), self.root, self.partial[0][1])
         if not items:
             raise DataError(f"every tile under {self.root} is all nodata ({len(self.skipped)} skipped)")
         nodata_tiles = sum("all nodata" in reason for _, reason in self.skipped)
@@ -664,8 +683,7 @@ class GeoTiffDataset(NormalisedDataset):
         """The second sensor's bands of an item, normalised with its own statistics (nodata at its mean: 0)."""
         f, window = self.items[item]
         other = self.second
-        g = self.pairs[f]
-        raw, valid = read_window(other.files[g], other.selections[g].indexes, window, other.nodata)
+        raw, valid, _ = other._read_pixels(self.pairs[f], window)
         image = _scaled(raw, other.scale, other.offset)
         if other.clip_range is not None:
             low, high = other.clip_range
@@ -680,7 +698,11 @@ class GeoTiffDataset(NormalisedDataset):
         picks = np.unique(np.linspace(0, len(self.items) - 1, count).round()).astype(int)
         rng, samples = np.random.default_rng(0), []
         for i in picks:
-            image, valid = self._read(int(i))
+            try:
+                image, valid = self._read(int(i))
+            except DataError as error:
+                self._skip(self.files[self.items[int(i)][0]], str(error))
+                continue
             pixels = image[:, valid]
             if pixels.shape[1] > 20000:  # a bounded, seeded sample of each tile's pixels
                 pixels = pixels[:, rng.choice(pixels.shape[1], 20000, replace=False)]
@@ -748,10 +770,26 @@ class GeoTiffDataset(NormalisedDataset):
         return len(self.items)
 
     # ------------------------------------------------------------------ reading
+    def _read_pixels(self, f: int, window) -> tuple[np.ndarray, np.ndarray, int]:
+        """File `f`'s selected bands in `window` as stored, the valid mask, and how many pixels the file's declared
+        nodata left valid but hold NaN or infinite values: nodata in a file that declares nodata, else DataError."""
+        path = self.files[f]
+        raw, valid = read_window(path, self.selections[f].indexes, window, self.nodata, finite=False)
+        if raw.dtype.kind != "f":
+            return raw, valid, 0
+        finite = np.isfinite(raw).all(0)
+        stray = int((valid & ~finite).sum())
+        if stray and not self.declares_nodata[f]:
+            nan, inf = int(np.isnan(raw).sum()), int(np.isinf(raw).sum())
+            raise DataError(f"{path}: {nan} NaN and {inf} infinite value(s) in tile {window or 'whole file'}, and "
+                            f"the file declares no nodata value; expected finite pixels (give nodata / --nodata to "
+                            f"read them as nodata)")
+        return raw, valid & finite, stray
+
     def _read(self, item: int) -> tuple[np.ndarray, np.ndarray]:
         """Scaled float32 bands (C, h, w) and the valid mask of one item (before normalisation and transforms)."""
         f, window = self.items[item]
-        raw, valid = read_window(self.files[f], self.selections[f].indexes, window, self.nodata)
+        raw, valid, _ = self._read_pixels(f, window)
         image = _scaled(raw, self.scale, self.offset)
         if self.clip_range is not None:
             low, high = self.clip_range
@@ -774,6 +812,7 @@ class GeoTiffDataset(NormalisedDataset):
             path = self.files[self.items[current][0]]
             try:
                 image, valid = self._read(current)
+                second = self._read_second(current) if self.second is not None else None
             except DataError as error:
                 self._skip(path, str(error))
                 continue
@@ -790,8 +829,7 @@ class GeoTiffDataset(NormalisedDataset):
             labels = self._read_mask(current)
             planes.append(np.where(valid, labels, IGNORE_INDEX).astype(np.int32))
         chans = image.shape[0]
-        if self.second is not None:  # one crop and flip for both sensors: their bands travel as one stack
-            second = self._read_second(current)
+        if second is not None:  # one crop and flip for both sensors: their bands travel as one stack
             if second.shape[1:] != image.shape[1:]:
                 raise DataError(f"{path}: its paired scene is {second.shape[1]}x{second.shape[2]} pixels, not "
                                 f"{image.shape[1]}x{image.shape[2]}; the two sensors' files must be co-registered")
