@@ -1,4 +1,4 @@
-"""MAE pretraining speed: mimkit's MAE beside MONAI's MaskedAutoEncoderViT and a plain-PyTorch reference.
+"""MAE pretraining speed: mimkit's MAE beside MONAI's MaskedAutoEncoderViT, a plain-PyTorch reference and peers.
 
     python -m mimkit.benchmarks.speed [--steps 10 --repeats 5 --batch-size 32 --precision fp32 bf16
                                        --device cpu|cuda --size tiny --img-size 224 --spatial-dims 2 --out DIR]
@@ -6,6 +6,10 @@
 All three models have the same architecture (ViT-Tiny/16 encoder at 224 by default, decoder 128 wide and
 4 deep, 75% masking, normalised-pixel loss on masked patches); their trainable parameter counts are printed
 so that this is visible. One training step is forward + backward + AdamW step on one fixed batch.
+Optional rows (`--models`): `selective_mae` (SelectiveMAE at the same sizes), `lightly` (lightly's MAE modules on
+timm's ViT; needs `pip install 'lightly==1.6.*'`) and `compiled` (mimkit's MAE with torch.compile'd blocks;
+its warm-up compiles, minutes on a small CPU). A model that cannot be built or trained here gets a row of n/a
+and a note saying why.
 
 - Throughput: the models take turns (the order rotates every repeat) so that a busy machine slows them
   alike; each repeat times `--steps` steps; the table gives the median over `--repeats` repeats.
@@ -54,6 +58,8 @@ MODELS = {
     "monai": "MONAI MaskedAutoEncoderViT",
     "reference": "plain PyTorch reference",
     "selective_mae": "mimkit SelectiveMAE (mask 0.85, 25% reconstructed)",
+    "lightly": "lightly MAE (MaskedVisionTransformerTIMM + MAEDecoderTIMM)",
+    "compiled": "mimkit MAE, timm blocks torch.compile'd",
 }
 DEFAULT_MODELS = ("mimkit", "monai", "reference")
 PRECISIONS = ("fp32", "bf16")
@@ -162,8 +168,57 @@ class SelectiveRunner(nn.Module):
         return self.model({"image": images}).loss
 
 
+class LightlyRunner(nn.Module):
+    """lightly's MAE parts (its MAE example's forward: timm ViT encoding the kept tokens, lightly's decoder) at
+    the same architecture, with MAE's normalised-pixel masked MSE."""
+
+    def __init__(self, arch: Architecture):
+        super().__init__()
+        if arch.spatial_dims != 2:
+            raise ConfigError("lightly's MAE modules are 2D: drop lightly from --models in 3D")
+        try:
+            from lightly.models import utils
+            from lightly.models.modules import MAEDecoderTIMM, MaskedVisionTransformerTIMM
+        except ImportError as error:
+            raise ImportError(f"lightly is not installed (pip install 'lightly==1.6.*'): {error}") from error
+        from timm.models.vision_transformer import VisionTransformer
+        vit = VisionTransformer(img_size=arch.img_size, patch_size=arch.patch_size, in_chans=arch.in_chans,
+                                embed_dim=arch.embed_dim, depth=arch.depth, num_heads=arch.num_heads,
+                                mlp_ratio=arch.mlp_ratio, num_classes=0)
+        self.utils, self.arch = utils, arch
+        self.backbone = MaskedVisionTransformerTIMM(vit=vit)
+        with warnings.catch_warnings():  # lightly 1.6 announces MAEDecoderTIMM's removal in 1.7; 1.6 is measured
+            warnings.simplefilter("ignore", FutureWarning)
+            self.decoder = MAEDecoderTIMM(num_patches=vit.patch_embed.num_patches, patch_size=arch.patch_size,
+                                          in_chans=arch.in_chans, embed_dim=arch.embed_dim,
+                                          decoder_embed_dim=arch.decoder_dim, decoder_depth=arch.decoder_depth,
+                                          decoder_num_heads=arch.decoder_heads, mlp_ratio=arch.mlp_ratio)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        utils, length = self.utils, self.backbone.sequence_length
+        idx_keep, idx_mask = utils.random_token_mask((images.shape[0], length), self.arch.mask_ratio,
+                                                     device=images.device)
+        encoded = self.backbone.encode(images=images, idx_keep=idx_keep)
+        tokens = utils.repeat_token(self.decoder.mask_token, (images.shape[0], length))
+        tokens = utils.set_at_index(tokens, idx_keep, self.decoder.embed(encoded).type_as(tokens))
+        pred = self.decoder.predict(utils.get_at_index(self.decoder.decode(tokens), idx_mask))
+        target = utils.get_at_index(utils.patchify(images, self.arch.patch_size), idx_mask - 1).float()
+        target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6) ** 0.5
+        return nn.functional.mse_loss(pred.float(), target)
+
+
+class CompiledRunner(MimkitRunner):
+    """mimkit's MAE with each timm block compiled by torch.compile (inductor); the masking, gathers and loss stay
+    eager. The first steps compile (minutes on a small CPU): the warm-up takes them."""
+
+    def __init__(self, arch: Architecture):
+        super().__init__(arch)
+        for block in list(self.model.encoder.blocks) + list(self.model.decoder.blocks):
+            block.compile()
+
+
 _RUNNERS = {"mimkit": MimkitRunner, "monai": MonaiRunner, "reference": ReferenceRunner,
-            "selective_mae": SelectiveRunner}
+            "selective_mae": SelectiveRunner, "lightly": LightlyRunner, "compiled": CompiledRunner}
 
 
 def build_runner(name: str, arch: Architecture) -> nn.Module:
@@ -177,10 +232,12 @@ def trainable_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def make_optimizer(model: nn.Module) -> torch.optim.Optimizer:
-    # MAE pretraining optimiser (paper Table 8): AdamW, betas (0.9, 0.95), weight decay 0.05.
-    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1.5e-4,
-                             betas=(0.9, 0.95), weight_decay=0.05)
+def make_optimizer(model: nn.Module, fused: bool = True) -> torch.optim.Optimizer:
+    # MAE pretraining optimiser (paper Table 8): AdamW, betas (0.9, 0.95), weight decay 0.05; torch's fused
+    # kernel for every model as mimkit's training uses it (core.train.adamw), the for-loop one with fused=False
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05,
+                             **({"fused": True} if fused else {"foreach": False}))
 
 
 def autocast(device: torch.device, precision: str):
@@ -227,6 +284,12 @@ def _flop_mapping() -> dict:
     mapping = {getattr(aten, op): _attention_flops for op in forward if hasattr(aten, op)}
     mapping.update({getattr(aten, op): _attention_backward_flops for op in backward if hasattr(aten, op)})
     return mapping
+
+
+def _eager():
+    """A context in which torch.compile'd modules run eagerly (FLOP counting sees plain operations)."""
+    stance = getattr(torch.compiler, "set_stance", None)
+    return stance("force_eager") if stance is not None else contextlib.nullcontext()
 
 
 def step_flops_of(loss_fn) -> int:
@@ -430,6 +493,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--memory-steps", type=int, default=2, help="training steps in each memory probe")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory probes")
     parser.add_argument("--out", type=Path, help="folder for speed.md, speed.csv and speed.json")
+    parser.add_argument("--plain-adamw", action="store_true",
+                        help="torch's for-loop AdamW for every model instead of the fused kernel")
     parser.add_argument("--memory-probe", help=argparse.SUPPRESS)  # internal: one probe, JSON spec
     return parser.parse_args(argv)
 
@@ -449,12 +514,18 @@ def run(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
     arch = architecture_from_args(args)
     torch.manual_seed(0)
     images = _input_batch(arch, args.batch_size, device)
-    runners = {name: build_runner(name, arch).to(device) for name in args.models}
+    runners, unbuilt = {}, {}
+    for name in args.models:
+        try:
+            runners[name] = build_runner(name, arch).to(device)
+        except (ImportError, RuntimeError) as error:  # a peer that is not installed, or does not build here
+            unbuilt[name] = str(error).strip().splitlines()[0]
     params = {name: trainable_parameters(model) for name, model in runners.items()}
-    counted = {name: step_flops(model, images) for name, model in runners.items()}
+    with _eager():  # count a compiled model's FLOPs on its eager form (the same operations)
+        counted = {name: step_flops(model, images) for name, model in runners.items()}
     flops = {name: count[0] for name, count in counted.items()}
     unused = {name: count[1] for name, count in counted.items() if count[1]}
-    optimizers = {name: make_optimizer(model) for name, model in runners.items()}
+    optimizers = {name: make_optimizer(model, fused=not args.plain_adamw) for name, model in runners.items()}
     matmul_size = args.matmul_size or (8192 if device.type == "cuda" else 2048)
     peaks = {p: matmul_peak(device, p, matmul_size) for p in args.precision}
 
@@ -466,7 +537,8 @@ def run(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
         f"torch {torch.__version__}; architecture: {arch.describe()}; batch {args.batch_size}",
         "trainable parameters: " + ", ".join(f"{MODELS[n]} {params[n]:,}" for n in runners)
         + "".join(f"; {MODELS[n]} has {count:,} that get no gradient (unused layers)" for n, count in unused.items()),
-        f"timing: median of {args.repeats} interleaved repeats of {args.steps} steps (forward + backward + AdamW), "
+        f"timing: median of {args.repeats} interleaved repeats of {args.steps} steps (forward + backward + "
+        f"{'for-loop' if args.plain_adamw else 'fused'} AdamW), "
         f"after {args.warmup} warm-up steps",
         "measured matmul peak: " + ", ".join(f"{p} {peaks[p] / 1e12:.3f} TFLOP/s" for p in args.precision)
         + f" ({matmul_size}x{matmul_size}"
@@ -476,6 +548,11 @@ def run(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
         "(weights + gradients + AdamW state + activations)" if not args.no_memory else "peak memory: not measured",
     ]
     rows = []
+    for name, error in unbuilt.items():
+        notes.append(f"{MODELS[name]} could not be built here: {error}")
+        rows += [{"model": MODELS[name], "precision": p, **{c: None for c in COLUMNS[2:]}} for p in args.precision]
+    if "compiled" in runners and not args.no_memory:
+        notes.append(f"{MODELS['compiled']}: peak memory not measured (its probe process would compile again)")
     for precision in args.precision:
         rates, losses, failures = measure_throughput(runners, optimizers, images, precision, args.steps,
                                                      args.repeats, args.warmup)
@@ -486,7 +563,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
                              **{c: None for c in COLUMNS[3:]}})
                 continue
             achieved = flops[name] * rates[name] / args.batch_size
-            memory = None if args.no_memory else measure_memory(name, arch, args.batch_size, precision, device,
+            memory = None if args.no_memory or name == "compiled" else measure_memory(name, arch, args.batch_size, precision, device,
                                                                 args.memory_steps, args.threads)
             rows.append({
                 "model": MODELS[name], "precision": precision, "params_M": params[name] / 1e6,
