@@ -213,6 +213,9 @@ class Bench:
         from mimkit.core.evaluate import evaluate
 
         key = (arm.name, seed)
+        stored = self.out / "scores" / f"{arm.name}_seed{seed}.json"
+        if key not in self.scores and stored.is_file():  # scored by an earlier invocation on the same folder
+            self.scores[key] = json.loads(stored.read_text())
         if key not in self.scores:
             encoder, summary = self.encoder(arm, seed)
             mean, std = self.stats()
@@ -226,6 +229,8 @@ class Bench:
             self.scores[key] = {"arm": arm.name, "seed": seed, "knn": round(100 * knn, 2),
                                 "finetune": round(100 * finetune, 2), "steps": summary.get("steps", 0),
                                 "train_seconds": summary.get("seconds", 0.0)}
+            stored.parent.mkdir(parents=True, exist_ok=True)
+            stored.write_text(json.dumps(self.scores[key]) + "\n")
         return self.scores[key]
 
 
