@@ -679,8 +679,9 @@ class GeoTiffDataset(NormalisedDataset):
                         self.second.root)
         self.items = kept
 
-    def _read_second(self, item: int) -> np.ndarray:
-        """The second sensor's bands of an item, normalised with its own statistics (nodata at its mean: 0)."""
+    def _read_second(self, item: int) -> tuple[np.ndarray, np.ndarray]:
+        """The second sensor's bands of an item, normalised with its own statistics (nodata at its mean: 0), and
+        its valid mask."""
         f, window = self.items[item]
         other = self.second
         raw, valid, _ = other._read_pixels(self.pairs[f], window)
@@ -689,7 +690,7 @@ class GeoTiffDataset(NormalisedDataset):
             low, high = other.clip_range
             image = np.clip((image - low[:, None, None]) / (high - low)[:, None, None], 0.0, 1.0).astype(np.float32)
         image = np.where(valid[None], image, other.mean[:, None, None])
-        return (image - other.mean[:, None, None]) / other.std[:, None, None]
+        return (image - other.mean[:, None, None]) / other.std[:, None, None], valid
 
     # ------------------------------------------------------------------ statistics
     def _percentiles(self, stats_tiles: int) -> tuple[np.ndarray, np.ndarray]:
@@ -812,7 +813,7 @@ class GeoTiffDataset(NormalisedDataset):
             path = self.files[self.items[current][0]]
             try:
                 image, valid = self._read(current)
-                second = self._read_second(current) if self.second is not None else None
+                second, valid2 = self._read_second(current) if self.second is not None else (None, None)
             except DataError as error:
                 self._skip(path, str(error))
                 continue
@@ -834,6 +835,7 @@ class GeoTiffDataset(NormalisedDataset):
                 raise DataError(f"{path}: its paired scene is {second.shape[1]}x{second.shape[2]} pixels, not "
                                 f"{image.shape[1]}x{image.shape[2]}; the two sensors' files must be co-registered")
             image = np.concatenate([image, second])
+            planes.append(valid2.astype(np.int32))  # the second sensor's own nodata, last
         self.transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
         out = self.transform(image=np.ascontiguousarray(image.transpose(1, 2, 0), np.float32),
                              mask=np.stack(planes, -1))
@@ -847,6 +849,7 @@ class GeoTiffDataset(NormalisedDataset):
             sample["wavelengths"], sample["bandwidths"] = self.selection.wavelengths, self.selection.bandwidths
         if self.second is not None:
             sample["image2"] = torch.from_numpy(np.ascontiguousarray(second.transpose(2, 0, 1), np.float32))
+            sample["valid2"] = torch.from_numpy(masks[..., -1] > 0)
             sample["band_names2"] = list(self.second.selection.names)
             if self.second.selection.bands is not None:
                 sample["wavelengths2"] = self.second.selection.wavelengths
@@ -896,7 +899,8 @@ class GeoTiffData:
         second_bands: its bands to read (None: all)
         second_scale: its reflectance scale (as scale)
         min_valid: skip (and count) tiles with a smaller fraction of valid (not nodata) pixels; the nodata pixels of
-            the tiles kept do not count in the losses of methods that read batch["valid"] (mae, selective_mae)
+            the tiles kept do not count in the losses of methods that read batch["valid"] (mae, selective_mae,
+            smarties, cha_mae)
     """
 
     root: str | None = None

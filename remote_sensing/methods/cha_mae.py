@@ -12,6 +12,10 @@ the supervised term jointly; without labels that term is simply absent).
 
 Batch: "image" (B, C, H, W) with C <= encoder.in_chans; optional "channel_ids" (C,) saying which of the model's
 channels the image holds (default: all of them, in order), and "label" (B,) class indices when `num_classes` > 0.
+
+Nodata (our choice, not the paper's): pixels where the batch's "valid" is False are set to 0, the band mean once
+normalised, before embedding; they count in neither the MSE nor the Fourier term (both the prediction and the target
+are zeroed there before the transform), and a channel-patch without data drops out of both averages.
 """
 from __future__ import annotations
 
@@ -29,6 +33,8 @@ from mimkit.core.masking import ChannelPatchMasker, RatioSchedule
 from mimkit.core.methods.base import MIMMethod, MIMOutput
 from mimkit.core.registry import register_method
 from mimkit.core.targets import masked_mean
+
+from .nodata import nodata_filled, valid_token_mean
 
 
 class HybridTokenFusion(nn.Module):
@@ -152,8 +158,13 @@ def channel_patches(images: torch.Tensor, patch_size: Sequence[int]) -> torch.Te
     return x.reshape(batch, chans * (height // ph) * (width // pw), ph * pw)
 
 
-def fourier_loss(pred: torch.Tensor, target: torch.Tensor, patch_size: Sequence[int]) -> torch.Tensor:
-    """Per-token L1 distance between the 2D Fourier magnitudes of predicted and true patches: (B, L)."""
+def fourier_loss(pred: torch.Tensor, target: torch.Tensor, patch_size: Sequence[int],
+                 valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-token L1 distance between the 2D Fourier magnitudes of predicted and true patches: (B, L).
+    `valid` (B, L, pixels): nodata pixels are zeroed in both before the transform, so they do not count."""
+    if valid is not None:
+        valid = valid.to(pred.device, torch.float32)
+        pred, target = pred.float() * valid, target.float() * valid
     shape = (*pred.shape[:2], *patch_size)
     spectrum = torch.fft.fft2(pred.float().reshape(shape)).abs()
     return (spectrum - torch.fft.fft2(target.float().reshape(shape)).abs()).abs().flatten(2).mean(-1)
@@ -215,7 +226,7 @@ class ChAMAE(MIMMethod):
         return target
 
     def forward(self, batch: dict, step: int | None = None) -> MIMOutput:
-        images = self.images(batch)
+        images, valid = nodata_filled(batch, self.images(batch))  # nodata at 0, whatever the batch held there
         enc = self.encoder
         grid = enc.patch_embed.check(images)
         ids = self.channel_ids(batch)
@@ -228,8 +239,12 @@ class ChAMAE(MIMMethod):
         latent = enc.forward_tokens(gather_tokens(tokens, mask.ids_keep))
         pred = self.decoder(latent, mask.ids_restore, channel_embed)
         target = self.target(images)
-        mse = masked_mean(((pred.float() - target) ** 2).mean(-1), mask.mask)
-        fourier = masked_mean(fourier_loss(pred, target, enc.patch_size), mask.mask)
+        # (B, C * N, pixels) like the target, 1 where a value is data (the same pixels in every channel)
+        values = None if valid is None else channel_patches(valid.float(), enc.patch_size).repeat(1, chans, 1)
+        per_token, has_data = valid_token_mean((pred.float() - target) ** 2, values)
+        hidden = mask.mask * has_data.to(mask.mask)  # hidden channel-patches that hold data
+        mse = masked_mean(per_token, hidden)
+        fourier = masked_mean(fourier_loss(pred, target, enc.patch_size, values), hidden)
         w = self.weights
         parts = {"mse": mse, "fourier": fourier,
                  "reconstruction": (1 - w["fourier"]) * mse + w["fourier"] * fourier}

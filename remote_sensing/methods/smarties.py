@@ -12,6 +12,10 @@ Batch: "image" (B, C, H, W) with "wavelengths" (nm, (C,) or (B, C)) and optional
 for every band of the `second_view` sensor, the input band nearest in centre wavelength, which must lie inside
 that band (Sentinel-2 -> RGB takes B04, B03, B02), so single-sensor data still trains the cross-sensor mixup;
 inputs without such bands (Sentinel-1 for an RGB view) train without mixup.
+
+Nodata (our choice, not the paper's): pixels where "valid" is False ("valid2" for "image2") are set to
+0, the band mean once normalised, before embedding, and do not count in the loss; a token without data drops
+out of the average, as in MAE's masked_mse.
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ from mimkit.core.registry import register_method
 from mimkit.core.targets import PixelTarget, masked_mean
 
 from ..sensors import Band, resolve_bands
+from .nodata import nodata_filled, valid_token_mean
 
 # The paper's spectral ranges (gsumbul/SMARTIES config/electromagnetic_spectrum.yaml): one per band of its
 # pretraining sensors (Sentinel-2 without the cirrus band B10, an RGB camera, Sentinel-1 VV / VH).
@@ -134,9 +139,9 @@ class SMARTIES(MIMMethod):
     # ------------------------------------------------------------------ views
     def views(self, batch: dict) -> tuple[dict, dict | None]:
         """The batch's first view and the second sensor's view (given, derived, or None without mixup)."""
-        images = self.images(batch)
+        images, valid = nodata_filled(batch, self.images(batch))  # nodata at 0, whatever the batch held there
         first = {"image": images, "wavelengths": batch.get("wavelengths"), "bandwidths": batch.get("bandwidths"),
-                 "band_names": _names(batch.get("band_names"))}
+                 "band_names": _names(batch.get("band_names")), "valid": valid}
         if first["wavelengths"] is None:
             enc = self.encoder
             first.update(wavelengths=enc.band_wavelengths, bandwidths=enc.band_widths, band_names=enc.band_names)
@@ -146,11 +151,13 @@ class SMARTIES(MIMMethod):
         if "image2" in batch:
             if batch.get("wavelengths2") is None:
                 raise DataError("a batch with 'image2' needs 'wavelengths2' (nm) for the second sensor's bands")
-            return first, {"image": batch["image2"], "wavelengths": batch["wavelengths2"],
+            image2, valid2 = nodata_filled(batch, batch["image2"], "valid2")
+            return first, {"image": image2, "wavelengths": batch["wavelengths2"], "valid": valid2,
                            "bandwidths": batch.get("bandwidths2"), "band_names": _names(batch.get("band_names2"))}
         if self.second_bands is None:
             return first, None
-        return first, self.derive_view(first)
+        second = self.derive_view(first)
+        return first, None if second is None else {**second, "valid": valid}  # the same scene: the same nodata
 
     def derive_view(self, view: dict) -> dict | None:
         """The same scene seen by the `second_view` sensor: for each of its bands, the input band nearest in centre
@@ -219,27 +226,42 @@ class SMARTIES(MIMMethod):
         def decode(tokens: torch.Tensor) -> torch.Tensor:
             return self.decoder(enc.forward_tokens(gather_tokens(tokens, mask.ids_keep)), mask.ids_restore)
 
-        def token_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-            return ((pred.flatten(2).float() - target) ** 2).mean(-1)
+        def valid_values(view: dict) -> torch.Tensor | None:
+            """(B, N, C * pixels) band-major like the target: 1 where a value is data; None: all are."""
+            if view["valid"] is None:
+                return None
+            per_band = enc.patch_embed.band_patches(view["valid"].float())[:, 0]      # (B, N, pixels)
+            return per_band.repeat(1, 1, view["image"].shape[1])
 
+        def token_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None):
+            """Per-token MSE over the valid values, and which tokens hold any (None: every token)."""
+            return valid_token_mean((pred.flatten(2).float() - target) ** 2, valid)
+
+        def masked(per_token: torch.Tensor, has_data: torch.Tensor) -> torch.Tensor:
+            return masked_mean(per_token, mask.mask * has_data.to(mask.mask))  # hidden tokens that hold data
+
+        valid_a = valid_values(first)
         if second is None:
             pred_a = self.heads(decode(tokens_a), mix_a)
-            loss = masked_mean(token_loss(pred_a, target_a), mask.mask)
+            loss = masked(*token_loss(pred_a, target_a, valid_a))
             parts = {"reconstruction": loss.detach()}
         else:
             if second["image"].shape[0] != batch_size or second["image"].shape[2:] != first["image"].shape[2:]:
                 raise DataError(f"the second view {tuple(second['image'].shape)} must show the same scenes at the "
                                 f"same size as the first {tuple(first['image'].shape)}")
             seq_a, seq_b, from_b = self.mixup(tokens_a, self._embed(second))
-            mix_b, target_b = self._mix(second), self._target(second["image"])
+            mix_b, target_b, valid_b = self._mix(second), self._target(second["image"]), valid_values(second)
             hidden_a, hidden_b = decode(seq_a), decode(seq_b)
             # each token is predicted in the bands of the sensor it came from
             pred_a_in_a, pred_b_in_a = self.heads(hidden_a, mix_a), self.heads(hidden_b, mix_a)
-            loss_seq_a = torch.where(from_b, token_loss(self.heads(hidden_a, mix_b), target_b),
-                                     token_loss(pred_a_in_a, target_a))
-            loss_seq_b = torch.where(from_b, token_loss(pred_b_in_a, target_a),
-                                     token_loss(self.heads(hidden_b, mix_b), target_b))
-            loss_a, loss_b = masked_mean(loss_seq_a, mask.mask), masked_mean(loss_seq_b, mask.mask)
+
+            def pick(from_second, from_first):  # each token's (loss, holds data) in the view it came from
+                return tuple(torch.where(from_b, b, a) for b, a in zip(from_second, from_first))
+
+            loss_a = masked(*pick(token_loss(self.heads(hidden_a, mix_b), target_b, valid_b),
+                                  token_loss(pred_a_in_a, target_a, valid_a)))
+            loss_b = masked(*pick(token_loss(pred_b_in_a, target_a, valid_a),
+                                  token_loss(self.heads(hidden_b, mix_b), target_b, valid_b)))
             loss = 0.5 * (loss_a + loss_b)
             parts = {"reconstruction_first": loss_a.detach(), "reconstruction_second": loss_b.detach()}
             pred_a = torch.where(from_b[:, :, None, None], pred_b_in_a, pred_a_in_a)

@@ -127,3 +127,17 @@ def test_the_run_counts_skipped_and_partial_files_in_metrics_json(folder, tmp_pa
     counted = json.loads((tmp_path / "run" / "metrics.json").read_text())["data"]
     assert counted["skipped_files"] == 1 and counted["skipped"][0]["file"].endswith("c_undeclared.tif")
     assert counted["partial_files"] == 1 and counted["partial"][0]["file"].endswith("b_declared.tif")
+
+
+def test_the_second_sensors_nodata_reaches_the_batch_as_valid2(tmp_path, reflectance):
+    first = crop(reflectance, 0)
+    write(tmp_path / "s2" / "a.tif", first)
+    rgb = first[[2, 1, 0]].copy()  # the same scene as an RGB camera's red, green, blue
+    rgb[:, :8, :16] = -1  # a corner the second sensor did not see
+    write_geotiff(tmp_path / "rgb" / "a.tif", rgb, crs=CRS, transform=Affine(10.0, 0, 500_000.0, 0, -10.0, 5e6),
+                  nodata=-1, band_names=["red", "green", "blue"])
+    data = dataset(tmp_path / "s2", second_root=tmp_path / "rgb", second_sensor="rgb")
+    sample = data[0]
+    assert bool(sample["valid"].all())
+    assert not sample["valid2"][:8, :16].any() and int(sample["valid2"].sum()) == 32 * 32 - 8 * 16
+    assert (sample["image2"][:, :8, :16] == 0).all()  # filled with the second sensor's mean: 0 once normalised

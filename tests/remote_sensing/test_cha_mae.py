@@ -153,3 +153,27 @@ def test_recipe_masks_channels_as_the_official_code_reads_its_flag():
     # the code reads decoder.dcp_at_least_mask_one_channel (False); the script's top-level override never reaches it
     assert recipe["model"]["at_least_one_channel"] is False
     assert recipe["model"]["encoder"]["pos_embed"] == "learned"
+
+
+def test_nodata_pixels_do_not_count_whatever_the_batch_holds_there():
+    torch.manual_seed(0)
+    model = build_method("cha_mae", **TINY)
+    valid = torch.ones(2, 32, 32, dtype=torch.bool)
+    valid[:, :, :12] = False   # whole and partial patches of nodata
+    valid[1, 20:, 20:] = False
+    clean = textured_images(2, 4) * valid[:, None]  # nodata at 0, as the loader fills it
+    junk = torch.randn(clean.shape, generator=torch.Generator().manual_seed(1)) * 1e4
+    junk[..., ::3, :] = float("nan")
+    garbage = torch.where(valid[:, None], clean, junk)
+
+    def parts(images, **extra):
+        torch.manual_seed(1)  # the same channel-patch mask
+        out = model({"image": images, **extra})
+        return out.loss, out.parts
+
+    (reference, terms), (dirty, dirty_terms) = parts(clean, valid=valid), parts(garbage, valid=valid)
+    assert torch.isfinite(reference) and torch.equal(dirty, reference)
+    assert all(torch.equal(dirty_terms[k], terms[k]) for k in terms)  # MSE, Fourier and diversity terms alike
+    unmasked = parts(clean)[1]
+    assert not torch.allclose(unmasked["mse"], terms["mse"]) and not torch.allclose(unmasked["fourier"],
+                                                                                     terms["fourier"])

@@ -145,3 +145,39 @@ def test_official_hard_projection_per_band_and_the_blend_as_an_option():
     # the heads predict with the same weights as the encoder embeds
     view = {"wavelengths": spec["wavelengths"], "bandwidths": spec["bandwidths"], "band_names": spec["band_names"]}
     assert torch.equal(official._mix(view), w)
+
+
+def garbage_at(images, valid, seed=0):
+    """`images` with NaN, huge and random values where `valid` (B, H, W) is False."""
+    g = torch.Generator().manual_seed(seed)
+    junk = torch.randn(images.shape, generator=g) * 1e4
+    junk[..., ::3, :] = float("nan")
+    return torch.where(valid[:, None], images, junk)
+
+
+def test_nodata_pixels_do_not_count_whatever_the_batch_holds_there():
+    torch.manual_seed(0)
+    model = build_method("smarties", **TINY)
+    valid = torch.ones(2, 32, 32, dtype=torch.bool)
+    valid[:, :, :12] = False   # one and a half patch columns of nodata (whole and partial patches)
+    valid[1, 20:, 20:] = False
+    clean = smooth_images(2, 13) * valid[:, None]  # nodata at 0, as the loader fills it
+    spec = band_spec("sentinel2")
+
+    def loss(images, **extra):
+        torch.manual_seed(1)  # the same mask and mixup
+        return model({"image": images, **spec, **extra}).loss
+
+    reference = loss(clean, valid=valid)
+    assert torch.isfinite(reference)
+    assert torch.equal(loss(garbage_at(clean, valid), valid=valid), reference)  # derived RGB view: same nodata
+    assert not torch.allclose(loss(clean), reference)  # without the mask the nodata pixels would count
+    # a real second sensor with nodata of its own ("valid2")
+    second = {"wavelengths2": torch.tensor([5.55e7, 5.55e7]), "band_names2": ["VV", "VH"]}
+    valid2 = torch.ones(2, 32, 32, dtype=torch.bool)
+    valid2[:, :8] = False
+    image2 = torch.randn(2, 2, 32, 32) * valid2[:, None]
+    reference = loss(clean, valid=valid, image2=image2, valid2=valid2, **second)
+    assert torch.equal(loss(garbage_at(clean, valid), valid=valid, image2=garbage_at(image2, valid2, 1),
+                            valid2=valid2, **second), reference)
+    assert not torch.allclose(loss(clean, valid=valid, image2=image2, **second), reference)
