@@ -30,7 +30,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import nn
 
 from .config import check_number, lightning_console, range_rule, trainer_options
-from .encoders import set_fused_attention
+from .distributed import FSDP2, gathered, is_fsdp2, strategy_for
+from .encoders import set_activation_checkpointing, set_fused_attention
 from .errors import CheckpointError, ConfigError, DataError, TrainingError
 from .methods.base import MIMMethod
 from .registry import build_method
@@ -59,7 +60,8 @@ class TrainConfig:
     accelerator: str = "auto"
     devices: int = 1
     num_nodes: int = 1
-    strategy: str = "auto"              # "ddp", "fsdp", ... (Lightning)
+    strategy: str = "auto"              # "ddp", "fsdp2" (FSDP2 on the ViT blocks, core.distributed), ... (Lightning)
+    activation_checkpointing: bool = False  # recompute each ViT block in backward: less memory, ~1 more forward
     num_workers: int = 2
     checkpoint_every: int = 500         # steps
     picture_every: int = 0              # steps; 0 = only at the end
@@ -177,8 +179,14 @@ class MIMModule(L.LightningModule):
         self.method, self.config = method, config
         self.last_loss: float | None = None
 
+    def configure_model(self) -> None:
+        from .distributed import shard_blocks
+
+        shard_blocks(self.method, self.trainer.strategy)  # FSDP2 only: each ViT block its own unit
+
     def on_fit_start(self) -> None:
         set_fused_attention(self.method, self.device.type, "bf16" in str(self.trainer.precision))
+        set_activation_checkpointing(self.method, self.config.activation_checkpointing)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         torch.manual_seed(step_seed(self.config.seed, self.global_step * self.config.accumulate_grad_batches
@@ -463,6 +471,9 @@ def _pretrain(method, dataset, out_dir: Path, config, *, method_config, resume, 
 
     picture_batch = _picture_batch(dataset)
     history = History(config, out_dir, picture_batch)
+    if config.strategy == FSDP2 and config.picture_every:
+        raise ConfigError("picture_every draws on rank 0 alone, which a model sharded by --strategy fsdp2 cannot do; "
+                          "leave it 0 (the final pictures are drawn)")
     checkpointing = ModelCheckpoint(dirpath=checkpoint_dir, filename="step{step:06d}", auto_insert_metric_name=False,
                                     every_n_train_steps=config.checkpoint_every, save_top_k=-1, save_last=True)
     stopper = StopOnSignal(last)
@@ -474,7 +485,7 @@ def _pretrain(method, dataset, out_dir: Path, config, *, method_config, resume, 
         default_root_dir=out_dir, max_steps=config.max_steps,
         max_time={"seconds": config.max_time} if config.max_time else None,
         accelerator=config.accelerator, devices=config.devices, num_nodes=config.num_nodes,
-        strategy=config.strategy, precision=config.precision,
+        strategy=strategy_for(config.strategy, config.world_size), precision=config.precision,
         accumulate_grad_batches=config.accumulate_grad_batches, use_distributed_sampler=False,
         callbacks=[checkpointing, history, stopper, *callbacks, *extra_callbacks], enable_model_summary=False,
         enable_progress_bar=config.progress, log_every_n_steps=config.log_every, num_sanity_val_steps=0,
@@ -494,11 +505,14 @@ def _pretrain(method, dataset, out_dir: Path, config, *, method_config, resume, 
     except DataError as error:  # raised in a loader worker: torch wraps it in that worker's traceback
         lines = [line for line in str(error).splitlines() if line.strip()]
         raise DataError(lines[-1].split("DataError: ", 1)[-1] if len(lines) > 1 else str(error)) from None
-    if not trainer.is_global_zero:
-        return {}
-    # Lightning may stop on max_time between checkpoints: keep that state resumable too.
+    # Lightning may stop on max_time between checkpoints: keep that state resumable too (every rank takes part: under
+    # FSDP2 the weights are gathered; rank 0 writes)
     if trainer.global_step % config.checkpoint_every:
         trainer.save_checkpoint(last, weights_only=False)
+    if is_fsdp2(trainer.strategy):  # rank 0 saves and pictures a plain copy of the sharded method
+        method = gathered(method, lambda: build_method(name, **build_config))
+    if not trainer.is_global_zero:
+        return {}
     save_method(method, out_dir / "model.safetensors", stored_config)
     pictures = out_dir / "pictures"
     _write_picture(lambda path: save_reconstruction(method, picture_batch, path), pictures / "reconstruction.png")

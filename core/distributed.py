@@ -1,0 +1,62 @@
+"""Training past one device: FSDP2 (torch's `fully_shard`) through Lightning's ModelParallelStrategy.
+
+`--strategy fsdp2` shards every transformer block (timm `Block`: the auto-wrap unit) and then the rest of the method
+over all processes (data-parallel mesh of the world size, no tensor parallelism); parameters, gradients and
+optimiser state are split across ranks and gathered block by block in forward and backward. It runs on GPUs (NCCL)
+and on CPUs (gloo). Lightning's `"fsdp"` strategy (FSDP1) needs an accelerator; FSDP2 does not.
+Checkpoints hold the full (gathered) state, so a run saved under FSDP2 loads and resumes like any other.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+FSDP2 = "fsdp2"
+
+
+def strategy_for(name: str, world_size: int):
+    """The Lightning strategy for a `--strategy` name: FSDP2 as a ModelParallelStrategy, any other name as given."""
+    if name != FSDP2:
+        return name
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    # pure data parallelism over every process; full checkpoints (one file, as with DDP)
+    return ModelParallelStrategy(data_parallel_size=world_size, tensor_parallel_size=1,
+                                 save_distributed_checkpoint=False)
+
+
+def is_fsdp2(strategy) -> bool:
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    return isinstance(strategy, ModelParallelStrategy)
+
+
+def shard_blocks(model: nn.Module, strategy) -> nn.Module:
+    """Under FSDP2: `fully_shard` each transformer block, then the whole model, on the data-parallel mesh (once)."""
+    from timm.models.vision_transformer import Block
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    if not is_fsdp2(strategy) or isinstance(model, FSDPModule):
+        return model
+    mesh = strategy.device_mesh["data_parallel"]
+    for module in model.modules():
+        if isinstance(module, Block):
+            fully_shard(module, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def gathered(model: nn.Module, rebuild) -> nn.Module | None:
+    """A plain (unsharded) copy of an FSDP2 `model` on rank 0, from `rebuild()` and the gathered weights; None on the
+    other ranks. Every rank must call it (the gathering is collective)."""
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if dist.get_rank() != 0:
+        return None
+    plain = rebuild()
+    plain.load_state_dict(state)
+    return plain
+
+
+__all__ = ["FSDP2", "strategy_for", "is_fsdp2", "shard_blocks", "gathered"]
