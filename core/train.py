@@ -335,7 +335,7 @@ class StopOnSignal(Callback):
     def _note(self, signum, frame) -> None:
         if self.signal == "SIGINT" and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.signal = signal.Signals(signum).name
+        self.signal = self.signal or signal.Signals(signum).name  # the first one names the stop
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         if (batch_idx + 1) % trainer.accumulate_grad_batches:
