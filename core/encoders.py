@@ -369,24 +369,33 @@ def set_fused_attention(model: nn.Module, device_type: str, bf16: bool) -> nn.Mo
 
 def set_activation_checkpointing(model: nn.Module, enabled: bool = True) -> nn.Module:
     """Recompute each transformer block's activations in the backward pass instead of keeping them (memory for
-    compute: about one more forward), in every block list that `run_blocks` runs; gradients are unchanged."""
+    compute: about one more forward), in every timm Block of `model` (encoders and decoders); gradients are unchanged.
+    The switch is on the instances (no new parameters or state-dict keys)."""
     for module in model.modules():
-        if isinstance(module, nn.ModuleList) and any(isinstance(child, Block) for child in module):
-            module.activation_checkpointing = enabled
+        if isinstance(module, Block):
+            if enabled:
+                module.forward = partial(_recomputed_forward, module, type(module).forward)
+            else:
+                module.__dict__.pop("forward", None)
     return model
+
+
+def _recomputed_forward(block: nn.Module, forward, *args, **kwargs):
+    from torch.utils.checkpoint import checkpoint
+
+    if not torch.is_grad_enabled():
+        return forward(block, *args, **kwargs)
+    # non-reentrant checkpointing restores the RNG state, so drop path draws the same paths when recomputing
+    return checkpoint(forward, block, *args, use_reentrant=False, **kwargs)
 
 
 def run_blocks(blocks: Sequence[nn.Module], norm: nn.Module, tokens: torch.Tensor,
                return_layers: Sequence[int] | None = None):
     """Run the blocks and the final norm; with `return_layers` (1-based) also those blocks' outputs."""
-    from torch.utils.checkpoint import checkpoint
-
     hidden = []
     wanted = set(return_layers or ())
-    recompute = getattr(blocks, "activation_checkpointing", False) and torch.is_grad_enabled()
     for i, block in enumerate(blocks, start=1):
-        # non-reentrant checkpointing restores the RNG state, so drop path draws the same paths when recomputing
-        tokens = checkpoint(block, tokens, use_reentrant=False) if recompute else block(tokens)
+        tokens = block(tokens)
         if i in wanted:
             hidden.append(tokens)
     out = norm(tokens)
