@@ -227,7 +227,8 @@ def save_classifier(model: TableImageClassifier, folder: str | Path, train_set: 
     write_atomically(folder / HEAD_FILE, lambda temporary: save_file(head, str(temporary)), "head")
     mean, std = train_set.stats
     write_config(folder, {"method": origin["method"], "model": origin["model"],
-                          "data": {"preprocessing": train_set.preprocessor.to_dict(), "target": train_set.preprocessor.target,
+                          "data": {"preprocessing": train_set.preprocessor.to_dict(),
+                                   "target": train_set.preprocessor.target,
                                    "image_column": origin.get("image_column", "image"), "mean": mean, "std": std},
                           "classifier": {"inputs": model.inputs, "classes": list(train_set.classes), **record}})
     if probabilities is not None:

@@ -51,8 +51,8 @@ def pretrain_multimodal() -> Command:
         "has the wrong type are left out and counted (--strict-data stops instead). Writes RUN/config.yaml (with the "
         "fitted preprocessing), RUN/tabular.json, metrics.json, checkpoints/ and model.safetensors. A recipe "
         "(`mimkit-multimodal recipes tip`) gives the paper's settings: --config FILE. With --method m3ae or xformer the "
-        "data is a CSV / JSONL of image paths and captions (ImageTextData: --data.layout roco, medicat, csv, r2gen); with "
-        "--method pigeon a table of users' interactions, one row per (user, image), read as sliding windows of "
+        "data is a CSV / JSONL of image paths and captions (ImageTextData: --data.layout roco, medicat, csv, r2gen); "
+        "with --method pigeon a table of users' interactions, one row per (user, image), read as sliding windows of "
         "--data.num_history history images and the next one (PreferenceHistoryData: --data.user_column, "
         "--data.order_column).")
     flags = {"--" + key.replace("_", "-"): f"--data.{key}" for key in TABLE_FLAGS}

@@ -23,15 +23,14 @@ the padded length).
 
 Measured behaviour from random init (tiny models on scikit-learn's digits with captions naming the digit): ITM
 leaves chance late. The head reads what the official `multi_modal_cls_feats` reads (each stream's first token
-through its pooler) and the negatives follow the official rule (another image; with label captions about one in
-ten is in fact a match). On one fixed batch the ITM objective alone leaves ln 2 within 20 steps; with MLM and MIM
-beside it, it stays at chance for about 100 steps (scaling MLM by 0.1 or ITM by 30 did not change that), and it
-leaves chance early when the images are separable to a random encoder (tests/multimodal/test_m3ae.py). On the
-1,348 training digits (width 64, batch 32, 600 steps, lr 1e-3) MLM fell from 10.9 to about 0.3, so the text
-stream reads the digit from the image, while ITM stayed at 0.693 and zero-shot retrieval was at chance
-(recall@1 5.8 against 5.5 for random scores). The official model starts from CLIP and RoBERTa weights, whose
-first tokens already summarise image and caption; from random init matching needs a longer budget than the
-demo's.
+through its pooler) and the negatives follow the official rule (another image; with label captions about one in ten
+is in fact a match). On one fixed batch of 16 pairs (lr 1e-3) the ITM objective alone leaves ln 2 within 20 steps;
+with MLM and MIM beside it, it stays at chance for about 100 steps (scaling MLM by 0.1 or ITM by 30 did not change
+that), and it leaves chance early when the images are separable to a random encoder (tests/multimodal/test_m3ae.py).
+On the 1,348 training digits (width 64, batch 32, 600 steps, lr 1e-3) MLM fell from 10.9 to about 0.3, so the text
+stream reads the digit from the image, while ITM stayed at 0.693 and zero-shot retrieval was at chance (recall@1 5.8
+against 5.5 for random scores). The official model starts from CLIP and RoBERTa weights, whose first tokens already
+summarise image and caption; from random init matching needs a longer budget than the demo's.
 """
 from __future__ import annotations
 
