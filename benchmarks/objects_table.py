@@ -18,6 +18,7 @@ objects' mean distance for every object: what a model must beat. Writes objects.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -56,6 +57,7 @@ def main(argv=None) -> int:
     parser.add_argument("--train-images", type=int, default=2000)
     parser.add_argument("--test-images", type=int, default=600)
     parser.add_argument("--num-workers", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0, help="seed of every training run (the data set stays the same)")
     parser.add_argument("--speed-rounds", type=int, default=5,
                         help="rounds of the interleaved throughput measurement (one step of each model per round)")
     args = parser.parse_args(argv)
@@ -76,7 +78,11 @@ def main(argv=None) -> int:
         run = out / name
         settings = TrainConfig(batch_size=args.batch_size, max_steps=args.steps, lr=args.lr,
                                warmup_steps=max(1, args.steps // 20), checkpoint_every=args.steps,
-                               num_workers=args.num_workers, progress=False, log_every=10, seed=0)
+                               num_workers=args.num_workers, progress=False, log_every=10, seed=args.seed)
+        finished = json.loads((run / "metrics.json").read_text()).get("train", {}) \
+            if (run / "metrics.json").is_file() and (run / "model.safetensors").is_file() else {}
+        if finished.get("steps") == args.steps and finished.get("effective_batch") == args.batch_size:
+            return finished  # trained before: its own numbers (a resumed finished run would have none)
         print(f"objects_table: training {name} for {args.steps} steps", file=sys.stderr)
         resume = (run / "checkpoints" / "last.ckpt").exists()
         return pretrain(method, dataset, run, settings, method_config=config, resume=resume,
@@ -104,7 +110,9 @@ def main(argv=None) -> int:
         row = {"row": name, "pretraining": pretraining[name]}
         if name != "mae":
             row.update(_rounded(evaluate_distances(load_run(out / name)[0], test_set, batch_size=args.batch_size)))
-        row.update(images_per_second=summary.get("images_per_second"), final_loss=_round(summary.get("final_loss"), 4))
+        last = (summary.get("history") or [{}])[-1]
+        row.update(images_per_second=summary.get("images_per_second"), final_loss=_round(summary.get("final_loss"), 4),
+                   final_distance_loss=_round(last.get("distance"), 4), final_mom_loss=_round(last.get("mom"), 4))
         rows.append(row)
     speeds = interleaved_speed({"distance_only": ("mom", distance_only, train_set),
                                 "mom": ("mom", {"encoder": ENCODER, **MOM, **stats}, train_set),
@@ -114,14 +122,16 @@ def main(argv=None) -> int:
         speed = speeds.get(row["row"])
         row["throughput_vs_distance_only"] = round(speed / speeds["distance_only"], 2) if speed else None
         row["throughput_vs_mae"] = round(speed / speeds["mae"], 2) if speed else None
-    columns = ["row", "pretraining", "abs_rel", "sq_rel", "rmse", "rmse_log", "delta_1", "objects", "images_per_second",
-               "throughput_vs_distance_only", "throughput_vs_mae", "final_loss"]
+    columns = ["row", "pretraining", "abs_rel", "sq_rel", "rmse", "rmse_log", "delta_1", "objects",
+               "images_per_second", "throughput_vs_distance_only", "throughput_vs_mae", "final_loss",
+               "final_distance_loss", "final_mom_loss"]
     header = (f"Pasted-object set (scikit-image photographs, {args.train_images} training / {args.test_images} test "
               f"images, 64 px, 2 objects each, distance = 64 / box height in [2, 6.4]); ViT 128x6 patch 8, "
-              f"{args.steps} steps of batch {args.batch_size}, lr {args.lr}, seed 0 for every trained row; distance "
-              f"errors on every test object with all tokens visible (DistFormer's metrics: abs_rel, sq_rel, rmse, "
-              f"rmse_log, delta_1 = share within a factor 1.25). train_mean: the training objects' mean distance "
-              f"for every object. mae: the pretraining stage of mae_then_distance (no distance head). "
+              f"{args.steps} steps of batch {args.batch_size}, lr {args.lr}, seed {args.seed} for every trained row; "
+              f"distance errors on every test object with all tokens visible (DistFormer's metrics: abs_rel, sq_rel, "
+              f"rmse, rmse_log, delta_1 = share within a factor 1.25). train_mean: the training objects' mean distance "
+              f"for every object. mae: the pretraining stage of mae_then_distance (no distance head). final_loss: the "
+              f"training loss at the last logged step (mom: distance + 20 x MoM), with its two parts. "
               f"images_per_second: each run's own; the throughput ratios: one training step of each model in turn on "
               f"one batch of {args.batch_size}, median of {args.speed_rounds} rounds (a shared machine's load falls "
               f"on every model alike).")
