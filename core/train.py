@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import lightning as L
 import torch
 from lightning.fabric.plugins import CheckpointIO
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import nn
@@ -317,12 +318,17 @@ class StopOnSignal(Callback):
     step every process asks the others whether any noted one (Lightning's `reduce_boolean_decision`: a signal may
     reach one rank only, or ranks at different steps), so all ranks save the same step's checkpoint together and
     then hand the stop to Lightning's own SIGTERM handling, which ends the loops on every rank at once. No collective
-    runs inside a signal handler. A second Ctrl+C interrupts at once."""
+    runs inside a signal handler. A second Ctrl+C interrupts at once.
+
+    Lightning's SLURM auto-requeue signal (SIGUSR1 before the time limit) under DDP is deferred the same way: its
+    handler saves a checkpoint, a collective that deadlocked when run inside the handler of each rank; here every rank
+    saves last.ckpt and runs that handler (checkpoint, `scontrol requeue` from rank 0) at one agreed step."""
 
     def __init__(self, last: Path):
         self.last, self.signal, self.step = last, None, None
         self._previous: dict = {}
         self._lightning = None
+        self.requeue_signal, self.requeue_noted, self._requeue = None, False, None
 
     def on_train_start(self, trainer, module) -> None:  # after Lightning installed (and noted) its handlers
         if threading.current_thread() is not threading.main_thread():
@@ -331,15 +337,30 @@ class StopOnSignal(Callback):
         for signum in (signal.SIGTERM, signal.SIGINT):
             self._previous[signum] = signal.getsignal(signum)
             signal.signal(signum, self._note)
+        environment = getattr(trainer.strategy, "cluster_environment", None)  # parallel strategies only
+        if isinstance(environment, SLURMEnvironment) and environment.auto_requeue and trainer.world_size > 1 \
+                and signal.getsignal(environment.requeue_signal) is not None:
+            self.requeue_signal = environment.requeue_signal
+            self._requeue = self._previous[self.requeue_signal] = signal.getsignal(self.requeue_signal)
+            signal.signal(self.requeue_signal, self._note_requeue)
 
     def _note(self, signum, frame) -> None:
         if self.signal == "SIGINT" and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signal = self.signal or signal.Signals(signum).name  # the first one names the stop
 
+    def _note_requeue(self, signum, frame) -> None:
+        self.requeue_noted = True
+
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         if (batch_idx + 1) % trainer.accumulate_grad_batches:
             return  # in the middle of an accumulated step: stop after the optimiser step
+        if self._requeue is not None and trainer.strategy.reduce_boolean_decision(self.requeue_noted, all=False):
+            # once per process (every rank stops asking at this same step): the signal may reach a rank a step late
+            requeue, self._requeue = self._requeue, None
+            trainer.save_checkpoint(self.last, weights_only=False)  # what --resume (and a requeued run) reads
+            if callable(requeue):
+                requeue(self.requeue_signal, None)  # Lightning's: its hpc checkpoint, then scontrol requeue
         # every rank takes part at every step (one small all-reduce under DDP), so they agree on the step
         noted = self.signal is not None or trainer.received_sigterm
         if not trainer.strategy.reduce_boolean_decision(noted, all=False):
@@ -474,8 +495,10 @@ def _pretrain(method, dataset, out_dir: Path, config, *, method_config, resume, 
     if config.strategy == FSDP2 and config.picture_every:
         raise ConfigError("picture_every draws on rank 0 alone, which a model sharded by --strategy fsdp2 cannot do; "
                           "leave it 0 (the final pictures are drawn)")
+    # no version counter: last.ckpt written by a signal (StopOnSignal) is overwritten later, not kept beside a last-v1
     checkpointing = ModelCheckpoint(dirpath=checkpoint_dir, filename="step{step:06d}", auto_insert_metric_name=False,
-                                    every_n_train_steps=config.checkpoint_every, save_top_k=-1, save_last=True)
+                                    every_n_train_steps=config.checkpoint_every, save_top_k=-1, save_last=True,
+                                    enable_version_counter=False)
     stopper = StopOnSignal(last)
     plugins = options.pop("plugins", None) or []
     plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]

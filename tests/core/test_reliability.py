@@ -270,6 +270,64 @@ def test_sigterm_under_ddp_saves_one_checkpoint_all_ranks_agree_on_and_resume_co
         assert json.loads((run / "rank0.json").read_text()) == {"steps": 8, "this_session": 5, "exit": 0}
 
 
+SLURM_REQUEUE_SCRIPT = """
+import json, os, signal, sys
+import torch
+from lightning.pytorch.callbacks import Callback
+from mimkit.core.data import ImageFolderDataset
+from mimkit.core.train import TrainConfig, pretrain
+
+torch.set_num_threads(1)
+rank = int(os.environ["SLURM_PROCID"])
+
+class RequeueSignal(Callback):
+    # SLURM's --signal=USR1@T reaches every task, here rank r after step 2 + r: a step apart
+    sent = False
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if trainer.global_step == 2 + rank and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+config = TrainConfig(batch_size=2, max_steps=6, checkpoint_every=4, num_workers=0, log_every=1, progress=False,
+                     accelerator="cpu", devices=2, strategy="ddp", lr=1e-3, warmup_steps=2)
+data = ImageFolderDataset(sys.argv[1], img_size=32, patch_size=8, in_chans=1)
+summary = pretrain("mae", data, sys.argv[2], config, method_config={tiny}, callbacks=[RequeueSignal()])
+"""
+
+
+def test_slurm_requeue_signal_under_ddp_requeues_once_with_a_checkpoint_and_no_deadlock(image_folder, tmp_path):
+    # two tasks as srun starts them (SLURM_PROCID ...); `scontrol` is a script that notes its arguments
+    script, run, log = tmp_path / "requeue.py", tmp_path / "run", tmp_path / "scontrol.log"
+    script.write_text(SLURM_REQUEUE_SCRIPT.format(tiny=TINY))
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
+    (tmp_path / "bin" / "scontrol").chmod(0o755)
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    procs = []
+    try:
+        for rank in (0, 1):
+            env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}",
+                   "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_JOB_NAME": "pretrain",
+                   "SLURM_JOB_ID": "4242", "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank), "SLURM_NODEID": "0",
+                   "SLURM_NODELIST": "localhost", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+            with open(tmp_path / f"rank{rank}.err", "w") as err:  # a file: a full pipe would block the rank
+                procs.append(subprocess.Popen([sys.executable, str(script), str(image_folder), str(run)], env=env,
+                                              stdout=subprocess.DEVNULL, stderr=err))
+        codes = [proc.wait(timeout=300) for proc in procs]  # before: each rank's handler saved inside itself: hung
+    finally:
+        for proc in procs:
+            proc.kill()
+    assert codes == [0, 0], (tmp_path / "rank0.err").read_text()[-3000:]
+    assert log.read_text() == "requeue 4242\n"  # once, from rank 0, though the ranks saw the signal a step apart
+    hpc = sorted(p.name for p in run.glob("hpc_ckpt_*.ckpt"))  # Lightning's own requeue checkpoint
+    assert hpc == ["hpc_ckpt_1.ckpt"] and torch.load(run / hpc[0], weights_only=True)["global_step"] == 3
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt", "step000004.ckpt"]
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6  # no last-v1
+
+
 def test_a_requeued_slurm_job_continues_its_run_with_the_same_command_line(finished_run, tmp_path, monkeypatch):
     images, original = finished_run
     run = shutil.copytree(original, tmp_path / "run")
