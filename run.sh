@@ -8,6 +8,8 @@ if [[ ! -x $venv/bin/python || pyproject.toml -nt $venv/.installed ]]; then
   echo "run.sh: installing mimkit and its dependencies into $venv (first run only)" >&2
   python3 -m venv "$venv"
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[test]'
+  # MTCNN's face-detector weights (MIT) ship inside facenet-pytorch, which pins an old torch: take the files only
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps facenet-pytorch==2.6.0
   touch "$venv/.installed"
 fi
 command=${1:-}
