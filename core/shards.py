@@ -1,11 +1,15 @@
-"""Image folders as LitData shards: decode every file once, read chunks at training time.
+"""Image folders as LitData shards: decode every file once, read chunks at training time; WebDataset tar shards read
+as a second format.
 
 `write_shards(folder, out)` decodes each image (PNG, JPEG, 8/16-bit TIFF, .npy) once with `litdata.optimize` and
 stores the raw arrays (C, H, W, their own dtype) with label and relative path in chunk files, plus
 `mimkit_shards.json` (channels, classes, counts, the files that could not be read and why). `ShardDataset` reads
 them back through `litdata.StreamingDataset` as an indexable dataset, so pretraining keeps its resumable sampler
 (disjoint samples per process, the same sample position after `--resume`) and its per-step augmentation; any
-command that takes `--data` takes a shard folder in place of an image folder.
+command that takes `--data` takes a shard folder in place of an image folder. A folder of WebDataset tar shards
+(`000000.tar`, ...: samples `KEY.png` / `.jpg` / `.tif` / `.npy` with an optional `KEY.cls`) is read the same way by
+`WebDatasetShards`: each tar's headers are indexed once and a sample's bytes read by offset, so the map-style sampler
+keeps working (the webdataset package streams tars in order, which the resumable sampler cannot use).
 """
 from __future__ import annotations
 
@@ -206,13 +210,130 @@ class ShardDataset(ImageFolderDataset):
         self.stream = StreamingDataset(str(self.root))
 
 
+# ------------------------------------------------------------------------------------------ WebDataset tar shards
+TAR_IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "tif", "tiff", "npy")
+
+
+def is_webdataset_folder(path: str | Path) -> bool:
+    """Whether `path` is a folder of WebDataset tar shards (only .tar files in it, no LitData index)."""
+    path = Path(path)
+    if not path.is_dir() or (path / "index.json").exists():
+        return False
+    files = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")]
+    return bool(files) and all(p.suffix == ".tar" for p in files)
+
+
+def index_tar(path: Path) -> list[tuple[str, dict[str, tuple[int, int]]]]:
+    """The samples of one WebDataset tar in stored order: (key, {extension: (data offset, size)}); a sample's files
+    share the key, the member path up to the first dot of its file name (WebDataset's convention)."""
+    import tarfile
+
+    samples: dict[str, dict[str, tuple[int, int]]] = {}
+    try:
+        with tarfile.open(path) as tar:
+            for member in tar:  # headers only: the data is read by offset when a sample is asked for
+                if member.isfile():
+                    folder, name = os.path.split(member.name)
+                    stem, _, extension = name.partition(".")
+                    samples.setdefault(os.path.join(folder, stem), {})[extension.lower()] = (member.offset_data,
+                                                                                            member.size)
+    except (tarfile.TarError, OSError) as error:
+        raise DataError(f"{path}: cannot read as a tar shard ({type(error).__name__}: {error})") from None
+    return list(samples.items())
+
+
+def decode_image(data: bytes, extension: str, name: str) -> np.ndarray:
+    """Decode an image file's bytes to (C, H, W) in its stored dtype, as core.data.read_image decodes the file."""
+    import io
+
+    import cv2
+    import tifffile
+    from PIL import Image
+
+    from .data import _PIL_CONVERT, _tiff_channel_last
+
+    try:
+        if extension == "npy":
+            array = np.load(io.BytesIO(data), allow_pickle=False)
+            return array[None] if array.ndim == 2 else array
+        if extension in ("tif", "tiff"):
+            with tifffile.TiffFile(io.BytesIO(data)) as tif:
+                array, axes = tif.series[0].asarray(), tif.series[0].axes
+            if array.ndim == 2:
+                return array[None]
+            return np.moveaxis(array, -1, 0) if _tiff_channel_last(axes, array.shape, Path(name)) else array
+        if extension == "png" and data[12:16] == b"IHDR" and data[24] == 16 and data[25] in (2, 6):
+            array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)  # PIL reads 16-bit colour as 8
+            return np.moveaxis(array[..., [2, 1, 0, 3][: array.shape[2]]], -1, 0)
+        with Image.open(io.BytesIO(data)) as img:
+            if img.mode in _PIL_CONVERT:
+                img = img.convert(_PIL_CONVERT[img.mode])
+            array = np.asarray(img)
+        return array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
+    except DataError:
+        raise
+    except Exception as error:
+        raise DataError(f"{name}: cannot decode image ({type(error).__name__}: {error})") from None
+
+
+class WebDatasetShards(ImageFolderDataset):
+    """Images from WebDataset tar shards (a folder of .tar files; each sample an image file, optionally a .cls
+    label), read by offset so any sample can be asked for (the resumable sampler's order, per-step seeds, disjoint
+    shares per process), augmented and normalised exactly as `ImageFolderDataset` (same arguments). A sample whose
+    image fails to decode is skipped and counted when it is read."""
+
+    def _scan(self, labelled: bool | None) -> tuple[list[Path], list[int], list[str]]:
+        self.entries = []
+        for tar in sorted(self.root.glob("*.tar")):
+            for key, members in index_tar(tar):
+                image = next((e for e in TAR_IMAGE_EXTENSIONS if e in members), None)
+                if image is not None:
+                    self.entries.append((tar, key, image, members[image], members.get("cls")))
+        if not self.entries:
+            raise DataError(f"no image samples ({', '.join(TAR_IMAGE_EXTENSIONS)}) in the tar shards under {self.root}")
+        has_labels = all(entry[4] is not None for entry in self.entries)
+        files = [Path(f"{tar}/{key}.{image}") for tar, key, image, _, _ in self.entries]
+        if not (has_labels if labelled is None else labelled and has_labels):
+            return files, [], []
+        values = [int(self._bytes(entry[0], entry[4]).decode().strip()) for entry in self.entries]
+        classes = sorted(set(values))
+        return files, [classes.index(v) for v in values], [str(c) for c in classes]
+
+    @staticmethod
+    def _bytes(tar: Path, span: tuple[int, int]) -> bytes:
+        with open(tar, "rb") as handle:
+            handle.seek(span[0])
+            return handle.read(span[1])
+
+    def _check_headers(self, in_chans: int | None) -> None:
+        # a tar has no cheap per-file header: the first sample gives the channel count; a bad sample is skipped later
+        self.in_chans = in_chans or int(self._decode(0).shape[0])
+
+    def _decode(self, index: int) -> np.ndarray:
+        tar, key, extension, span, _ = self.entries[index]
+        return decode_image(self._bytes(tar, span), extension, str(self.files[index]))
+
+    def _read(self, index: int) -> np.ndarray:
+        from .data import check_finite, to_unit_range
+
+        image = self._decode(index)
+        if image.shape[0] != self.in_chans:
+            raise DataError(f"{self.files[index]}: decoded to {image.shape[0]} channel(s), expected "
+                            f"in_chans={self.in_chans}")
+        check_finite(image, self.files[index])
+        return to_unit_range(image)
+
+
 def dataset_class(root: str | Path) -> type | None:
-    """`ShardDataset` for a shard folder, else None (core.data.image_dataset asks every folder format)."""
-    return ShardDataset if is_shard_folder(root) else None
+    """`ShardDataset` for a LitData shard folder, `WebDatasetShards` for a folder of tar shards, else None
+    (core.data.image_dataset asks every folder format)."""
+    if is_shard_folder(root):
+        return ShardDataset
+    return WebDatasetShards if is_webdataset_folder(root) else None
 
 
 __all__ = ["write_shards", "ShardDataset", "is_shard_folder", "dataset_class", "META", "check_out", "optimize",
-           "write_meta", "read_meta"]
+           "write_meta", "read_meta", "WebDatasetShards", "is_webdataset_folder", "index_tar", "decode_image"]
 
 
 def shard_summary(meta: dict, out: str | Path) -> Sequence[str]:

@@ -1,6 +1,9 @@
 """LitData shards (core.shards): decoded once, read back sample-for-sample as the folder is, split across processes
-and loader workers without overlap, resumed to the same weights, and written or refused with clear errors."""
+and loader workers without overlap, resumed to the same weights, and written or refused with clear errors; WebDataset
+tar shards read the same way."""
+import io
 import json
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +15,7 @@ from safetensors.torch import load_file
 from mimkit.core.cli import main
 from mimkit.core.data import ImageFolderDataset, ResumableSampler, image_dataset, make_loader
 from mimkit.core.errors import DataError
-from mimkit.core.shards import ShardDataset, write_shards
+from mimkit.core.shards import ShardDataset, WebDatasetShards, write_shards
 from mimkit.core.train import TrainConfig, pretrain
 
 TINY = dict(img_size=32, patch_size=8, in_chans=1, embed_dim=32, depth=2, num_heads=2,
@@ -120,3 +123,39 @@ def test_writing_refuses_to_clobber_and_reading_refuses_torn_shards(classes, sha
     (torn / "mimkit_shards.json").write_text(json.dumps({**meta, "count": 99}))
     with pytest.raises(DataError, match="interrupted write"):
         ShardDataset(torn, img_size=32, patch_size=8)
+
+
+@pytest.fixture(scope="module")
+def tars(classes, tmp_path_factory):
+    """The readable images of the class folders as WebDataset tar shards of 5 samples: KEY.png and KEY.cls."""
+    folder = ImageFolderDataset(classes, img_size=32, patch_size=8, labelled=True)
+    out = tmp_path_factory.mktemp("tars")
+    for start in range(0, len(folder.files), 5):
+        with tarfile.open(out / f"{start // 5:06d}.tar", "w") as tar:
+            for i in range(start, min(start + 5, len(folder.files))):
+                tar.add(folder.files[i], arcname=f"sample{i:06d}.png")
+                label = str(folder.targets[i]).encode()
+                info = tarfile.TarInfo(f"sample{i:06d}.cls")
+                info.size = len(label)
+                tar.addfile(info, io.BytesIO(label))
+    return out
+
+
+def test_a_webdataset_sample_equals_the_folder_sample_for_the_same_index_and_seed(classes, tars):
+    options = dict(img_size=32, patch_size=8, in_chans=1, transform="train", labelled=True)
+    folder, stored = ImageFolderDataset(classes, **options), image_dataset(tars, **options)
+    assert isinstance(stored, WebDatasetShards) and len(stored) == len(folder) == 12
+    assert stored.targets == folder.targets and len(stored.classes) == 2  # the .cls files' labels
+    assert np.allclose(stored.mean, folder.mean) and np.allclose(stored.std, folder.std)
+    for key in [(0, 5), (7, 123), (11, 9)]:  # 8-bit and 16-bit PNGs, decoded from the tars' bytes
+        a, b = folder[key], stored[key]
+        assert torch.equal(a["image"], b["image"]) and a["label"] == b["label"]
+
+
+def test_webdataset_shards_split_across_two_processes_with_two_workers(tars):
+    data = WebDatasetShards(tars, img_size=32, patch_size=8, transform="center_crop", labelled=False)
+    seen = []
+    for rank in range(2):
+        sampler = ResumableSampler(len(data), seed=0, rank=rank, world_size=2, stop=len(data))
+        seen.append([int(i) for batch in make_loader(data, 2, num_workers=2, sampler=sampler) for i in batch["index"]])
+    assert not set(seen[0]) & set(seen[1]) and sorted(seen[0] + seen[1]) == list(range(len(data)))
