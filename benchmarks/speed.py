@@ -451,6 +451,67 @@ def write_tables(rows: Sequence[dict], notes: Sequence[str], out_dir: Path) -> t
     return out_dir / "speed.md", out_dir / "speed.csv"
 
 
+# --------------------------------------------------------------------------------------- profile
+PROFILE_KINDS = (  # kind of operation -> substrings of the aten op names it covers (first match wins)
+    ("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::convolution", "mkldnn_convolution",
+                "gemm")),
+    ("attention kernels", ("scaled_dot_product", "flash_attention", "efficient_attention", "softmax")),
+    ("GELU", ("gelu",)),
+    ("layer norm", ("layer_norm",)),
+    ("optimizer", ("adamw", "_foreach_", "addcmul_", "addcdiv_", "lerp_")),
+    ("copies and dtype casts", ("aten::copy_", "aten::_to_copy", "aten::clone", "aten::contiguous")),
+    ("masking: gather, scatter, sort", ("gather", "scatter", "sort", "index", "multinomial", "topk")),
+    ("other elementwise and reductions", ("aten::",)),
+)
+
+
+def profile_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, precision: str,
+                 steps: int = 2) -> dict[str, float]:
+    """Milliseconds per training step by kind of operation (self time from torch.profiler: CPU time, or the
+    GPU's kernel time on CUDA)."""
+    from torch.profiler import ProfilerActivity, profile
+    cuda = images.device.type == "cuda"
+    train_step(model, optimizer, images, precision)  # warm
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as profiler:
+        for _ in range(steps):
+            train_step(model, optimizer, images, precision)
+        synchronize(images.device)
+    kinds = {kind: 0.0 for kind, _ in PROFILE_KINDS}
+    for event in profiler.key_averages():
+        spent = event.self_device_time_total if cuda else event.self_cpu_time_total
+        for kind, names in PROFILE_KINDS:
+            if any(name in event.key for name in names):
+                kinds[kind] += spent / 1000 / steps
+                break
+    return kinds
+
+
+def profile_models(args: argparse.Namespace) -> str:
+    """A markdown table: where each model's step spends its time, per precision (`--profile`)."""
+    device = torch.device(args.device)
+    arch = architecture_from_args(args)
+    images = _input_batch(arch, args.batch_size, device)
+    columns, shares = [], {kind: [] for kind, _ in PROFILE_KINDS}
+    for name in args.models:
+        for precision in args.precision:
+            try:
+                model = build_runner(name, arch).to(device)
+                kinds = profile_step(model, make_optimizer(model, fused=not args.plain_adamw), images, precision)
+            except (ImportError, RuntimeError) as error:
+                print(f"profile of {MODELS[name]} ({precision}) failed: {str(error).strip().splitlines()[0]}",
+                      file=sys.stderr)
+                continue
+            total = sum(kinds.values()) or 1.0
+            columns.append(f"{MODELS[name]}, {precision}: ms/step (share)")
+            for kind, value in kinds.items():
+                shares[kind].append(f"{value:.0f} ({100 * value / total:.1f}%)")
+    lines = ["| kind of operation | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    lines += [f"| {kind} | " + " | ".join(values) + " |" for kind, values in shares.items()]
+    what = "GPU kernel time" if device.type == "cuda" else "self CPU time"
+    return f"Where a training step's time goes (torch.profiler, {what}, mean of 2 steps):\n\n" + "\n".join(lines) + "\n"
+
+
 # -------------------------------------------------------------------------------------------- main
 def architecture_from_args(args: argparse.Namespace) -> Architecture:
     size = vit_size(args.size)
@@ -493,6 +554,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--memory-steps", type=int, default=2, help="training steps in each memory probe")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory probes")
     parser.add_argument("--out", type=Path, help="folder for speed.md, speed.csv and speed.json")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile each model's step (torch.profiler): time by kind of operation, "
+                             "printed and written to speed_profile.md")
     parser.add_argument("--plain-adamw", action="store_true",
                         help="torch's for-loop AdamW for every model instead of the fused kernel")
     parser.add_argument("--memory-probe", help=argparse.SUPPRESS)  # internal: one probe, JSON spec
@@ -590,6 +654,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out:
         md_path, csv_path = write_tables(rows, notes, args.out)
         print(f"\nwrote {md_path}, {csv_path} and speed.json")
+    if args.profile:
+        table = profile_models(args)
+        print("\n" + table, end="")
+        if args.out:
+            (args.out / "speed_profile.md").write_text(table)
     return 0
 
 

@@ -48,3 +48,15 @@ def test_a_peer_that_cannot_be_built_gets_a_row_saying_why(monkeypatch):
     assert by_model[speed.MODELS["mimkit"]]["images_per_s"] > 0
     assert any("could not be built here" in note and "lightly==1.6" in note for note in notes)
     assert any("for-loop AdamW" in note for note in notes)
+
+
+def test_profile_splits_a_step_by_kind_of_operation():
+    torch.manual_seed(0)
+    model = speed.build_runner("mimkit", TINY)
+    kinds = speed.profile_step(model, speed.make_optimizer(model), speed._input_batch(TINY, 2, torch.device("cpu")),
+                               "fp32")
+    assert set(kinds) == {kind for kind, _ in speed.PROFILE_KINDS}
+    assert kinds["matmul"] > 0 and kinds["attention kernels"] > 0 and kinds["optimizer"] > 0
+    table = speed.profile_models(speed.parse_args(ARGS + ["--models", "mimkit", "reference"]))
+    assert "mimkit MAE, fp32" in table and "plain PyTorch reference, fp32" in table
+    assert table.count("\n| ") == len(speed.PROFILE_KINDS) + 1
