@@ -627,8 +627,8 @@ def run(args: argparse.Namespace) -> tuple[list[dict], list[str]]:
                              **{c: None for c in COLUMNS[3:]}})
                 continue
             achieved = flops[name] * rates[name] / args.batch_size
-            memory = None if args.no_memory or name == "compiled" else measure_memory(name, arch, args.batch_size, precision, device,
-                                                                args.memory_steps, args.threads)
+            memory = None if args.no_memory or name == "compiled" else measure_memory(
+                name, arch, args.batch_size, precision, device, args.memory_steps, args.threads)
             rows.append({
                 "model": MODELS[name], "precision": precision, "params_M": params[name] / 1e6,
                 "images_per_s": rates[name], "ms_per_step": 1000 * args.batch_size / rates[name],
