@@ -108,6 +108,17 @@ def optimize(fn, inputs: Sequence, out: Path, chunk_bytes: str, num_workers: int
         return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
 
 
+def own_reader(dataset, attribute: str = "stream"):
+    """The dataset's LitData reader, opened again in a process that did not open it: a loader worker forked from the
+    main process would otherwise share the main process's reader, whose chunk-loading thread it does not have."""
+    from litdata import StreamingDataset
+
+    if getattr(dataset, "_reader_pid", None) != os.getpid() or getattr(dataset, attribute, None) is None:
+        setattr(dataset, attribute, StreamingDataset(str(dataset.root)))
+        dataset._reader_pid = os.getpid()
+    return getattr(dataset, attribute)
+
+
 def read_meta(root: Path, name: str, expected_format: str) -> dict:
     """The metadata file `name` of a shard folder, checked to be of `expected_format`."""
     try:
@@ -172,6 +183,7 @@ class ShardDataset(ImageFolderDataset):
                             f"`mimkit shard FOLDER --out {self.root}`)")
         self.meta = read_meta(self.root, META, FORMAT)
         self.stream = StreamingDataset(str(self.root))
+        self._reader_pid = os.getpid()
         if len(self.stream) != self.meta["count"]:
             raise DataError(f"{self.root}: the shards hold {len(self.stream)} samples but {META} says "
                             f"{self.meta['count']} (an interrupted write?); write them again")
@@ -192,7 +204,7 @@ class ShardDataset(ImageFolderDataset):
     def _read(self, index: int) -> np.ndarray:
         from .data import to_unit_range
 
-        item = self.stream[index]
+        item = own_reader(self)[index]
         image = np.asarray(item["image"])
         if image.dtype.kind == "f" and not np.isfinite(image).all():  # written before a check, or edited since
             raise DataError(f"{self.root} sample {index} ({item['path']}): NaN or infinite pixel values")
@@ -204,10 +216,7 @@ class ShardDataset(ImageFolderDataset):
         return state
 
     def __setstate__(self, state):
-        self.__dict__.update(state)
-        from litdata import StreamingDataset
-
-        self.stream = StreamingDataset(str(self.root))
+        self.__dict__.update(state)  # the reader opens on first use (own_reader)
 
 
 # ------------------------------------------------------------------------------------------ WebDataset tar shards
@@ -333,7 +342,7 @@ def dataset_class(root: str | Path) -> type | None:
 
 
 __all__ = ["write_shards", "ShardDataset", "is_shard_folder", "dataset_class", "META", "check_out", "optimize",
-           "write_meta", "read_meta", "WebDatasetShards", "is_webdataset_folder", "index_tar", "decode_image"]
+           "write_meta", "read_meta", "own_reader", "WebDatasetShards", "is_webdataset_folder", "index_tar", "decode_image"]
 
 
 def shard_summary(meta: dict, out: str | Path) -> Sequence[str]:

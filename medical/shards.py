@@ -11,13 +11,14 @@ Shards are tied to their preprocessing: a run asking for another spacing, window
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from mimkit.core.errors import ConfigError, DataError
-from mimkit.core.shards import check_out, optimize, read_meta, write_meta
+from mimkit.core.shards import check_out, optimize, own_reader, read_meta, write_meta
 
 from .data import MedicalData, MedicalDataset, Preprocessing
 from .layouts import layout_items
@@ -134,10 +135,11 @@ class MedicalShardDataset(MedicalDataset):
         if len(stream) != self.meta["count"]:
             raise DataError(f"{self.root}: the shards hold {len(stream)} samples but {META} says "
                             f"{self.meta['count']} (an interrupted write?); write them again")
+        self._reader_pid = os.getpid()
         return stream
 
     def _prepared(self, index: int) -> dict:
-        sample = self.store[self.store_index[index]]
+        sample = own_reader(self, "store")[self.store_index[index]]
         return {"image": torch.from_numpy(sample["image"]), "path": sample["path"]}
 
     def __getstate__(self):
@@ -148,10 +150,7 @@ class MedicalShardDataset(MedicalDataset):
         return state
 
     def __setstate__(self, state):
-        from litdata import StreamingDataset
-
-        self.__dict__.update(state)
-        self.store = StreamingDataset(str(self.root))
+        self.__dict__.update(state)  # the reader opens on first use (own_reader)
         self.prepare, self.augment, self.evaluate = build_pipelines(self.pre, self.in_chans, self.label_kind,
                                                                     self.whole_volume)
 

@@ -10,6 +10,7 @@ folder path's: the same key gives the same tensor as the tile folder. The tile-f
 from __future__ import annotations
 
 import dataclasses
+import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -21,7 +22,7 @@ from rasterio.errors import NotGeoreferencedWarning
 
 from mimkit.core.data import ChannelStats, normalisation_stats
 from mimkit.core.errors import ConfigError, DataError
-from mimkit.core.shards import check_out, optimize, read_meta, write_meta
+from mimkit.core.shards import check_out, optimize, own_reader, read_meta, write_meta
 
 from .data import (GeoTiffData, GeoTiffDataset, RasterHeader, _scaled, cache_key, cached_stats,
                    select_bands, store_stats, write_tiles)
@@ -103,6 +104,7 @@ class TileShardDataset(GeoTiffDataset):
                             f"with `mimkit-rs tile SCENES --out {root} --format litdata`)")
         self.meta = read_meta(root, META, FORMAT)
         self.stream = StreamingDataset(str(root))
+        self._reader_pid = os.getpid()
         if len(self.stream) != self.meta["count"]:
             raise DataError(f"{root}: the shards hold {len(self.stream)} tiles but {META} says {self.meta['count']} "
                             f"(an interrupted write?); write them again")
@@ -147,7 +149,7 @@ class TileShardDataset(GeoTiffDataset):
 
     def _raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The selected bands as stored and their valid mask, as `read_window` gives them for a tile file."""
-        sample = self.stream[index]
+        sample = own_reader(self)[index]
         indexes = list(self.selections[index].indexes)
         image, masks = sample["image"][indexes], sample["masks"]
         valid = (masks if masks.shape[0] == 1 else masks[indexes]).all(0)
@@ -196,10 +198,7 @@ class TileShardDataset(GeoTiffDataset):
         return state
 
     def __setstate__(self, state):
-        from litdata import StreamingDataset
-
-        self.__dict__.update(state)
-        self.stream = StreamingDataset(str(self.root))
+        self.__dict__.update(state)  # the reader opens on first use (own_reader)
 
 
 @dataclasses.dataclass
