@@ -20,8 +20,14 @@ from .train import TrainConfig
 log = logging.getLogger("mimkit")
 
 
-def _data(data: Any) -> Any:
-    return ImageFolderData(root=str(data)) if isinstance(data, (str, Path)) else data
+def _data(data: Any, method: str | None = None) -> Any:
+    """Data settings from a folder path: the data class the method names (`data_class`: mom's boxes), else images."""
+    if not isinstance(data, (str, Path)):
+        return data
+    from .registry import method_class
+
+    data_class = getattr(method_class(method), "data_class", ImageFolderData) if method else ImageFolderData
+    return data_class(root=str(data))
 
 
 def pretrain(data: ImageFolderData, out: str, method: str | None = None, model: dict | None = None,
@@ -45,7 +51,7 @@ def pretrain(data: ImageFolderData, out: str, method: str | None = None, model: 
     from .train import _slurm_requeued
     from .train import pretrain as train_method
 
-    data = _data(data)
+    data = _data(data, method)
     method = method or getattr(data, "default_method", lambda: "mae")()
     model = dict(model or {})
     train = train or TrainConfig()

@@ -135,3 +135,19 @@ def test_distance_metrics_are_distformers_definitions():
     assert scores["rmse"] == pytest.approx(np.sqrt((1 + 0 + 25) / 3))
     assert scores["rmse_log"] == pytest.approx(np.sqrt((np.log(1.5) ** 2 + np.log(0.5) ** 2) / 3))
     assert scores["delta_1"] == pytest.approx(1 / 3)  # only 4 -> 4 within a factor 1.25
+
+
+def test_the_python_api_reads_a_folder_path_as_the_methods_own_data(objects, tmp_path):
+    """`mimkit.pretrain(data=PATH, method="mom")` builds the object data section mom names, as the command does."""
+    from mimkit.core import api
+
+    assert isinstance(api._data(str(objects / "train"), "mom"), ObjectFolderData)
+    assert type(api._data(str(objects / "train"), "mae")).__name__ == "ImageFolderData"
+    out = tmp_path / "api"
+    model = {"img_size": 64, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2, "object_dim": 32,
+             "object_depth": 1, "object_decoder_depth": 1, "object_num_heads": 2, "crop_size": [16, 16],
+             "min_box_size": [4, 4]}
+    train = api.TrainConfig(batch_size=8, max_steps=2, lr=1e-3, num_workers=0, progress=False, accelerator="cpu")
+    summary = api.pretrain(str(objects / "train"), str(out), method="mom", model=model, train=train)
+    assert summary["steps"] == 2 and (out / "model.safetensors").is_file()
+    assert yaml.safe_load((out / "config.yaml").read_text())["data"]["max_objects"] == 32
