@@ -49,7 +49,7 @@ def method_configs(teacher_file: Path, autoencoder_file: Path | None = None) -> 
         "maskembed": {**teacher, "decoder_depth": 1},
         "maskdcpt": {**DECODER, "mask_patch_size": 8},             # 2 x 2 tokens per hidden cell (paper: 16 px)
         "robustmae": {**DECODER, "num_prompts": 4},
-        # mom is not here: it needs object boxes and distances, which the digits have not
+        # mom is not here: it needs object boxes and distances, which the digits have not (benchmarks/objects_table.py)
         # a 2x first stage (trained first, same steps): 16 x 16 latents, a 4-px token = 2 x 2 latent cells
         "lmd": {**DECODER, "autoencoder": str(autoencoder_file)},
         "umd": {"decoder_depth": 2},
