@@ -19,7 +19,8 @@ from mimkit.core.errors import ConfigError, DataError
 
 # How a pretrained encoder is evaluated on a task. "partial-finetune" tunes only the last blocks
 # (MAE paper, Section 4.3); the others are the usual protocols of the MIM literature.
-PROTOCOLS = ("knn", "linear", "finetune", "partial-finetune", "few-shot", "segmentation", "anomaly", "retrieval")
+PROTOCOLS = ("knn", "linear", "finetune", "partial-finetune", "few-shot", "segmentation", "anomaly", "retrieval",
+             "generation")
 
 DOMAINS = ("core", "medical", "remote_sensing", "faces", "multimodal")
 

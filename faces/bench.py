@@ -27,8 +27,7 @@ paper's identity loss), or an independent one (`recognizer`: an IResNet file, or
 - vec2face-identity-identification: rank-1 identification of the generated faces among all the real faces
   (identity separability; chance is 1 / identities).
 Both also give the generated set's intra / inter-identity similarity, their gap and its LFW-style verification
-accuracy. Their protocol is "retrieval" (generated faces as queries, the real faces as the gallery): mimkit.benchmarks
-has no generation protocol.
+accuracy. Their protocol is "generation" (run by the task's own runner).
 """
 from __future__ import annotations
 
@@ -309,7 +308,7 @@ GENERATION_SETTINGS = {"per_identity": 5, "batch_size": 32}  # ours: 5 perturbat
 
 
 def _generation_task(name: str, metric: str, description: str) -> Task:
-    return Task(name, "faces", "shipped faces (LFW subset, astronaut, Grace Hopper)", "retrieval", metric,
+    return Task(name, "faces", "shipped faces (LFW subset, astronaut, Grace Hopper)", "generation", metric,
                 identity_faces_reader, description, runner=generation_runner, settings=dict(GENERATION_SETTINGS),
                 protocol_details=dict(split="every shipped face MTCNN aligns, each its own identity",
                                       metric_variant=f"{metric} of generated faces against the real ones"))

@@ -102,7 +102,7 @@ def test_a_tiny_vec2face_runs_both_tasks_through_the_benchmark_runner(faces_root
     for task in GENERATION_TASKS:
         [row] = run_task(task.name, model, faces_root, per_identity=2)
         details = row["details"]
-        assert row["protocol"] == "retrieval" and row["num_test"] == details["identities"]
+        assert row["protocol"] == "generation" and row["num_test"] == details["identities"]
         assert row["value"] == pytest.approx(100 * details[task.metric], abs=0.01)
         assert details["images"] == 2 * details["identities"] and details["chance_rank1"] == 1 / details["identities"]
         assert details["recognizer"] == "the model's identity network"
