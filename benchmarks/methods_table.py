@@ -127,7 +127,12 @@ def main(argv=None) -> int:
             row["finetune_10_per_class"] = round(float(np.mean(scores)), 2)
             row["finetune_std"] = round(float(np.std(scores)), 2)
         rows.append(row)
-    base = rows[1]["images_per_second"]
+        _write(rows, args, out)  # after each method, so an interrupted run keeps the rows it measured
+    return 0
+
+
+def _write(rows: list[dict], args, out: Path) -> None:
+    base = rows[1]["images_per_second"] if len(rows) > 1 else None
     for row in rows:
         # a run resumed after it had finished trains no step, so it has no throughput of this session
         row["throughput_vs_mae"] = round(row["images_per_second"] / base, 2) if base and row["images_per_second"] else None
@@ -139,7 +144,6 @@ def main(argv=None) -> int:
                              f"MAE's recipe; mean +- std over {args.finetune_seeds} label draws and seeds)"
                              if args.finetune_seeds else "") + ". random_init: the same encoder untrained.")
     print(write_table(rows, columns, out / "methods", header))
-    return 0
 
 
 def _rounded(value, digits: int):
