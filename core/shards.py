@@ -34,6 +34,17 @@ def is_shard_folder(path: str | Path) -> bool:
     return (path / "index.json").is_file() and (path / META).is_file()
 
 
+def text_field(text: str) -> np.ndarray:
+    """A string as a shard field: UTF-8 bytes in a uint8 array. LitData picks a serializer by content, and a string
+    naming an existing file would be stored as that file's bytes (a scene's whole GeoTIFF, a NIfTI volume)."""
+    return np.frombuffer(str(text).encode("utf-8"), np.uint8).copy()
+
+
+def field_text(value) -> str:
+    """The string stored by `text_field`."""
+    return bytes(np.asarray(value, np.uint8)).decode("utf-8")
+
+
 class _Decode:
     """Decodes one image file for `litdata.optimize` (checks its channels and values)."""
 
@@ -49,7 +60,7 @@ class _Decode:
         if image.dtype.kind == "f" and not np.isfinite(image).all():
             raise DataError(f"{path}: holds NaN or infinite pixel values")
         return {"image": np.ascontiguousarray(image), "label": int(label), "index": int(index),
-                "path": str(path.relative_to(self.root))}
+                "path": text_field(path.relative_to(self.root))}
 
 
 class _Logged:
@@ -207,7 +218,7 @@ class ShardDataset(ImageFolderDataset):
         item = own_reader(self)[index]
         image = np.asarray(item["image"])
         if image.dtype.kind == "f" and not np.isfinite(image).all():  # written before a check, or edited since
-            raise DataError(f"{self.root} sample {index} ({item['path']}): NaN or infinite pixel values")
+            raise DataError(f"{self.root} sample {index} ({field_text(item['path'])}): NaN or infinite pixel values")
         return to_unit_range(image)
 
     def __getstate__(self):
@@ -342,7 +353,7 @@ def dataset_class(root: str | Path) -> type | None:
 
 
 __all__ = ["write_shards", "ShardDataset", "is_shard_folder", "dataset_class", "META", "check_out", "optimize",
-           "write_meta", "read_meta", "own_reader", "WebDatasetShards", "is_webdataset_folder", "index_tar", "decode_image"]
+           "write_meta", "read_meta", "own_reader", "text_field", "field_text", "WebDatasetShards", "is_webdataset_folder", "index_tar", "decode_image"]
 
 
 def shard_summary(meta: dict, out: str | Path) -> Sequence[str]:

@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 
 from mimkit.core.errors import ConfigError, DataError
-from mimkit.core.shards import check_out, optimize, own_reader, read_meta, write_meta
+from mimkit.core.shards import check_out, field_text, optimize, own_reader, read_meta, text_field, write_meta
 
 from .data import MedicalData, MedicalDataset, Preprocessing
 from .layouts import layout_items
@@ -63,7 +63,7 @@ class _Prepare:
         out = self.guarded(item)
         if "error" in out:
             raise DataError(out["error"])
-        return {"image": out["image"].float().contiguous().numpy(), "path": str(item["image"]),
+        return {"image": out["image"].float().contiguous().numpy(), "path": text_field(item["image"]),
                 "index": int(item["index"])}
 
 
@@ -140,7 +140,7 @@ class MedicalShardDataset(MedicalDataset):
 
     def _prepared(self, index: int) -> dict:
         sample = own_reader(self, "store")[self.store_index[index]]
-        return {"image": torch.from_numpy(sample["image"]), "path": sample["path"]}
+        return {"image": torch.from_numpy(sample["image"]), "path": field_text(sample["path"])}
 
     def __getstate__(self):
         state = dict(self.__dict__)

@@ -22,7 +22,7 @@ from rasterio.errors import NotGeoreferencedWarning
 
 from mimkit.core.data import ChannelStats, normalisation_stats
 from mimkit.core.errors import ConfigError, DataError
-from mimkit.core.shards import check_out, optimize, own_reader, read_meta, write_meta
+from mimkit.core.shards import check_out, optimize, own_reader, read_meta, text_field, write_meta
 
 from .data import (GeoTiffData, GeoTiffDataset, RasterHeader, _scaled, cache_key, cached_stats,
                    select_bands, store_stats, write_tiles)
@@ -51,8 +51,8 @@ class _ReadTile:
         if (masks == masks[:1]).all():
             masks = masks[:1]
         return {"image": np.ascontiguousarray(image), "masks": np.ascontiguousarray(masks), "index": int(index),
-                "path": tile["path"], "scene": tile["scene"], "window": np.asarray(tile["window"], np.int64),
-                "crs": tile["crs"] or ""}
+                "path": text_field(tile["path"]), "scene": text_field(tile["scene"]),
+                "window": np.asarray(tile["window"], np.int64), "crs": text_field(tile["crs"] or "none")}
 
 
 def write_tile_shards(scenes: Sequence[str | Path], out: str | Path, tile_size: int | Sequence[int] = 256,

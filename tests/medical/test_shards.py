@@ -39,6 +39,8 @@ def test_the_shards_hold_the_prepared_volumes_and_name_the_broken_file(shards):
     assert meta["preprocessing"]["intensity_range"] == [-175.0, 250.0]          # CT's window by default
     assert [s["path"].rsplit("/", 1)[-1] for s in meta["skipped"]] == ["broken.nii.gz"]
     assert json.loads((out / "mimkit_medical_shards.json").read_text())["key"] == meta["key"]
+    # the source path is stored as text: LitData would store a string naming a .nii.gz as the whole volume
+    assert "nifti" not in json.loads((out / "index.json").read_text())["config"]["data_format"]
 
 
 def test_a_shard_sample_equals_the_folder_sample_for_the_same_key(organs, shards):

@@ -34,6 +34,9 @@ def test_the_shards_hold_the_tiles_the_folder_holds(written):
     assert meta["count"] == index["written"] == len(meta["paths"]) and meta["count"] < 12  # 12 windows, some nodata
     assert meta["skipped_tiles"] == index["skipped_tiles"] and meta["skipped_tiles"]["all_nodata"] > 0
     assert meta["bands"][:4] == ["B01", "B02", "B03", "B04"] and meta["dtype"] == "uint16"
+    # the scene's path is stored as text: LitData would store a string naming a .tif as the whole file
+    stored = json.loads((root / "shards" / "index.json").read_text())["config"]["data_format"]
+    assert "tifffile" not in stored and "str" not in stored
 
 
 @pytest.mark.parametrize("options", [{}, {"min_valid": 0.9}, {"nodata": 0}])
