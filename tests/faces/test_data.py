@@ -162,6 +162,23 @@ def test_forgeries_change_only_the_masked_face_with_their_kinds_signature(kind):
         assert shift.max() > 3
 
 
+def test_forgery_strength_scales_the_departure_from_the_real_face():
+    faces = synthetic.real_faces(64)
+    face, donor = faces[-2][1], faces[-1][1]
+    for kind in synthetic.FORGERY_KINDS:
+        forged = {}
+        for strength in (1.0, 2.0):
+            rng = np.random.default_rng(3)  # the same draws: only the strength differs
+            forged[strength], mask = synthetic.forge(face, kind, rng, donor=donor, strength=strength)
+        inside = mask == 1
+        if kind == "swap":  # the change is mostly the donor's face; the colour shift on top of it doubles
+            shift = forged[2.0][inside].astype(float).mean(0) - forged[1.0][inside].astype(float).mean(0)
+            assert np.abs(shift).min() > 3, shift
+        else:
+            change = {k: np.abs(v.astype(float) - face.astype(float))[inside].mean() for k, v in forged.items()}
+            assert change[2.0] > 1.2 * change[1.0], (kind, change)
+
+
 def test_errors_name_the_wrong_path_or_the_corrupt_file(tmp_path):
     with pytest.raises(DataError, match="nowhere"):
         read_videos("folder", tmp_path / "nowhere", "train")
