@@ -21,6 +21,7 @@ from mimkit.core.errors import ConfigError, DataError
 # (MAE paper, Section 4.3); the others are the usual protocols of the MIM literature.
 PROTOCOLS = ("knn", "linear", "finetune", "partial-finetune", "few-shot", "segmentation", "anomaly", "retrieval",
              "generation")
+RUNNER_PROTOCOLS = ("anomaly", "retrieval", "generation")  # core runs none of these: a task brings its runner
 
 DOMAINS = ("core", "medical", "remote_sensing", "faces", "multimodal")
 
@@ -40,7 +41,7 @@ class Task:
     description: str = ""
     head: str | None = None   # core.heads name for fine-tuning / segmentation; None: the protocol's default
     head_options: Mapping = field(default_factory=dict)
-    # a protocol core does not have (anomaly, retrieval): runner(subject, train_set, test_set, root=Path,
+    # a protocol core does not have (RUNNER_PROTOCOLS): runner(subject, train_set, test_set, root=Path,
     # **options) -> dict of metric values as fractions, holding the task's metric key
     runner: Callable | None = None
     check: Callable | None = None    # check(encoder, train_set): ConfigError when the encoder cannot read the data
@@ -61,7 +62,7 @@ class Task:
             value = getattr(self, name)
             if not callable(value) and (name == "reader" or value is not None):
                 raise ConfigError(f"task {self.name!r}: {name} must be callable, got {type(value).__name__}")
-        if self.protocol in ("anomaly", "retrieval") and self.runner is None:
+        if self.protocol in RUNNER_PROTOCOLS and self.runner is None:
             raise ConfigError(f"task {self.name!r}: the {self.protocol} protocol needs the task's own runner")
 
     @property

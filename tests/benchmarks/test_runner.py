@@ -95,3 +95,12 @@ def test_model_names():
     assert model_name(build_encoder("base", img_size=224, patch_size=14)) == "ViT-B/14"
     assert model_name(build_encoder(img_size=32, patch_size=8, in_chans=1, embed_dim=32, depth=2,
                                     num_heads=2)) == "ViT-32x2/8"
+
+
+@pytest.mark.parametrize("protocol", ["anomaly", "retrieval", "generation"])
+def test_a_protocol_core_cannot_run_needs_the_tasks_own_runner(protocol):
+    """Without its runner such a task would silently be run as fine-tuning; declaring it is refused instead."""
+    from mimkit.benchmarks.tasks import Task
+
+    with pytest.raises(ConfigError, match=f"the {protocol} protocol needs the task's own runner"):
+        Task(name="x", domain="faces", dataset="x", protocol=protocol, metric="accuracy", reader=lambda root, **_: None)
