@@ -177,6 +177,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default=None, help="a folder to write the data into (default: a temporary one)")
     parser.add_argument("--out", default=None, help="write OUT.md/.csv/.json")
     parser.add_argument("--row", type=int, default=None, help=argparse.SUPPRESS)  # one row, in a child process
+    parser.add_argument("--row-timeout", type=float, default=600, help="seconds one measurement may take")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.row is not None:
@@ -190,19 +191,28 @@ def main(argv=None) -> int:
         for index, (kind, form, _) in enumerate(datasets(folders, root)):
             # each row in a fresh process: loader workers fork from a process holding only that row's dataset (a
             # process that read earlier rows' shards holds LitData's reader threads, which forked workers inherit)
-            child = subprocess.run([sys.executable, "-m", "mimkit.benchmarks.data_speed", "--row", str(index),
-                                    "--data", str(root), "--samples", str(args.samples), "--batch", str(args.batch),
-                                    "--workers", *map(str, args.workers)], capture_output=True, text=True)
-            if child.returncode:
-                raise SystemExit(f"{kind} {form}: the measuring process failed:\n{child.stderr[-2000:]}")
-            rates = json.loads(child.stdout.strip().splitlines()[-1])
+            rates = []
+            for workers in args.workers:  # one process per worker count: a hung loader costs only its row
+                try:
+                    child = subprocess.run([sys.executable, "-m", "mimkit.benchmarks.data_speed", "--row", str(index),
+                                            "--data", str(root), "--samples", str(args.samples), "--batch",
+                                            str(args.batch), "--workers", str(workers)], capture_output=True,
+                                           text=True, timeout=args.row_timeout)
+                except subprocess.TimeoutExpired:
+                    print(f"{kind} {form} workers {workers}: no result within {args.row_timeout} s (a loader worker "
+                          f"hung)", file=sys.stderr, flush=True)
+                    rates.append(None)
+                    continue
+                if child.returncode:
+                    raise SystemExit(f"{kind} {form}: the measuring process failed:\n{child.stderr[-2000:]}")
+                rates.append(json.loads(child.stdout.strip().splitlines()[-1])[0])
             dims = "3D" if kind.startswith("NIfTI") else "2D"
             single = dict(zip(args.workers, rates)).get(1)
             for workers, rate in zip(args.workers, rates):
-                print(f"{kind:28s} {form:36s} workers {workers}: {rate:8.1f} samples/s", file=sys.stderr, flush=True)
                 need = step[dims]["images_per_s"]
                 rows.append({"data": kind, "format": form, "workers": workers, "samples_per_s": rate,
-                             "model": step[dims]["model"], "gpu_consumes": need, "ratio": rate / need,
+                             "model": step[dims]["model"], "gpu_consumes": need,
+                             "ratio": rate / need if rate is not None else None,
                              "processes_for_2x": math.ceil(2 * need / single) if single else None})
     title = (f"Loader samples/s on this machine ({torch.get_num_threads()} thread per process, "
              f"{args.batch} per batch, 2D; {max(1, args.batch // 4)} per batch, 3D) beside what one {args.gpu} "
