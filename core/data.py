@@ -518,6 +518,12 @@ def make_loader(dataset: Dataset, batch_size: int, num_workers: int = 0, sampler
                       pin_memory=torch.cuda.is_available(), worker_init_fn=single_threaded_worker)
 
 
+# OpenCV's thread pool must not run in a process that forks loader workers: a worker forked while a pool thread
+# holds its lock hangs in cv2.setNumThreads below (seen with 13-band GeoTIFF tiles resized in the main process, then a
+# second loader). The main process keeps OpenCV to one thread; torch's threads do the main process's heavy work.
+cv2.setNumThreads(1)
+
+
 def single_threaded_worker(worker_id: int) -> None:
     """One thread per loader process: OpenCV's and torch's thread pools in every worker would fight the
     training threads for the same cores (measured: 5x slower steps on 2 cores)."""

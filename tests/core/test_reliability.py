@@ -417,3 +417,35 @@ def test_a_copied_run_folder_evaluates_exports_and_resumes_without_its_original_
     assert f"data folder {here / 'images'} does not exist here; give it again with --data DIR" in err
     assert main(["pretrain", "--resume", "--out", str(run), "--data", str(there / "images"), "--max-steps", "3"]) == 0
     assert json.loads((run / "metrics.json").read_text())["train"]["steps"] == 3
+
+
+def test_loader_workers_fork_safely_after_the_main_process_used_opencv(tmp_path):
+    """A loader worker forked while OpenCV's pool ran in the main process could hang in cv2.setNumThreads (seen: 13-band
+    GeoTIFF tiles resized in the main process, then a second loader of 2 workers). The main process keeps OpenCV to
+    one thread once mimkit's data module is imported, and repeated loaders after large resizes all finish."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = tmp_path / "fork_after_cv2.py"
+    script.write_text(textwrap.dedent("""
+        import cv2, numpy as np, torch
+        from mimkit.core.data import make_loader
+        assert cv2.getNumThreads() == 1, cv2.getNumThreads()
+
+        class Resized(torch.utils.data.Dataset):
+            def __len__(self):
+                return 8
+            def __getitem__(self, index):
+                image = np.random.default_rng(index).random((224, 224, 13), dtype=np.float32)
+                return {"image": torch.from_numpy(cv2.resize(image, (112, 112)))}
+
+        big = np.random.default_rng(0).random((1024, 1024, 4), dtype=np.float32)
+        for workers in (1, 2, 2, 1, 2):
+            for _ in range(20):
+                cv2.resize(big, (700, 700))  # work the main process's OpenCV between loaders
+            assert sum(b["image"].shape[0] for b in make_loader(Resized(), 4, num_workers=workers)) == 8
+        print("ok")
+    """))
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]
