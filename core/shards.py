@@ -119,6 +119,19 @@ def optimize(fn, inputs: Sequence, out: Path, chunk_bytes: str, num_workers: int
         return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
 
 
+class ReopensInWorkers:
+    """Pickles without its open readers (the attributes named in `not_pickled`): each loader worker opens its own on
+    first use (own_reader)."""
+
+    not_pickled: tuple[str, ...] = ("stream",)
+
+    def __getstate__(self):
+        return {**self.__dict__, **dict.fromkeys(self.not_pickled)}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
+
 def own_reader(dataset, attribute: str = "stream"):
     """The dataset's LitData reader, opened again in a process that did not open it: a loader worker forked from the
     main process would otherwise share the main process's reader, whose chunk-loading thread it does not have."""
@@ -182,7 +195,7 @@ def write_shards(folder: str | Path, out: str | Path, chunk_bytes: str = "64MB",
     return meta
 
 
-class ShardDataset(ImageFolderDataset):
+class ShardDataset(ReopensInWorkers, ImageFolderDataset):
     """Images from a shard folder, augmented and normalised exactly as `ImageFolderDataset` does (same arguments);
     `files` holds the stored relative paths, `skipped` what could not be read when the shards were written."""
 
@@ -221,13 +234,6 @@ class ShardDataset(ImageFolderDataset):
             raise DataError(f"{self.root} sample {index} ({field_text(item['path'])}): NaN or infinite pixel values")
         return to_unit_range(image)
 
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["stream"] = None  # each loader worker opens its own reader
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)  # the reader opens on first use (own_reader)
 
 
 # ------------------------------------------------------------------------------------------ WebDataset tar shards

@@ -18,7 +18,8 @@ from typing import Sequence
 import torch
 
 from mimkit.core.errors import ConfigError, DataError
-from mimkit.core.shards import check_out, field_text, optimize, own_reader, read_meta, text_field, write_meta
+from mimkit.core.shards import (ReopensInWorkers, check_out, field_text, optimize, own_reader, read_meta, text_field,
+                                write_meta)
 
 from .data import MedicalData, MedicalDataset, Preprocessing
 from .layouts import layout_items
@@ -103,9 +104,12 @@ def write_medical_shards(data: MedicalData, out: str | Path, img_size: int | Seq
     return meta
 
 
-class MedicalShardDataset(MedicalDataset):
+class MedicalShardDataset(ReopensInWorkers, MedicalDataset):
     """A MedicalDataset over shards from `write_medical_shards`: the prepared inputs are read, not computed; the
     preprocessing must be the one the shards were written with. Same arguments as MedicalDataset after `root`."""
+
+    # each loader worker opens its own reader and builds its own pipelines (MONAI's lambdas do not pickle)
+    not_pickled = ("store", "prepare", "augment", "evaluate")
 
     def __init__(self, root: str | Path, preprocessing: Preprocessing, **options):
         root = Path(root)
@@ -142,15 +146,8 @@ class MedicalShardDataset(MedicalDataset):
         sample = own_reader(self, "store")[self.store_index[index]]
         return {"image": torch.from_numpy(sample["image"]), "path": field_text(sample["path"])}
 
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        # each loader worker opens its own reader and builds its own pipelines (MONAI's lambdas do not pickle)
-        for name in ("store", "prepare", "augment", "evaluate"):
-            state[name] = None
-        return state
-
     def __setstate__(self, state):
-        self.__dict__.update(state)  # the reader opens on first use (own_reader)
+        super().__setstate__(state)  # the reader opens on first use (own_reader); the pipelines are built here
         self.prepare, self.augment, self.evaluate = build_pipelines(self.pre, self.in_chans, self.label_kind,
                                                                     self.whole_volume)
 

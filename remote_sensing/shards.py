@@ -22,7 +22,7 @@ from rasterio.errors import NotGeoreferencedWarning
 
 from mimkit.core.data import ChannelStats, normalisation_stats
 from mimkit.core.errors import ConfigError, DataError
-from mimkit.core.shards import check_out, optimize, own_reader, read_meta, text_field, write_meta
+from mimkit.core.shards import ReopensInWorkers, check_out, optimize, own_reader, read_meta, text_field, write_meta
 
 from .data import (GeoTiffData, GeoTiffDataset, RasterHeader, _scaled, cache_key, cached_stats,
                    select_bands, store_stats, write_tiles)
@@ -85,7 +85,7 @@ def write_tile_shards(scenes: Sequence[str | Path], out: str | Path, tile_size: 
     return meta
 
 
-class TileShardDataset(GeoTiffDataset):
+class TileShardDataset(ReopensInWorkers, GeoTiffDataset):
     """A GeoTiffDataset over tile shards from `write_tile_shards` (same arguments; tiles are already cut, and a
     second sensor or masks are read from folders)."""
 
@@ -192,13 +192,6 @@ class TileShardDataset(GeoTiffDataset):
         return normalisation_stats(mean, std, self.in_chans,
                                    f"{self.in_chans} bands are read ({', '.join(self.selection.names)})")
 
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["stream"] = None  # each loader worker opens its own reader
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)  # the reader opens on first use (own_reader)
 
 
 @dataclasses.dataclass
