@@ -114,7 +114,8 @@ class MLPHead(nn.Module):
 
 
 class CrossAttention(nn.Module):
-    """Multi-head attention from query tokens to separate key / value tokens (fused scaled dot-product)."""
+    """Multi-head attention from query tokens to separate key / value tokens (fused scaled dot-product, or the
+    written-out form when `fused_attn` is False: `set_fused_attention` switches it like timm's blocks)."""
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, context_dim: int | None = None):
         super().__init__()
@@ -122,6 +123,7 @@ class CrossAttention(nn.Module):
             raise ConfigError(f"cross-attention width {dim} must be divisible by num_heads {num_heads}")
         context_dim = context_dim or dim
         self.num_heads = num_heads
+        self.fused_attn = True
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
         self.k = nn.Linear(context_dim, dim, bias=qkv_bias)
         self.v = nn.Linear(context_dim, dim, bias=qkv_bias)
@@ -136,8 +138,16 @@ class CrossAttention(nn.Module):
         def heads(x: torch.Tensor) -> torch.Tensor:
             return x.reshape(batch, x.shape[1], self.num_heads, -1).transpose(1, 2)
 
-        out = F.scaled_dot_product_attention(heads(self.q(queries)), heads(self.k(keys)), heads(self.v(values)),
-                                             attn_mask=attn_mask)
+        q, k, v = heads(self.q(queries)), heads(self.k(keys)), heads(self.v(values))
+        if self.fused_attn:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        else:
+            scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+            if attn_mask is not None and attn_mask.dtype == torch.bool:
+                scores = scores.masked_fill(~attn_mask, float("-inf"))
+            elif attn_mask is not None:
+                scores = scores + attn_mask
+            out = scores.softmax(dim=-1) @ v
         return self.proj(out.transpose(1, 2).reshape(batch, num_q, dim))
 
 

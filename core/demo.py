@@ -66,8 +66,8 @@ def run_demo(out: str | Path = "runs/demo", steps: int | None = None, quick: boo
     train_set = labelled_dataset(folders["train"], pretrained.encoder, data, "train")
     test_set = labelled_dataset(folders["test"], pretrained.encoder, data, "test")
     few = few_labels(train_set, LABELS_PER_CLASS, seed=0)
-    # evaluation in the pretraining's precision (bf16 autocast where pretraining used it)
-    evaluation = {"precision": "bf16" if precision == "bf16-mixed" else "fp32"}
+    # evaluation in the pretraining's precision (bf16 autocast where pretraining used it) and loader processes
+    evaluation = {"precision": "bf16" if precision == "bf16-mixed" else "fp32", "num_workers": num_workers}
     options = {"knn": {"k": 20, **evaluation}, "linear": {"epochs": 10 if quick else 90, "seed": 0, **evaluation},
                "finetune": {"epochs": 5 if quick else 100, "batch_size": 32, "warmup_epochs": 1 if quick else 10,
                             "seed": 0, **evaluation}}

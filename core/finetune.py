@@ -40,7 +40,7 @@ from torch.utils.data import Dataset, Subset
 from .encoders import set_fused_attention
 from .errors import CheckpointError, ConfigError, DataError, TrainingError
 from .heads import FineTuneModel, build_head
-from .train import MIMDataModule, TrainConfig, step_seed, warmup_cosine
+from .train import MIMDataModule, TrainConfig, adamw, step_seed, warmup_cosine
 
 log = logging.getLogger("mimkit")
 
@@ -698,7 +698,7 @@ class FineTuneModule(L.LightningModule):
         if cfg.optimizer == "sgd":
             optimizer = torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
         else:
-            optimizer = torch.optim.AdamW(groups, lr=lr, betas=cfg.betas)
+            optimizer = adamw(groups, lr, cfg.betas)  # fused where every parameter allows, as pretraining
         min_ratio = cfg.min_lr / lr if lr else 0.0
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: warmup_cosine(step, cfg.warmup_steps, cfg.max_steps, min_ratio))

@@ -119,6 +119,7 @@ def test_layer_decay_follows_beit_rule_and_biases_norms_tokens_skip_weight_decay
     module = FineTuneModule(model, config, loss="cross_entropy", metric="classification", num_outputs=4)
     optimizer = module.configure_optimizers()["optimizer"]
     assert sorted({round(g["initial_lr"], 12) for g in optimizer.param_groups}) == [1.25e-4, 2.5e-4, 5e-4, 1e-3]
+    assert optimizer.defaults["fused"] is True  # fine-tuning takes pretraining's fused AdamW step
 
 
 # ---------------------------------------------------------------------------------------------- resume

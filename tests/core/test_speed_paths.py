@@ -153,3 +153,23 @@ def test_knn_and_linear_probe_encode_each_split_once_per_encoder(monkeypatch):
     assert {(row["protocol"], row["init"]) for row in rows} == {(p, i) for p in ("knn", "linear") for i in encoders}
     assert len(calls) == 4  # (train, test) x 2 encoders; without the cache the linear probe encoded them again
     assert {(id(e), id(d)) for e, d in calls} == {(id(e), id(d)) for e in encoders.values() for d in (train, test)}
+
+
+@pytest.mark.parametrize("mask", [None, "bool", "additive"])
+def test_cross_attention_written_out_equals_fused_and_follows_the_switch(mask):
+    from mimkit.core.decoders import CrossAttentionBlock
+    from mimkit.core.encoders import set_fused_attention
+
+    torch.manual_seed(0)
+    block = CrossAttentionBlock(32, 4, context_dim=24, self_attention=True)
+    queries, context = torch.randn(2, 5, 32), torch.randn(2, 7, 24)
+    allowed = torch.rand(2, 1, 5, 7) > 0.3
+    allowed[..., 0] = True  # every query may attend to something
+    attn_mask = {None: None, "bool": allowed, "additive": torch.randn(2, 1, 5, 7)}[mask]
+    fused = block(queries, context, attn_mask=attn_mask)
+    set_fused_attention(block, "cpu", bf16=True)  # written out on the CPU in bf16, as timm's blocks
+    assert block.cross_attn.fused_attn is False and block.self_attn.fused_attn is False
+    written = block(queries, context, attn_mask=attn_mask)
+    assert torch.allclose(fused, written, atol=1e-5)
+    if mask == "bool":  # the mask matters: without it the output differs
+        assert not torch.allclose(written, block(queries, context), atol=1e-3)
