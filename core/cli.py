@@ -25,6 +25,7 @@ TRAIN_FLAGS = ("batch_size", "max_steps", "max_time", "epochs", "base_lr", "lr",
 PRETRAIN_ALIASES = {
     **{"--" + key.replace("_", "-"): f"--train.{key}" for key in TRAIN_FLAGS},
     "--accumulate": "--train.accumulate_grad_batches", "--no-progress": "--train.progress=false",
+    "--compile": "--train.compile=true",
     "--mask-ratio": "--model.mask_ratio", "--data": "--data.root", "--strict-data": "--data.strict",
 }
 

@@ -5,6 +5,11 @@ over all processes (data-parallel mesh of the world size, no tensor parallelism)
 optimiser state are split across ranks and gathered block by block in forward and backward. It runs on GPUs (NCCL)
 and on CPUs (gloo). Lightning's `"fsdp"` strategy (FSDP1) needs an accelerator; FSDP2 does not.
 Checkpoints hold the full (gathered) state, so a run saved under FSDP2 loads and resumes like any other.
+
+`--compile` (`compile_blocks`) compiles each transformer block's forward with torch.compile: the blocks hold
+nearly all the compute, while masking (argsort of random noise, gathers) stays eager, so a compiled run draws the
+same masks as an eager one; the compiled function is an attribute of the block instance, so parameter names and
+saved weights are those of the plain model (no `_orig_mod.` prefix), and FSDP2's hooks around each block stay eager.
 """
 from __future__ import annotations
 
@@ -59,4 +64,28 @@ def gathered(model: nn.Module, rebuild) -> nn.Module | None:
     return plain
 
 
-__all__ = ["FSDP2", "strategy_for", "is_fsdp2", "shard_blocks", "gathered"]
+def check_compile_backend(backend: str) -> str:
+    """`backend` if torch.compile knows it, else a ConfigError naming the known ones."""
+    import torch._dynamo
+
+    from .errors import ConfigError
+
+    if backend not in torch._dynamo.list_backends(exclude_tags=()):
+        raise ConfigError(f"train.compile_backend: expected a torch.compile backend (inductor, aot_eager, eager, "
+                          f"cudagraphs, ...), got {backend!r}")
+    return backend
+
+
+def compile_blocks(model: nn.Module, backend: str = "inductor") -> nn.Module:
+    """torch.compile the forward of every timm `Block` in `model` (after activation checkpointing is set, so the
+    recomputed forward is the one compiled); identical blocks share one compiled graph."""
+    import torch
+    from timm.models.vision_transformer import Block
+
+    for module in model.modules():
+        if isinstance(module, Block) and not hasattr(module.forward, "_torchdynamo_orig_callable"):  # not twice
+            module.forward = torch.compile(module.forward, backend=backend)  # instance attribute: no new names
+    return model
+
+
+__all__ = ["FSDP2", "strategy_for", "is_fsdp2", "shard_blocks", "gathered", "compile_blocks", "check_compile_backend"]

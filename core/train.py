@@ -63,6 +63,8 @@ class TrainConfig:
     num_nodes: int = 1
     strategy: str = "auto"              # "ddp", "fsdp2" (FSDP2 on the ViT blocks, core.distributed), ... (Lightning)
     activation_checkpointing: bool = False  # recompute each ViT block in backward: less memory, ~1 more forward
+    compile: bool = False               # torch.compile each ViT block (core.distributed.compile_blocks)
+    compile_backend: str = "inductor"   # torch.compile's backend ("aot_eager": no code generation, quick to start)
     num_workers: int = 2
     checkpoint_every: int = 500         # steps
     picture_every: int = 0              # steps; 0 = only at the end
@@ -78,6 +80,10 @@ class TrainConfig:
         for item in dataclasses.fields(self):  # each number within its range (core.config.RANGES)
             check_number(f"train.{item.name}", getattr(self, item.name), range_rule(f"train.{item.name}"))
         self.betas = tuple(self.betas)
+        if self.compile:
+            from .distributed import check_compile_backend
+
+            check_compile_backend(self.compile_backend)
 
     @property
     def world_size(self) -> int:
@@ -188,6 +194,10 @@ class MIMModule(L.LightningModule):
     def on_fit_start(self) -> None:
         set_fused_attention(self.method, self.device.type, "bf16" in str(self.trainer.precision))
         set_activation_checkpointing(self.method, self.config.activation_checkpointing)
+        if self.config.compile:  # after checkpointing: the compiled forward is the recomputed one
+            from .distributed import compile_blocks
+
+            compile_blocks(self.method, self.config.compile_backend)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         torch.manual_seed(step_seed(self.config.seed, self.global_step * self.config.accumulate_grad_batches
