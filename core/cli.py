@@ -182,21 +182,28 @@ def export(out: str, run: str | None = None, checkpoint: str | None = None) -> P
     return path
 
 
-def shard(folder: str, out: str, chunk_bytes: str = "64MB", num_workers: int = 1, overwrite: bool = False) -> dict:
-    """Decode an image folder once into LitData shards that every `--data` reads in its place.
+def shard(folder: str, out: str, chunk_bytes: str = "64MB", num_workers: int = 1, overwrite: bool = False,
+          format: Literal["litdata", "webdataset"] = "litdata", samples_per_shard: int = 1000) -> dict:
+    """Write an image folder as shards that every `--data` reads in its place: LitData (decoded once) or WebDataset
+    tars (the files' own bytes).
 
     Args:
         folder: a folder of images (flat, or one subfolder per class)
         out: the shard folder to write
         chunk_bytes: the size of one chunk file (LitData's chunk_bytes, e.g. 64MB)
-        num_workers: processes decoding the images
+        num_workers: processes decoding the images (LitData)
         overwrite: replace the shards already in --out
+        format: litdata (chunks of decoded arrays) or webdataset (000000.tar, ...: KEY.png / .jpg / ... and KEY.cls)
+        samples_per_shard: images per tar (webdataset)
     """
-    from .shards import shard_summary, write_shards
+    from .shards import shard_summary, write_shards, write_webdataset
 
     if num_workers < 1:
         raise ConfigError(f"--num-workers must be at least 1, got {num_workers}")
-    meta = write_shards(folder, out, chunk_bytes=chunk_bytes, num_workers=num_workers, overwrite=overwrite)
+    if format == "webdataset":
+        meta = write_webdataset(folder, out, samples_per_shard=samples_per_shard, overwrite=overwrite)
+    else:
+        meta = write_shards(folder, out, chunk_bytes=chunk_bytes, num_workers=num_workers, overwrite=overwrite)
     print("\n".join(shard_summary(meta, out)))
     return meta
 
@@ -274,7 +281,7 @@ def build_tool() -> Tool:
                 aliases={"--no-progress": "--progress=false"}),
         Command("synthetic", synthetic, "write the small data sets the tests and benchmarks use (digits; objects "
                 "with boxes and distances for mom)"),
-        Command("shard", shard, "decode an image folder once into LitData shards (read by --data like a folder)",
+        Command("shard", shard, "write an image folder as LitData or WebDataset shards (read by --data like a folder)",
                 preprocess=positional("folder")),
         Command("reconstruct", reconstruct, "save a reconstruction grid of a run on some images"),
         Command("export", export, "write a run's encoder as a timm state dict"),

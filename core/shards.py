@@ -240,13 +240,79 @@ class ShardDataset(ReopensInWorkers, ImageFolderDataset):
 TAR_IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "tif", "tiff", "npy")
 
 
+WEBDATASET_META = "mimkit_webdataset.json"
+WEBDATASET_FORMAT = "mimkit-webdataset/1"
+
+
 def is_webdataset_folder(path: str | Path) -> bool:
-    """Whether `path` is a folder of WebDataset tar shards (only .tar files in it, no LitData index)."""
+    """Whether `path` is a folder of WebDataset tar shards (.tar files, and `mimkit_webdataset.json` when mimkit wrote
+    them; no LitData index)."""
     path = Path(path)
     if not path.is_dir() or (path / "index.json").exists():
         return False
-    files = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")]
+    files = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".") and p.name != WEBDATASET_META]
     return bool(files) and all(p.suffix == ".tar" for p in files)
+
+
+def write_webdataset(folder: str | Path, out: str | Path, samples_per_shard: int = 1000,
+                     labelled: bool | None = None, overwrite: bool = False) -> dict:
+    """The images of `folder` (flat, or one subfolder per class) as WebDataset tar shards in `out`: 000000.tar, ...,
+    each sample the file's own bytes as `KEY.<suffix>` (no re-encoding: the reader decodes what the folder path
+    decodes) and, when labelled, `KEY.cls` holding the class index. Files that do not decode are left out and listed
+    in OUT/mimkit_webdataset.json (written last: with it, the shards are complete) with the class names and counts."""
+    import io
+    import tarfile
+
+    if samples_per_shard < 1:
+        raise DataError(f"samples_per_shard must be at least 1, got {samples_per_shard}")
+    root = Path(folder).expanduser().resolve()
+    if not root.is_dir():
+        raise DataError(f"shard source {str(root)!r} is not a folder of images")
+    out = check_out(out, root, overwrite, is_webdataset_folder)
+    files, targets, classes, labelled = scan_folder(root, IMAGE_SUFFIXES, labelled)
+    if not files:
+        raise DataError(f"no image files under {root} (accepted suffixes: {' '.join(IMAGE_SUFFIXES)})")
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in [*out.glob("*.tar"), out / WEBDATASET_META]:  # an overwrite leaves no shard of the last write
+        stale.unlink(missing_ok=True)
+    samples, skipped, channels = [], [], set()
+    for path, target in zip(files, targets or [None] * len(files)):
+        data, extension = path.read_bytes(), path.suffix.lower()[1:]
+        try:
+            probe_image(path)  # the folder path's check, then the reader's own decode of these bytes
+            channels.add(int(decode_image(data, extension, str(path)).shape[0]))
+        except DataError as error:
+            skipped.append({"path": str(path), "reason": str(error)})
+            continue
+        samples.append((data, extension, target))
+    if not samples:
+        raise DataError(f"none of the {len(files)} image files under {root} could be read; first: "
+                        f"{skipped[0]['reason']}")
+    if len(channels) > 1:
+        raise DataError(f"images under {root} have different channel counts {sorted(channels)}; shard one kind at a "
+                        f"time")
+
+    def member(tar, name: str, payload: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size, info.mode, info.mtime = len(payload), 0o644, 0  # reproducible bytes for the same folder
+        tar.addfile(info, io.BytesIO(payload))
+
+    shards = 0
+    for start in range(0, len(samples), samples_per_shard):
+        target_path = out / f"{shards:06d}.tar"
+        partial = out / f".{target_path.name}.partial"
+        with tarfile.open(partial, "w", format=tarfile.USTAR_FORMAT) as tar:
+            for index in range(start, min(start + samples_per_shard, len(samples))):
+                data, extension, target = samples[index]
+                member(tar, f"{index:09d}.{extension}", data)
+                if labelled:
+                    member(tar, f"{index:09d}.cls", str(target).encode())
+        os.replace(partial, target_path)
+        shards += 1
+    meta = {"format": WEBDATASET_FORMAT, "source": str(root), "count": len(samples), "shards": shards,
+            "in_chans": channels.pop(), "classes": classes, "labelled": labelled, "skipped": skipped}
+    write_meta(out, WEBDATASET_META, meta)
+    return meta
 
 
 def index_tar(path: Path) -> list[tuple[str, dict[str, tuple[int, int]]]]:
@@ -309,6 +375,8 @@ class WebDatasetShards(ImageFolderDataset):
     image fails to decode is skipped and counted when it is read."""
 
     def _scan(self, labelled: bool | None) -> tuple[list[Path], list[int], list[str]]:
+        written = self.root / WEBDATASET_META
+        self.meta = read_meta(self.root, WEBDATASET_META, WEBDATASET_FORMAT) if written.is_file() else {}
         self.entries = []
         for tar in sorted(self.root.glob("*.tar")):
             for key, members in index_tar(tar):
@@ -322,6 +390,9 @@ class WebDatasetShards(ImageFolderDataset):
         if not (has_labels if labelled is None else labelled and has_labels):
             return files, [], []
         values = [int(self._bytes(entry[0], entry[4]).decode().strip()) for entry in self.entries]
+        named = self.meta.get("classes") or []
+        if named and all(0 <= v < len(named) for v in values):  # written by write_webdataset: its class folders
+            return files, values, list(named)
         classes = sorted(set(values))
         return files, [classes.index(v) for v in values], [str(c) for c in classes]
 
@@ -333,7 +404,8 @@ class WebDatasetShards(ImageFolderDataset):
 
     def _check_headers(self, in_chans: int | None) -> None:
         # a tar has no cheap per-file header: the first sample gives the channel count; a bad sample is skipped later
-        self.in_chans = in_chans or int(self._decode(0).shape[0])
+        self.skipped.extend((Path(s["path"]), s["reason"]) for s in self.meta.get("skipped", []))
+        self.in_chans = in_chans or int(self.meta.get("in_chans") or self._decode(0).shape[0])
 
     def _decode(self, index: int) -> np.ndarray:
         tar, key, extension, span, _ = self.entries[index]
@@ -359,14 +431,17 @@ def dataset_class(root: str | Path) -> type | None:
 
 
 __all__ = ["write_shards", "ShardDataset", "is_shard_folder", "dataset_class", "META", "check_out", "optimize",
-           "write_meta", "read_meta", "own_reader", "text_field", "field_text", "WebDatasetShards", "is_webdataset_folder", "index_tar", "decode_image"]
+           "write_meta", "read_meta", "own_reader", "text_field", "field_text", "WebDatasetShards", "is_webdataset_folder", "index_tar", "decode_image",
+           "write_webdataset", "WEBDATASET_META"]
 
 
 def shard_summary(meta: dict, out: str | Path) -> Sequence[str]:
     """The lines `mimkit shard` prints."""
+    tars = f" ({meta['shards']} WebDataset tar(s))" if meta.get("format") == WEBDATASET_FORMAT else ""
     lines = [f"wrote {meta['count']} images ({meta['in_chans']} channel(s)"
-             f"{', ' + str(len(meta['classes'])) + ' classes' if meta['classes'] else ''}) as shards in {out}"]
+             f"{', ' + str(len(meta['classes'])) + ' classes' if meta['classes'] else ''}) as shards{tars} in {out}"]
     if meta["skipped"]:
-        lines.append(f"skipped {len(meta['skipped'])} unreadable file(s) (listed in {Path(out) / META}); first: "
+        listed = WEBDATASET_META if tars else META
+        lines.append(f"skipped {len(meta['skipped'])} unreadable file(s) (listed in {Path(out) / listed}); first: "
                      f"{meta['skipped'][0]['reason']}")
     return lines

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from mimkit.core.cli import main
 from mimkit.core.data import ImageFolderDataset, ResumableSampler, image_dataset, make_loader
 from mimkit.core.errors import DataError
-from mimkit.core.shards import ShardDataset, WebDatasetShards, write_shards
+from mimkit.core.shards import ShardDataset, WebDatasetShards, write_shards, write_webdataset
 from mimkit.core.train import TrainConfig, pretrain
 
 TINY = dict(img_size=32, patch_size=8, in_chans=1, embed_dim=32, depth=2, num_heads=2,
@@ -159,3 +159,42 @@ def test_webdataset_shards_split_across_two_processes_with_two_workers(tars):
         sampler = ResumableSampler(len(data), seed=0, rank=rank, world_size=2, stop=len(data))
         seen.append([int(i) for batch in make_loader(data, 2, num_workers=2, sampler=sampler) for i in batch["index"]])
     assert not set(seen[0]) & set(seen[1]) and sorted(seen[0] + seen[1]) == list(range(len(data)))
+
+
+def test_the_webdataset_writer_writes_tars_the_reader_reads_as_the_folder(classes, tmp_path, capsys):
+    out = tmp_path / "wds"
+    assert main(["shard", str(classes), "--out", str(out), "--format", "webdataset", "--samples-per-shard", "5"]) == 0
+    printed = capsys.readouterr().out
+    assert "wrote 12 images" in printed and "3 WebDataset tar(s)" in printed and "skipped 1 unreadable" in printed
+    assert sorted(p.name for p in out.iterdir()) == ["000000.tar", "000001.tar", "000002.tar", "mimkit_webdataset.json"]
+    with tarfile.open(out / "000000.tar") as tar:  # the files' own bytes under WebDataset's KEY.extension names
+        names = tar.getnames()
+        assert names[:2] == ["000000000.png", "000000000.cls"] and len(names) == 10
+        options = dict(img_size=32, patch_size=8, in_chans=1, transform="train", labelled=True)
+        folder = ImageFolderDataset(classes, **options)
+        assert tar.extractfile("000000000.png").read() == Path(folder.files[0]).read_bytes()
+    stored = image_dataset(out, **options)
+    assert isinstance(stored, WebDatasetShards) and len(stored) == len(folder) == 12
+    assert stored.classes == folder.classes == ["a", "b"] and stored.targets == folder.targets
+    assert [Path(p).name for p, _ in stored.skipped] == ["broken.png"]
+    for key in [(0, 5), (7, 123), (11, 9)]:  # 8-bit and 16-bit PNGs
+        a, b = folder[key], stored[key]
+        assert torch.equal(a["image"], b["image"]) and a["label"] == b["label"]
+    first = (out / "000001.tar").read_bytes()
+    write_webdataset(classes, out, samples_per_shard=5, overwrite=True)
+    assert (out / "000001.tar").read_bytes() == first  # the same folder gives the same bytes
+    write_webdataset(classes, out, samples_per_shard=12, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["000000.tar", "mimkit_webdataset.json"]  # no stale tars left
+    with pytest.raises(DataError, match="not empty"):
+        write_webdataset(classes, out)
+    with pytest.raises(DataError, match="samples_per_shard must be at least 1, got 0"):
+        write_webdataset(classes, tmp_path / "none", samples_per_shard=0)
+
+
+def test_a_flat_folder_as_webdataset_trains_like_the_folder(make_pngs, tmp_path):
+    flat = make_pngs(tmp_path / "flat", 8)
+    write_webdataset(flat, tmp_path / "wds", samples_per_shard=3)
+    stored = image_dataset(tmp_path / "wds", img_size=32, patch_size=8, in_chans=1, transform="center_crop")
+    folder = ImageFolderDataset(flat, img_size=32, patch_size=8, in_chans=1, transform="center_crop")
+    assert stored.classes == [] and len(stored) == 8 and "label" not in stored[0]
+    assert all(torch.equal(stored[i]["image"], folder[i]["image"]) for i in range(8))
