@@ -1,0 +1,120 @@
+"""The domain claims: every arm is a registered method that trains on its set's data at that set's encoder size, the
+scorer's training and test splits are disjoint (pretraining and the few labels come from the training split only),
+and the claim rows carry the paper, its statement, the set and the budget."""
+import numpy as np
+import pytest
+import torch
+
+from mimkit.benchmarks.claims import MAE, RANDOM
+from mimkit.benchmarks.domain_claims import (DOMAIN_CLAIMS, ENCODERS, SELECTIVE_MAE_EQUAL_TIME, DomainBench, SETS,
+                                              claim_rows)
+from mimkit.core.registry import build_method, list_methods
+
+
+@pytest.fixture(scope="module")
+def benches(tmp_path_factory):
+    out = tmp_path_factory.mktemp("domain_claims")
+    # 5 tiles per class (3 training) and 6 B-scans per class (4 training): enough for one batch of each arm
+    return {name: DomainBench(name, out / name, steps=10, batch_size=4, lr=1e-3, finetune_epochs=1, num_workers=0,
+                              per_class=5 if name == "eurosat" else 6) for name in SETS}
+
+
+def _arms(set_name):
+    return {a.name: a for c in DOMAIN_CLAIMS if c.set == set_name for a in (c.claim.arm, c.claim.baseline)}
+
+
+def test_every_claim_pits_a_registered_method_against_mae_or_random_init():
+    registered = set(list_methods())
+    for entry in DOMAIN_CLAIMS:
+        claim = entry.claim
+        assert entry.set in SETS and claim.arm != claim.baseline and claim.baseline in (MAE, RANDOM)
+        assert claim.arm.method in registered, claim.arm
+        assert claim.paper and claim.statement and claim.metric == "finetune"
+    # arms are cached by name within a set: one name, one definition
+    for set_name in SETS:
+        named = [a for c in DOMAIN_CLAIMS if c.set == set_name for a in (c.claim.arm, c.claim.baseline)]
+        assert len({a.name for a in named}) == len(set(named))
+
+
+@pytest.mark.parametrize("set_name", SETS)
+def test_each_arm_trains_on_its_sets_data_at_the_sets_encoder(benches, set_name):
+    bench = benches[set_name]
+    for arm in _arms(set_name).values():
+        if arm.method is None:
+            continue
+        model = bench.model(arm, seed=0, steps=10)
+        dataset = bench.dataset(arm, model)
+        torch.manual_seed(0)
+        method = build_method(arm.method, **model)
+        assert method.encoder.in_chans == ENCODERS[set_name]["in_chans"], arm.name
+        assert method.encoder.embed_dim == ENCODERS[set_name]["embed_dim"], arm.name
+        items = [dataset[i] for i in range(4)]
+        batch = {key: (torch.stack([item[key] for item in items]) if isinstance(items[0][key], torch.Tensor)
+                       else [item[key] for item in items]) for key in items[0]}
+        if "band_names" in batch:
+            batch["band_names"] = items[0]["band_names"]
+        loss = method(batch, step=0).loss
+        assert torch.isfinite(loss) and loss.item() > 0, arm.name
+        # the run's data section records how the data were read, so its tasks read them the same way
+        section = bench.data_sections[arm.name]
+        assert section["mean"] and len(section["mean"]) == len(section["std"])
+    if set_name == "eurosat":  # the spectrum-aware arm is told the data's bands; the channel-wise arm sees 13 channels
+        model = bench.model(_arms(set_name)["smarties"], 0, 10)
+        bench.dataset(_arms(set_name)["smarties"], model)
+        assert len(model["bands"]) == 13 and model["sensor"] == "sentinel2"
+    else:  # UrFound learns from captions that name each training image's class folder
+        urfound = _arms(set_name)["urfound"]
+        dataset = bench.dataset(urfound, bench.model(urfound, 0, 10))
+        assert "Optical Coherence Tomography" in dataset[0]["text"]
+
+
+@pytest.mark.parametrize("set_name", SETS)
+def test_scorer_splits_are_disjoint_and_labels_come_from_the_training_split(benches, set_name):
+    from mimkit.core.data import few_labels
+
+    bench = benches[set_name]
+    paths = bench.split_paths()
+    train, test = set(paths["train"]), set(paths["test"])
+    assert train and test and not train & test
+    assert all(p.is_file() for p in train | test)
+    # every class is in both splits
+    classes = {split: {p.parent.name for p in paths[split]} for split in ("train", "test")}
+    assert classes["train"] == classes["test"] and len(classes["train"]) == (10 if set_name == "eurosat" else 3)
+    # pretraining reads the training split only
+    model = bench.model(MAE, 0, 10)
+    dataset = bench.dataset(MAE, model)
+    assert len(dataset) == len(train)
+    # the tasks' readers split the same way, and the few labels are drawn from their training split
+    task, _ = bench.tasks()["finetune"]
+    from mimkit.core.registry import build_method
+    encoder = build_method("mae", **model).encoder
+    config = {"method": "mae", "model": model, "data": bench.data_sections[MAE.name]}
+    train_set, test_set = task.load(bench.root, **task.prepare(encoder, config))
+    assert len(train_set) == len(train) and len(test_set) == len(test)
+    subset = few_labels(train_set, 2, seed=0)
+    labels = np.asarray([subset[i]["label"] for i in range(len(subset))])
+    assert np.bincount(labels).tolist() == [2] * len(classes["train"])
+
+
+def test_equal_time_arm_is_scaled_and_selective_mae_schedule_spans_its_run(benches):
+    bench = benches["eurosat"]
+    bench.speed[SELECTIVE_MAE_EQUAL_TIME.name] = 1.8  # as if measured: 1.8x MAE's images/s
+    assert bench.steps_for(SELECTIVE_MAE_EQUAL_TIME) == 18 and bench.steps_for(MAE) == 10
+    assert bench.model(SELECTIVE_MAE_EQUAL_TIME, 0, 18)["total_steps"] == 18
+    assert "total_steps" not in bench.model(MAE, 0, 10)
+
+
+def test_claim_rows_carry_paper_statement_set_budget_and_verdict(benches):
+    entry = next(c for c in DOMAIN_CLAIMS if c.claim.name == "selective_mae_vs_mae_equal_time")
+    fake = DomainBench.__new__(DomainBench)
+    fake.steps, fake.speed = 600, {SELECTIVE_MAE_EQUAL_TIME.name: 1.5}
+    fake.scores = {(SELECTIVE_MAE_EQUAL_TIME.name, s): {"finetune": v} for s, v in enumerate([80.0, 82.0, 81.0])}
+    fake.scores.update({(MAE.name, s): {"finetune": v} for s, v in enumerate([70.0, 71.0, 72.0])})
+    (row,) = claim_rows([entry], {"eurosat": fake}, [0, 1, 2], "MAE 600 steps")
+    assert row["paper"].startswith("Wang et al., SelectiveMAE") and "over 2 times" in row["statement"]
+    assert row["set"] == "eurosat" and row["budget"].startswith("MAE 600 steps") and "900 steps" in row["budget"]
+    assert row["difference"] == pytest.approx(10.0) and row["outcome"] == "holds" and row["seeds"] == 3
+    # a set that was not run, or a claim without scores, gives no row
+    assert claim_rows([entry], {}, [0], "b") == []
+    fake.scores = {}
+    assert claim_rows([entry], {"eurosat": fake}, [0], "b") == []
