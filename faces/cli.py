@@ -136,7 +136,8 @@ def detect(run: str, input: str, out: str = "scores.csv", frames_per_video: int 
 def evaluate(run: str, data: str, task: list[str] | None = None, out: str | None = None,
              compare_random_init: bool = False, steps: int | None = None, batch_size: int | None = None,
              lr: float | None = None, frames_per_video: int = 8, compression: str = "c23", seed: int = 0,
-             per_identity: int | None = None, recognizer: str | None = None) -> list[dict]:
+             per_identity: int | None = None, recognizer: str | None = None, generated: str | None = None,
+             identity_train: dict | None = None) -> list[dict]:
     """Train and score a detector from a run on face-forgery benchmark tasks (frame/video AUC, EER, accuracy), or
     measure a Vec2Face run's generated identities; results are appended to the run's metrics.json (or
     OUT/metrics.json).
@@ -146,7 +147,8 @@ def evaluate(run: str, data: str, task: list[str] | None = None, out: str | None
         data: the tasks' data root (see `mimkit.faces.bench`: the synthetic folder, an FF++ folder, or a folder
             holding FaceForensics++/, Celeb-DF-v2/, DFDC/, WildDeepfake/)
         task: faces-synthetic, ffpp-c23, ffpp-to-{celebdf,dfdc,wilddeepfake,dfd}, gmdf-lodo-<dataset>; for a
-            vec2face run vec2face-identity-consistency and vec2face-identity-identification (its default)
+            vec2face run vec2face-identity-consistency and vec2face-identity-identification (its default), and
+            vec2face-recognizer-verification (trains a face recognizer on a generated set: slow on CPU)
         out: where to add the results (default: the run folder)
         compare_random_init: also the same model at random initialisation
         steps: detector training steps (default: the task's, 300)
@@ -158,6 +160,10 @@ def evaluate(run: str, data: str, task: list[str] | None = None, out: str | None
         per_identity: generation tasks: images generated from each real face's perturbed vector (default 5)
         recognizer: generation tasks: the judge of identity: an IResNet file or "dlib" (default: the model's own
             identity network)
+        generated: vec2face-recognizer-verification: the `mimkit-faces generate` folder its recognizer trains on
+            (default: the task generates one with the run's model)
+        identity_train: vec2face-recognizer-verification: IdentityTrainConfig fields of that recognizer, e.g.
+            '{depth: 18, max_steps: 500}' (default: Vec2Face README's R50 config)
     """
     from mimkit.benchmarks.report import write_table
     from mimkit.benchmarks.runner import run_task
@@ -165,12 +171,14 @@ def evaluate(run: str, data: str, task: list[str] | None = None, out: str | None
     from mimkit.core.runs import load_run, update_metrics
 
     method, config = load_run(run)
-    from .bench import GENERATION_TASKS
+    from .bench import GENERATION_TASKS, RECOGNIZER_TASK
 
     generation = {t.name for t in GENERATION_TASKS}
     detection = {k: v for k, v in {"steps": steps, "batch_size": batch_size, "lr": lr}.items() if v is not None}
     generating = {k: v for k, v in {"per_identity": per_identity, "recognizer": recognizer,
                                     "batch_size": batch_size}.items() if v is not None}
+    verifying = {k: v for k, v in {"per_identity": per_identity, "batch_size": batch_size, "generated": generated,
+                                   "train": identity_train}.items() if v is not None}
     default = sorted(generation) if config.get("method") == "vec2face" else ["faces-synthetic"]
     rows = []
     for name in task or default:
@@ -179,7 +187,7 @@ def evaluate(run: str, data: str, task: list[str] | None = None, out: str | None
             raise ConfigError(f"task {name} is a {spec.domain} task; mimkit-faces evaluates faces tasks")
         reader = {"frames_per_video": frames_per_video, **({"compression": compression} if name != "faces-synthetic"
                                                             else {})}
-        options = generating if name in generation else detection
+        options = (verifying if name == RECOGNIZER_TASK.name else generating if name in generation else detection)
         rows += [{**row, "method": config.get("method")} for row in
                  run_task(spec, method, data, run_config=config, compare_random_init=compare_random_init, seed=seed,
                           reader_options=reader, **options)]
@@ -219,7 +227,7 @@ def recipes(name: str | None = None) -> None:
 
 
 def synthetic(out: str, kind: list[Literal["colour", "swap", "blur", "noise"]] | None = None, size: int = 64,
-              frames: int = 3, count: int | None = None, seed: int = 0) -> Path:
+              frames: int = 3, count: int | None = None, seed: int = 0, strength: float = 1.0) -> Path:
     """Write real faces that packages ship (scikit-image's LFW crops and astronaut, matplotlib's Grace Hopper)
     and self-blended forgeries of them, one folder per forgery kind in the real/ + fake/ layout
     (OUT/<kind>/{train,test}/{real,fake}/<video>/frame_<k>.png), and the same real faces aligned for face
@@ -232,12 +240,18 @@ def synthetic(out: str, kind: list[Literal["colour", "swap", "blur", "noise"]] |
         frames: frames per "video" (small shifts of one face)
         count: use only the first COUNT faces (default: all 102)
         seed: random seed of the forgeries and the train/test split
+        strength: how far a forgery departs from the real face (1: the subtlest set; the demo uses 2; see
+            mimkit.faces.synthetic.forge)
     """
     from .synthetic import FORGERY_KINDS, write_dataset, write_identity_faces
 
-    root = write_dataset(out, kinds=kind or FORGERY_KINDS, size=size, frames=frames, seed=seed, count=count)
+    if not strength > 0:
+        raise ConfigError(f"--strength must be positive (1 = the subtlest forgeries), got {strength}")
+    root = write_dataset(out, kinds=kind or FORGERY_KINDS, size=size, frames=frames, seed=seed, count=count,
+                         strength=strength)
     write_identity_faces(root / "identities", count=count)
-    print(f"wrote real faces and their forgeries ({', '.join(kind or FORGERY_KINDS)}) to {root}, and the real faces "
+    print(f"wrote real faces and their forgeries ({', '.join(kind or FORGERY_KINDS)}; strength {strength:g}) to "
+          f"{root}, and the real faces "
           f"aligned for recognition to {root / 'identities'}")
     return root
 

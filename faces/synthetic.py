@@ -9,7 +9,8 @@ boundary and a colour or frequency mismatch are real signals a detector can find
 
 The folder `write_dataset` writes is the generic real/ + fake/ layout `mimkit.faces.data` reads:
     ROOT/<kind>/{train,test}/{real,fake}/<video>/frame_<k>.png
-one "video" per source face: a few frames that differ by a small shift and scale, as consecutive video frames do.
+one "video" per source face: a few frames that differ by a small shift and scale, as consecutive video frames do;
+a fake video has the same motion as its real one.
 
 `write_identity_faces` writes the same real faces aligned for face recognition (ArcFace template, 112 x 112), one
 file per identity, for Vec2Face's generation tasks: ROOT/identities/<name>.png plus identities.json.
@@ -145,11 +146,19 @@ def write_dataset(root: str | Path, kinds: Sequence[str] = FORGERY_KINDS, size: 
             split = "test" if i in test else "train"
             donor = faces[(i + 1 + int(kind_rng.integers(len(faces) - 1))) % len(faces)][1]
             forged, _ = forge(face, kind, kind_rng, donor=donor, strength=strength)
+            # the fake video moves as its real one (FF++'s fakes are made from their source videos frame by frame)
+            motion = kind_rng.integers(2 ** 32, size=frames)
             for label, image in (("real", face), ("fake", forged)):
                 folder = root / kind / split / label / name
                 folder.mkdir(parents=True, exist_ok=True)
                 for f in range(frames):
-                    Image.fromarray(jitter(image, kind_rng)).save(folder / f"frame_{f}.png")
+                    frame = jitter(image, np.random.default_rng(motion[f]))
+                    Image.fromarray(frame).save(folder / f"frame_{f}.png")
+    import json
+
+    # what was written, so that a reader (the demo) can tell whether a folder holds the forgeries it wants
+    (root / "synthetic.json").write_text(json.dumps({"kinds": list(kinds), "size": size, "frames": frames,
+                                                     "seed": seed, "count": count, "strength": strength}))
     return root
 
 

@@ -82,3 +82,40 @@ def test_errors_are_one_line_naming_the_path_or_source(faces, capsys):
     assert main(["train-detector", "--config", str(faces / "tiny.yaml"), "--sources",
                  f"folder:{faces / 'missing'}", "--out", str(faces / "bad2")]) == 2
     assert "missing does not exist" in capsys.readouterr().err
+
+
+
+def _forgery_differences(root) -> dict:
+    """Per forgery kind, the mean absolute pixel difference between each fake frame and the real frame of the same
+    face (a fake frame moves as its real one, so the difference is the forgery's alone)."""
+    import numpy as np
+    from PIL import Image
+
+    differences = {}
+    for fake in sorted(root.glob("*/*/fake/*/frame_*.png")):
+        real = fake.parents[2] / "real" / fake.parent.name / fake.name
+        with Image.open(fake) as a, Image.open(real) as b:
+            kind = fake.relative_to(root).parts[0]
+            differences.setdefault(kind, []).append(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32)).mean())
+    return {kind: float(np.mean(values)) for kind, values in differences.items()}
+
+
+def test_synthetic_strength_flag_reaches_the_forgeries(tmp_path):
+    common = ["synthetic", "--count", "4", "--frames", "1", "--size", "32", "--kind", "colour", "swap", "blur", "noise"]
+    measured = {}
+    for strength in (1, 3):
+        out = tmp_path / f"s{strength}"
+        assert main([*common, "--out", str(out), "--strength", str(strength)]) == 0
+        assert json.loads((out / "synthetic.json").read_text())["strength"] == strength
+        measured[strength] = _forgery_differences(out)
+    assert set(measured[1]) == {"colour", "swap", "blur", "noise"}
+    for kind in measured[1]:  # a stronger forgery departs further from its real face, in every kind
+        assert measured[3][kind] > measured[1][kind] > 0, (kind, measured)
+    # the real frames are the same at both strengths: the flag changes the forgeries only
+    for real in (tmp_path / "s1").glob("*/*/real/*/frame_*.png"):
+        assert real.read_bytes() == (tmp_path / "s3" / real.relative_to(tmp_path / "s1")).read_bytes()
+
+
+def test_synthetic_strength_must_be_positive(tmp_path, capsys):
+    assert main(["synthetic", "--out", str(tmp_path / "x"), "--count", "2", "--strength", "0"]) != 0
+    assert "--strength" in capsys.readouterr().err
