@@ -12,6 +12,10 @@ Sets (the domains' generated sets; no download):
 - oct: OCT-like B-scans (NORMAL / DRUSEN / CNV class folders, grey, 32 px: `mimkit.medical.synthetic`); a ViT 64x4,
   patch 4. Pretraining reads the training folders; scores are kNN, the oct2017-linear task and oct2017-finetune
   with 10 labels per class on the test folders.
+- xray: 16-bit radiograph-like PNGs in the ChestX-ray14 layout, 3 findings drawn as bright disks, multi-label
+  (`mimkit.medical.synthetic`); the same ViT as oct. Pretraining reads train_val_list's images; scores are the
+  linear probe and synthetic-chestxray14-finetune on test_list, mean ROC-AUC over the findings (all training
+  labels: a few-label draw per class does not exist for multi-label data).
 Neither set is made of real pixels: no package ships labelled multispectral tiles or labelled OCT / fundus images
 (/work/shared/ASSETS.md), so the claims run on the sets the domains' demos and tests use.
 
@@ -34,16 +38,21 @@ from mimkit.core.config import quiet_lightning
 from .claims import MAE, RANDOM, Arm, Bench, Claim, verdict
 from .report import write_table
 
-SETS = ("eurosat", "oct")
+SETS = ("eurosat", "oct", "xray")
 # each set's encoder: the remote-sensing demo's (DEMO_MODEL) and a small grey one for the B-scans
 ENCODERS = {
     "eurosat": dict(img_size=32, patch_size=8, in_chans=13, embed_dim=64, depth=4, num_heads=4),
     "oct": dict(img_size=32, patch_size=4, in_chans=1, embed_dim=64, depth=4, num_heads=4),
+    "xray": dict(img_size=32, patch_size=4, in_chans=1, embed_dim=64, depth=4, num_heads=4),
 }
 # every method's decoder at the MAE arm's size (claims.DECODER), the rest at each paper's default
 SMALL_DECODER = (("decoder_embed_dim", 64), ("decoder_depth", 2), ("decoder_num_heads", 4))
 METRIC_NAMES = {"finetune": "fine-tune, 10 labels per class", "linear": "linear probe, all training labels",
                 "knn": "kNN k=20"}
+SET_METRIC_NAMES = {("xray", "finetune"): "fine-tune, all training labels, mean ROC-AUC",
+                    ("xray", "linear"): "linear probe, all training labels, mean ROC-AUC"}
+# pretraining data settings of an arm's recipe beyond the set's (medical.MedicalData fields)
+DATA_OPTIONS = {"thorax_mae": {"crop_scale": (0.5, 1.0)}}  # Thorax MAE PRETRAIN.md: --random_resize_range 0.5 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +70,8 @@ SMARTIES = Arm("smarties", "smarties", SMALL_DECODER)
 UNI4EYE = Arm("uni4eye", "uni4eye", SMALL_DECODER)
 # UrFound's text branch scaled to the encoder (paper: 384 wide, 6 blocks, 100 tokens; the OCT caption template
 # "An Optical Coherence Tomography Image shows [CLS]" is 11-12 CLIP BPE tokens with start and end); its captions name the class
+# Thorax MAE's defaults: mask 0.9, raw-pixel target (decoder scaled like MAE's: both 2 blocks here)
+THORAX_MAE = Arm("thorax_mae", "thorax_mae", SMALL_DECODER)
 URFOUND = Arm("urfound", "urfound", SMALL_DECODER + (("text_width", 64), ("text_depth", 2), ("text_num_heads", 4),
                                                      ("context_length", 16)))
 
@@ -101,6 +112,16 @@ DOMAIN_CLAIMS = [
         "\"UrFound significantly outperforms the state-of-the-art retinal foundation model\" (RETFound, an MAE; "
         "abstract): at MAE's steps its encoder is ahead of MAE's. Its captions carry the training images' class "
         "names (the paper's expert annotations), which MAE never sees", URFOUND, MAE)),
+    DomainClaim("xray", Claim(
+        "mae_vs_random_init_xray", "He et al., MAE, CVPR 2022",
+        "MAE pretraining beats random initialisation (does pretraining show at this budget on this set at all?)",
+        MAE, RANDOM)),
+    DomainClaim("xray", Claim(
+        "thorax_mae_vs_mae", "Xiao et al., Thorax MAE, WACV 2023 (arXiv 2210.12843)",
+        "\"medical reconstruction requires a much smaller proportion of an image (10% vs. 25%) and a more moderate "
+        "random resized crop range (0.5~1.0 vs. 0.2~1.0) compared with natural imaging\" (abstract): at MAE's steps "
+        "the chest X-ray recipe (mask 0.9, crops 0.5-1, raw-pixel target) is ahead of MAE's natural-image one (mask "
+        "0.75, crops 0.2-1, normalised-pixel target)", THORAX_MAE, MAE)),
 ]
 
 
@@ -149,14 +170,22 @@ class DomainBench(Bench):
                 # 60/20/20 per class: 60 unlabelled pretraining tiles, 20 test tiles per class by default
                 write_eurosat(root, per_class=per_class or 100, size=32)
             return root
-        from mimkit.medical.synthetic import write_synthetic_classes
+        from mimkit.medical.synthetic import write_synthetic_chestxray14, write_synthetic_classes
 
+        if self.set_name == "xray":
+            if not (root / "test_list.txt").is_file():
+                # a third held out: 400 training and 200 test radiographs by default
+                write_synthetic_chestxray14(root, count=per_class or 600, size=32, findings=3, test_fraction=1 / 3)
+            return root
         if not (root / "test").is_dir():
             # a third of each class held out: 100 training and 50 test B-scans per class by default
             write_synthetic_classes(root, "oct", per_class=per_class or 150, size=32, test_fraction=1 / 3)
         return root
 
     def split_paths(self) -> dict[str, list[Path]]:
+        if self.set_name == "xray":
+            return {split: [self.root / "images" / name for name in (self.root / listed).read_text().split()]
+                    for split, listed in (("train", "train_val_list.txt"), ("test", "test_list.txt"))}
         return rs_paths(self.root) if self.set_name == "eurosat" else class_folder_paths(self.root)
 
     def dataset(self, arm: Arm, model: dict):
@@ -182,8 +211,12 @@ class DomainBench(Bench):
             return dataset
         from mimkit.medical.data import MedicalData
 
-        # class folders (labels dropped unless the method learns from captions: UrFound)
-        data = MedicalData(root=str(self.root / "train"), modality="oct", layout="classes")
+        if self.set_name == "xray":  # train_val_list's radiographs, without their findings
+            data = MedicalData(root=str(self.root), modality="xray", layout="chestxray14",
+                               **DATA_OPTIONS.get(arm.method, {}))
+        else:  # class folders (labels dropped unless the method learns from captions: UrFound)
+            data = MedicalData(root=str(self.root / "train"), modality="oct", layout="classes",
+                               **DATA_OPTIONS.get(arm.method, {}))
         dataset = data.build(model, arm.method or "mae")
         settings = json.loads(json.dumps(dataclasses.asdict(data)))  # tuples as lists, as config.yaml stores them
         self.data_sections[arm.name] = {k: v for k, v in settings.items() if v is not None}
@@ -231,10 +264,17 @@ class DomainBench(Bench):
         return method, config, read_metrics(run).get("train", {})
 
     def tasks(self) -> dict:
-        """metric -> (task, protocol options) of this set."""
+        """metric -> (task, protocol options) of this set; fine-tuning draws 10 labels per class, except on the
+        multi-label radiographs."""
         from mimkit.benchmarks.tasks import get_task
 
         finetune = dict(epochs=self.finetune_epochs, batch_size=32, warmup_epochs=max(1, self.finetune_epochs // 10))
+        if self.set_name == "xray":
+            task = get_task("synthetic-chestxray14-finetune")
+            linear = dataclasses.replace(task, name="synthetic-chestxray14-linear", protocol="linear",
+                                         description="linear probe on the synthetic ChestX-ray14 radiographs")
+            return {"linear": (linear, {"epochs": self.linear_epochs}), "finetune": (task, finetune)}
+        finetune["labels_per_class"] = 10
         if self.set_name == "eurosat":
             return {"knn": (get_task("eurosat-knn"), {"k": 20}),
                     "linear": (get_task("eurosat-linear"), {"epochs": self.linear_epochs}),
@@ -257,8 +297,7 @@ class DomainBench(Bench):
             row = {"set": self.set_name, "arm": arm.name, "seed": seed, "steps": summary.get("steps", 0),
                    "train_seconds": summary.get("seconds", 0.0)}
             for metric, (task, options) in self.tasks().items():
-                few = {"labels_per_class": 10} if metric == "finetune" else {}
-                (result,) = run_task(task, subject, self.root, run_config=config, seed=seed, **few, **options)
+                (result,) = run_task(task, subject, self.root, run_config=config, seed=seed, **options)
                 row[metric] = result["value"]
                 row[f"{metric}_train"], row[f"{metric}_test"] = result["num_train"], result["num_test"]
             self.scores[key] = row
@@ -282,7 +321,7 @@ def claim_rows(claims: list[DomainClaim], benches: dict[str, DomainBench], seeds
         difference, outcome = verdict(*values)
         speed = bench.speed.get(claim.arm.name)
         rows.append({"claim": claim.name, "set": entry.set, "paper": claim.paper, "statement": claim.statement,
-                     "metric": METRIC_NAMES[claim.metric],
+                     "metric": SET_METRIC_NAMES.get((entry.set, claim.metric), METRIC_NAMES[claim.metric]),
                      "arm": f"{claim.arm.name}: {np.mean(values[0]):.2f} +- {np.std(values[0]):.2f}",
                      "baseline": f"{claim.baseline.name}: {np.mean(values[1]):.2f} +- {np.std(values[1]):.2f}",
                      "difference": round(difference, 2), "seeds": len(values[0]),
@@ -306,7 +345,8 @@ def main(argv=None) -> int:
     parser.add_argument("--finetune-epochs", type=int, default=100)
     parser.add_argument("--linear-epochs", type=int, default=90)
     parser.add_argument("--per-class", type=int, default=None,
-                        help="images per class to write (eurosat: 100, 60 of them training; oct: 150, 100 training)")
+                        help="images per class to write (eurosat: 100, 60 of them training; oct: 150, 100 training); "
+                             "xray: radiographs in all (600, 400 training)")
     parser.add_argument("--num-workers", type=int, default=1)
     args = parser.parse_args(argv)
     quiet_lightning()
@@ -317,10 +357,12 @@ def main(argv=None) -> int:
                                  args.num_workers, args.per_class, args.linear_epochs)
                for name in args.sets if any(c.set == name for c in claims)}
     budget = (f"MAE {args.steps} steps of batch {args.batch_size} (lr {args.lr}); fine-tune {args.finetune_epochs} "
-              f"epochs on 10 labels per class (label draw = seed), linear probe {args.linear_epochs} epochs")
+              f"epochs on 10 labels per class (label draw = seed; xray: on all its training labels), linear probe "
+              f"{args.linear_epochs} epochs")
     header = (f"Budget: {budget}; equal-time arms scaled by their measured speed. Sets: eurosat = 13-band "
               f"EuroSAT-layout tiles drawn from spectral signatures (ViT 64x4 patch 8, 32 px), oct = OCT-like "
-              f"B-scans in 3 class folders (ViT 64x4 patch 4, 32 px). Seeds {args.seeds}.")
+              f"B-scans in 3 class folders (ViT 64x4 patch 4, 32 px), xray = radiograph-like PNGs with 3 findings "
+              f"(ViT 64x4 patch 4, 32 px). Seeds {args.seeds}.")
     started = time.perf_counter()
     for seed in args.seeds:
         for entry in claims:

@@ -14,9 +14,10 @@ from mimkit.core.registry import build_method, list_methods
 @pytest.fixture(scope="module")
 def benches(tmp_path_factory):
     out = tmp_path_factory.mktemp("domain_claims")
-    # 5 tiles per class (3 training) and 6 B-scans per class (4 training): enough for one batch of each arm
+    # 5 tiles per class (3 training), 6 B-scans per class (4 training), 12 radiographs (8 training)
+    sizes = {"eurosat": 5, "oct": 6, "xray": 12}
     return {name: DomainBench(name, out / name, steps=10, batch_size=4, lr=1e-3, finetune_epochs=1, num_workers=0,
-                              per_class=5 if name == "eurosat" else 6) for name in SETS}
+                              per_class=sizes[name]) for name in SETS}
 
 
 def _arms(set_name):
@@ -62,10 +63,13 @@ def test_each_arm_trains_on_its_sets_data_at_the_sets_encoder(benches, set_name)
         model = bench.model(_arms(set_name)["smarties"], 0, 10)
         bench.dataset(_arms(set_name)["smarties"], model)
         assert len(model["bands"]) == 13 and model["sensor"] == "sentinel2"
-    else:  # UrFound learns from captions that name each training image's class folder
+    elif set_name == "oct":  # UrFound learns from captions that name each training image's class folder
         urfound = _arms(set_name)["urfound"]
         dataset = bench.dataset(urfound, bench.model(urfound, 0, 10))
         assert "Optical Coherence Tomography" in dataset[0]["text"]
+    else:  # Thorax MAE's recipe crops 50-100% of the radiograph, MAE's 20-100%
+        assert bench.data_sections["thorax_mae"]["crop_scale"] == [0.5, 1.0]
+        assert bench.data_sections["mae"]["crop_scale"] == [0.2, 1.0]
 
 
 @pytest.mark.parametrize("set_name", SETS)
@@ -77,9 +81,6 @@ def test_scorer_splits_are_disjoint_and_labels_come_from_the_training_split(benc
     train, test = set(paths["train"]), set(paths["test"])
     assert train and test and not train & test
     assert all(p.is_file() for p in train | test)
-    # every class is in both splits
-    classes = {split: {p.parent.name for p in paths[split]} for split in ("train", "test")}
-    assert classes["train"] == classes["test"] and len(classes["train"]) == (10 if set_name == "eurosat" else 3)
     # pretraining reads the training split only
     model = bench.model(MAE, 0, 10)
     dataset = bench.dataset(MAE, model)
@@ -91,6 +92,13 @@ def test_scorer_splits_are_disjoint_and_labels_come_from_the_training_split(benc
     config = {"method": "mae", "model": model, "data": bench.data_sections[MAE.name]}
     train_set, test_set = task.load(bench.root, **task.prepare(encoder, config))
     assert len(train_set) == len(train) and len(test_set) == len(test)
+    if set_name == "xray":  # multi-label: fine-tuned on every training label, scored by ROC-AUC over 3 findings
+        assert "labels_per_class" not in bench.tasks()["finetune"][1] and len(train_set.classes) == len(test_set.classes)
+        return
+    # every class is in both splits, and the few labels are a stratified draw from the training split
+    classes = {split: {p.parent.name for p in paths[split]} for split in ("train", "test")}
+    assert classes["train"] == classes["test"] and len(classes["train"]) == (10 if set_name == "eurosat" else 3)
+    assert bench.tasks()["finetune"][1]["labels_per_class"] == 10
     subset = few_labels(train_set, 2, seed=0)
     labels = np.asarray([subset[i]["label"] for i in range(len(subset))])
     assert np.bincount(labels).tolist() == [2] * len(classes["train"])
