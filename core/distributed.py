@@ -10,6 +10,7 @@ Checkpoints hold the full (gathered) state, so a run saved under FSDP2 loads and
 nearly all the compute, while masking (argsort of random noise, gathers) stays eager, so a compiled run draws the
 same masks as an eager one; the compiled function is an attribute of the block instance, so parameter names and
 saved weights are those of the plain model (no `_orig_mod.` prefix), and FSDP2's hooks around each block stay eager.
+`train.channels_last` (default: on CUDA) hands the method its images in channels-last memory.
 """
 from __future__ import annotations
 
@@ -64,6 +65,23 @@ def gathered(model: nn.Module, rebuild) -> nn.Module | None:
     return plain
 
 
+def use_channels_last(setting: bool | None, device_type: str) -> bool:
+    """`train.channels_last`: as set, or (None) on CUDA only, where cuDNN's convolutions run channels-last natively."""
+    return device_type == "cuda" if setting is None else bool(setting)
+
+
+def channels_last_batch(batch: dict) -> dict:
+    """The batch with its 4D / 5D image tensors in channels-last memory (same values and shapes): patchify reads
+    them without a transposing copy and the convolution patch embeddings (UnifiedPatchEmbed, ChannelPatchEmbed) get
+    the layout GPU kernels prefer."""
+    import torch
+
+    formats = {4: torch.channels_last, 5: torch.channels_last_3d}
+    return {key: value.contiguous(memory_format=formats[value.ndim])
+            if torch.is_tensor(value) and value.is_floating_point() and value.ndim in formats else value
+            for key, value in batch.items()} if isinstance(batch, dict) else batch
+
+
 def check_compile_backend(backend: str) -> str:
     """`backend` if torch.compile knows it, else a ConfigError naming the known ones."""
     import torch._dynamo
@@ -88,4 +106,5 @@ def compile_blocks(model: nn.Module, backend: str = "inductor") -> nn.Module:
     return model
 
 
-__all__ = ["FSDP2", "strategy_for", "is_fsdp2", "shard_blocks", "gathered", "compile_blocks", "check_compile_backend"]
+__all__ = ["FSDP2", "strategy_for", "is_fsdp2", "shard_blocks", "gathered", "compile_blocks", "check_compile_backend",
+           "use_channels_last", "channels_last_batch"]

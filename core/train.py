@@ -65,6 +65,7 @@ class TrainConfig:
     activation_checkpointing: bool = False  # recompute each ViT block in backward: less memory, ~1 more forward
     compile: bool = False               # torch.compile each ViT block (core.distributed.compile_blocks)
     compile_backend: str = "inductor"   # torch.compile's backend ("aot_eager": no code generation, quick to start)
+    channels_last: bool | None = None   # images to the model channels-last; None: on CUDA (core.distributed)
     num_workers: int = 2
     checkpoint_every: int = 500         # steps
     picture_every: int = 0              # steps; 0 = only at the end
@@ -190,6 +191,11 @@ class MIMModule(L.LightningModule):
         from .distributed import shard_blocks
 
         shard_blocks(self.method, self.trainer.strategy)  # FSDP2 only: each ViT block its own unit
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        from .distributed import channels_last_batch, use_channels_last
+
+        return channels_last_batch(batch) if use_channels_last(self.config.channels_last, self.device.type) else batch
 
     def on_fit_start(self) -> None:
         set_fused_attention(self.method, self.device.type, "bf16" in str(self.trainer.precision))
