@@ -99,6 +99,7 @@ def _score(run: str, data: str, target: str | None, task, patterns, rates, input
     from mimkit.core.runs import load_run, update_metrics
 
     from .bench import is_classifier
+    from .vqa import VISION_LANGUAGE_TASKS
 
     if is_classifier(run) and strategy == "frozen" and not (patterns or rates or inputs or compare_random_init):
         return _score_saved(run, data, task, seed, out)
@@ -113,6 +114,16 @@ def _score(run: str, data: str, target: str | None, task, patterns, rates, input
         subjects["random"] = random_init(method, config, seed)
     rows = []
     for name in _tasks(task, patterns, rates):
+        if name in VISION_LANGUAGE_TASKS:  # M3AE's VQA / caption heads: no table, one head on the fused features
+            for row in run_task(name, method, data, run_config=config, seed=seed,
+                                compare_random_init=compare_random_init,
+                                reader_options={"image_column": image_column} if image_column else None,
+                                **{k: v for k, v in settings.items() if k != "seed"}):
+                details = row["details"]
+                rows.append({**row, "inputs": "image + text", **{
+                    key: round(100 * details[key], 2) if details.get(key) is not None else None
+                    for key in ("open_accuracy", "closed_accuracy")}})
+            continue
         for kind in inputs or ["multimodal"]:
             for init, subject in subjects.items():  # only the pretrained model's classifier is kept
                 keep = {"save_dir": str(Path(out or run) / "classifiers" / _classifier_name(name, kind))} \
@@ -126,7 +137,10 @@ def _score(run: str, data: str, target: str | None, task, patterns, rates, input
         print(f"mimkit-multimodal: the fine-tuned classifiers are in {Path(out or run) / 'classifiers'} (evaluate "
               f"--run FOLDER scores one as it is; embed --run FOLDER writes its embeddings or --kind "
               f"probabilities)", file=sys.stderr)
-    print(write_table(rows, ["task", "inputs", "init", "metric", "value", "auc", "num_train", "num_test"]), end="")
+    columns = ["task", "inputs", "init", "metric", "value", "auc", "num_train", "num_test"]
+    if any("open_accuracy" in row for row in rows):
+        columns[6:6] = ["open_accuracy", "closed_accuracy"]
+    print(write_table(rows, columns), end="")
     return rows
 
 
@@ -173,7 +187,9 @@ def evaluate(run: str, data: str, target: str | None = None, task: list[str] | N
         run: a `mimkit-multimodal pretrain` run folder (its model and table preprocessing), or a saved classifier
         data: a folder with train.csv and test.csv (or .parquet): image paths and the target column
         target: the target column (default: the one pretraining left out of the features, or the task's)
-        task: registered task(s) instead of the pattern x rate grid (`image-table-complete`, `synthetic-digits-...`)
+        task: registered task(s) instead of the pattern x rate grid (`image-table-complete`, `synthetic-digits-...`);
+            for an m3ae run: vqa-rad, slake, image-caption-classification, synthetic-digits-vqa,
+            synthetic-digits-caption-classification (the head alone is trained here; open / closed accuracy shown)
         patterns: missing patterns to run (default all: value, feature, most_important, least_important)
         rates: missing rates to run (default 0.3 0.6 0.9; complete tables always)
         inputs: the vectors a head reads: multimodal (default), image (image-only), table (table-only), ensemble
@@ -206,7 +222,9 @@ def finetune(run: str, data: str, target: str | None = None, task: list[str] | N
         run: a `mimkit-multimodal pretrain` run folder
         data: a folder with train.csv and test.csv (or .parquet): image paths and the target column
         target: the target column (default: the one pretraining left out of the features, or the task's)
-        task: registered task(s) instead of the pattern x rate grid
+        task: registered task(s) instead of the pattern x rate grid; for an m3ae run: vqa-rad, slake,
+            image-caption-classification, synthetic-digits-vqa, synthetic-digits-caption-classification (M3AE's
+            heads on the fused features, fine-tuned with the backbone; open / closed accuracy shown)
         patterns: missing patterns to run (default all)
         rates: missing rates to run (default 0.3 0.6 0.9; complete tables always)
         inputs: multimodal (default), image (image-only), table (table-only), ensemble (TIP's finetune_ensemble)
@@ -317,17 +335,19 @@ def recipes(name: str | None = None) -> None:
         print(f"{key:16s} {first}")
 
 
-def synthetic(out: str, kind: list[Literal["all", "digits", "crops", "dicom", "histories"]] | None = None,
+def synthetic(out: str,
+              kind: list[Literal["all", "digits", "digits-outcome", "crops", "dicom", "histories"]] | None = None,
               size: int = 32,
               missing_rate: float = 0.2, seed: int = 0) -> dict:
     """Write small image + table (and caption, VQA) sets from real pixels that packages ship: scikit-learn's digits
     with a table measured on each image, scikit-image picture crops with measured tables, pydicom's test files with
     their DICOM header fields; each holds train.csv, test.csv and images/. `histories`: users' digit sequences
-    (each user prefers one digit) for Pigeon, histories.csv and images/.
+    (each user prefers one digit) for Pigeon, histories.csv and images/. `digits-outcome`: the digits whose target
+    needs the table too (the demo's: the digit in a random arm A, the digit + 5 mod 10 in arm B).
 
     Args:
         out: the folder to write into (one sub-folder per kind)
-        kind: any of digits, crops, dicom, histories, or all (default)
+        kind: any of digits, digits-outcome, crops, dicom, histories, or all (default)
         size: image side in pixels (DICOM: twice this)
         missing_rate: share of table cells left empty (digits, crops)
         seed: seed of the noise, the missing cells and the split
@@ -338,16 +358,19 @@ def synthetic(out: str, kind: list[Literal["all", "digits", "crops", "dicom", "h
     root, written = Path(out), {}
     if kinds & {"all", "digits"}:
         written["digits"] = write.write_digits(root / "digits", size=size, missing_rate=missing_rate, seed=seed)
+    if kinds & {"all", "digits-outcome"}:
+        written["digits-outcome"] = write.write_digits(root / "digits-outcome", size=size, missing_rate=missing_rate,
+                                                       seed=seed, outcome=True)
     if kinds & {"all", "crops"}:
         written["crops"] = write.write_crops(root / "crops", size=size, missing_rate=missing_rate, seed=seed)
     if kinds & {"all", "dicom"}:
         written["dicom"] = Path(write.write_dicom_table(root / "dicom", size=2 * size, seed=seed)["root"])
     if kinds & {"all", "histories"}:
         written["histories"] = write.write_histories(root / "histories", size=size, seed=seed) / "histories.csv"
-    targets = {"digits": "(target column: digit)", "crops": "(target column: picture)",
+    targets = {"digits": "(target column: digit)", "digits-outcome": "(target column: outcome)", "crops": "(target column: picture)",
                "dicom": "(target column: Modality)", "histories": "(pretrain --method pigeon --data this file)"}
     for name, path in written.items():
-        print(f"{name:9s} {path}   {targets[name]}")
+        print(f"{name:14s} {path}   {targets[name]}")
     return written
 
 

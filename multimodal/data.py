@@ -293,7 +293,7 @@ class ImageTextDataset(Dataset):
         else:
             raise ConfigError(f"text layout must be one of {', '.join([*TEXT_LAYOUTS, *ANNOTATION_LAYOUTS])}, "
                               f"got {layout!r}")
-        self.files, self.texts, skipped = [], [], []
+        self.files, self.texts, self.row_numbers, skipped = [], [], [], []
         for number, (image, text) in enumerate(rows):
             file = _resolve(image, root) if isinstance(image, str) and image.strip() else None
             if file is None or not file.is_file():
@@ -303,6 +303,7 @@ class ImageTextDataset(Dataset):
             else:
                 self.files.append(file)
                 self.texts.append(" ".join(text.split()))
+                self.row_numbers.append(number)  # the kept rows' place in the file (labels read beside them)
         self.skipped = skipped
         _report_skipped(skipped, len(rows), str(path), strict)
         if not self.files:

@@ -4,7 +4,9 @@
   with a table whose columns are measured on each image (ink, width, height, centre of mass, left-right
   symmetry; noise of a tenth of each one's spread), two noisy label-linked columns (parity and "has a closed
   loop", each 15% wrong), two noise columns (a number and a 3-way "site") and missing cells; the target is the
-  digit. Also captions built from the label and the measurements, and VQA-RAD-style questions.
+  digit. Also captions built from the label and the measurements, and VQA-RAD-style questions. `outcome=True`
+  (the `digits-outcome` kind, TIP's demo) adds a column the image lacks: a random trial arm A / B, and the target
+  `outcome` is the digit in arm A and the digit + 5 (mod 10) in arm B, so only image and table together give it.
 - `crops`: 32x32 crops of scikit-image's bundled photographs and micrographs (astronaut, camera, coffee, chelsea,
   coins, the immunohistochemistry and cell micrographs, ...), the target being the source picture; the table holds
   the crop's position, brightness, contrast, edge density and colourfulness, a noise column and missing cells.
@@ -29,7 +31,7 @@ from mimkit.core.errors import ConfigError
 
 log = logging.getLogger("mimkit")
 
-SYNTHETIC_KINDS = ("digits", "crops", "dicom", "histories")
+SYNTHETIC_KINDS = ("digits", "digits-outcome", "crops", "dicom", "histories")
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 LOOPS = {0, 4, 6, 8, 9}  # digits usually drawn with a closed loop
 SKIMAGE_PICTURES = ("astronaut", "camera", "coffee", "chelsea", "coins", "immunohistochemistry", "cell", "rocket",
@@ -60,6 +62,16 @@ def _split(count: int, test_fraction: float, rng: np.random.Generator) -> np.nda
 
 
 # ============================================================================================ digits
+ARMS = ("A", "B")
+
+
+def outcome_of(digit: int, arm: str) -> int:
+    """The `outcome` target of `write_digits(outcome=True)`: the digit in arm A, the digit plus 5 (mod 10) in arm B.
+    Neither half is enough: the image cannot tell the two arms apart (the arm is drawn independently of it), and
+    the table knows the digit only through noisy measurements and label-linked columns."""
+    return int(digit) if arm == ARMS[0] else (int(digit) + 5) % 10
+
+
 def digit_measurements(image: np.ndarray) -> dict[str, float]:
     """What the table records about a digit image (values 0..1): ink, extent, centre of mass, symmetry."""
     total = image.sum() + 1e-8
@@ -74,8 +86,10 @@ def digit_measurements(image: np.ndarray) -> dict[str, float]:
 
 
 def write_digits(root: str | Path, count: int | None = None, size: int = 32, missing_rate: float = 0.2,
-                 label_noise: float = 0.15, test_fraction: float = 0.25, seed: int = 0) -> Path:
-    """scikit-learn's digits with a measured table (see the module docstring), captions and VQA questions."""
+                 label_noise: float = 0.15, test_fraction: float = 0.25, seed: int = 0, outcome: bool = False) -> Path:
+    """scikit-learn's digits with a measured table (see the module docstring), captions and VQA questions; with
+    `outcome` the table's target is `outcome` instead of `digit` (see `outcome_of`) and it gains the `arm` column the
+    outcome depends on (the `digit` column is not written)."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -107,6 +121,13 @@ def write_digits(root: str | Path, count: int | None = None, size: int = 32, mis
                       {"image_name": name, "question": "is the digit even?",
                        "answer": "yes" if label % 2 == 0 else "no", "answer_type": "CLOSED"}]
     _hide(rows, [k for k in rows[0] if k not in ("image", "digit")], missing_rate, rng)
+    if outcome:  # its own generator: the other columns, their missing cells and the split stay as without it
+        arm_rng = np.random.default_rng([seed, 1])
+        for number, row in enumerate(rows):
+            arm = ARMS[int(arm_rng.integers(2))]
+            label = row.pop("digit")
+            rows[number] = {**row, "arm": "" if arm_rng.random() < missing_rate else arm,
+                            "outcome": outcome_of(label, arm)}
     test = _split(len(rows), test_fraction, rng)
     _write_rows(root / "train.csv", [r for r, t in zip(rows, test) if not t])
     _write_rows(root / "test.csv", [r for r, t in zip(rows, test) if t])
@@ -257,5 +278,5 @@ def write_dicom_table(root: str | Path, size: int = 64, pattern: str = "*.dcm", 
     return {"root": str(root), "written": len(rows), "skipped": skipped}
 
 
-__all__ = ["write_digits", "write_crops", "write_dicom_table", "write_histories", "digit_measurements",
+__all__ = ["write_digits", "outcome_of", "ARMS", "write_crops", "write_dicom_table", "write_histories", "digit_measurements",
            "SYNTHETIC_KINDS", "DIGIT_NAMES", "DICOM_FIELDS", "SKIMAGE_PICTURES"]

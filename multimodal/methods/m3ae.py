@@ -214,6 +214,14 @@ class M3AE(MIMMethod):
             parts["itm"] = itm.detach()
         return MIMOutput(loss=loss, parts=parts, pred=pred, mask=mask)
 
+    def multimodal_features(self, images: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        """(B, 2 x hidden_size): the two pooled streams after every fusion layer, text first (the official
+        `multi_modal_cls_feats`, which the VQA, classification and matching heads read)."""
+        tokens = self.tokenizer(texts, images.device)
+        text, image = self.fuse(self.text_stream(tokens.ids, tokens.valid),
+                                self.image_stream(self.encoder.forward_features(images)), tokens.valid)
+        return torch.cat([self.text_pooler(text), self.image_pooler(image)], -1)
+
     @torch.no_grad()
     def retrieval_scores(self, images: torch.Tensor, texts: list[str], chunk: int = 256) -> torch.Tensor:
         """(images, captions) matching scores: the ITM head's log-odds of "matched" for every pair, as the official

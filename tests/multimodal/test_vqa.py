@@ -1,0 +1,110 @@
+"""M3AE's downstream heads (multimodal/vqa.py): VQA as answer classification with open and closed accuracy taken
+from each question's answer type, the head predicting among the training answers, and a learnable case fine-tuned
+above chance; image + caption classification. Images: scikit-learn's digits (real pixels)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mimkit.benchmarks.runner import run_task
+from mimkit.benchmarks.tasks import get_task
+from mimkit.core import build_method
+from mimkit.core.errors import ConfigError
+
+TINY = dict(encoder=dict(img_size=32, patch_size=8, in_chans=1, embed_dim=32, depth=2, num_heads=2), text_width=32,
+            text_depth=1, text_num_heads=2, hidden_size=32, fusion_layers=1, fusion_num_heads=2, context_length=16,
+            decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2, mim_layer=1)
+CONFIG = {"method": "m3ae", "model": TINY}
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    from mimkit.multimodal.synthetic import write_digits
+
+    return write_digits(tmp_path_factory.mktemp("digits"), count=120, size=32)
+
+
+def tiny():
+    torch.manual_seed(0)
+    return build_method("m3ae", **TINY)
+
+
+def test_open_and_closed_accuracy_follow_each_questions_answer_type(digits):
+    from mimkit.multimodal.vqa import vqa_accuracy
+
+    train, test = get_task("synthetic-digits-vqa").load(digits, img_size=32, in_chans=1)
+    kinds = {q: t for q, t in zip(test.questions, test.answer_types)}
+    assert kinds == {"which digit is shown?": "open", "is the digit even?": "closed"}
+    labels = np.asarray(test.targets)
+    closed = np.asarray(test.answer_types) == "closed"
+    right_on_closed_only = np.where(closed, labels, (labels + 1) % len(train.answers))
+    result = vqa_accuracy(right_on_closed_only, labels, test.answer_types)
+    assert result["closed_accuracy"] == 1.0 and result["open_accuracy"] == 0.0
+    assert result["num_open"] + result["num_closed"] == len(test) and result["accuracy"] == closed.mean()
+    # an answer the training split never gave is wrong whatever is predicted
+    assert vqa_accuracy([0, 0], [-1, 0], ["open", "closed"]) == {"accuracy": 0.5, "open_accuracy": 0.0,
+                                                                  "num_open": 1, "closed_accuracy": 1.0,
+                                                                  "num_closed": 1}
+
+
+def test_the_head_predicts_among_the_training_answers_with_the_official_loss(digits):
+    from mimkit.multimodal.vqa import VisionLanguageClassifier, classifier_loss
+
+    train, test = get_task("synthetic-digits-vqa").load(digits, img_size=32, in_chans=1)
+    assert set(train.answers) <= {"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+                                  "yes", "no"} and {"yes", "no"} <= set(train.answers)
+    assert test.answers == train.answers  # the test split is scored against the training answers
+    model = VisionLanguageClassifier(tiny(), len(train.answers))
+    batch = {"image": torch.stack([test[i]["image"] for i in range(4)]), "text": test.questions[:4]}
+    assert model(batch).shape == (4, len(train.answers))
+    logits, labels = torch.randn(4, 12), torch.tensor([0, 3, 11, 5])
+    expected = F.binary_cross_entropy_with_logits(logits, F.one_hot(labels, 12).float()) * 12
+    assert torch.allclose(classifier_loss(logits, labels, "bce"), expected)
+    with pytest.raises(ConfigError, match="m3ae"):
+        VisionLanguageClassifier(torch.nn.Linear(2, 2), 3)
+
+
+def test_a_learnable_vqa_set_is_answered_above_chance(tmp_path):
+    """Zeros and ones (distinct to a small ViT), two questions whose answers follow the digit and the question."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    (tmp_path / "images").mkdir()
+    questions = []
+    for i in np.flatnonzero(digits.target < 2)[:120]:
+        name = f"images/{i}.png"
+        Image.fromarray((digits.images[i] * 15).astype(np.uint8)).resize((32, 32), Image.BICUBIC).save(
+            tmp_path / name)
+        label = int(digits.target[i])
+        questions += [{"image_name": name, "question": "which digit is shown?", "answer": ["zero", "one"][label],
+                       "answer_type": "OPEN"},
+                      {"image_name": name, "question": "is the digit even?", "answer": ["yes", "no"][label],
+                       "answer_type": "CLOSED"}]
+    (tmp_path / "vqa_train.json").write_text(json.dumps(questions[:160]))
+    (tmp_path / "vqa_test.json").write_text(json.dumps(questions[160:]))
+    row = run_task("synthetic-digits-vqa", tiny(), tmp_path, run_config=CONFIG, max_steps=60, batch_size=32,
+                   lr=2e-3)[0]
+    details = row["details"]
+    # chance is 1/2 per question type (1/4 among the four answers); the untrained head sits near it
+    assert details["num_answers"] == 4 and details["num_open"] == details["num_closed"] == 40
+    assert details["open_accuracy"] >= 0.8 and details["closed_accuracy"] >= 0.8, details
+
+
+def test_caption_classification_reads_the_label_column(digits):
+    from mimkit.multimodal.vqa import LabelledCaptions
+
+    train, test = get_task("synthetic-digits-caption-classification").load(digits, img_size=32, in_chans=1)
+    assert isinstance(train, LabelledCaptions) and test.classes == train.classes
+    assert train.classes == sorted(train.classes, key=int)
+    for i in range(5):
+        sample = train[i]
+        assert train.classes[sample["label"]] in ("0123456789") and sample["text"] == train.texts[i]
+        digit = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"][
+            int(train.classes[sample["label"]])]
+        assert digit in sample["text"]  # the label is the one the caption was written from
+    with pytest.raises(ConfigError, match="no label column 'diagnosis'"):
+        get_task("synthetic-digits-caption-classification").load(digits, img_size=32, in_chans=1,
+                                                                label_column="diagnosis")
