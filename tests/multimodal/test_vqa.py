@@ -108,3 +108,25 @@ def test_caption_classification_reads_the_label_column(digits):
     with pytest.raises(ConfigError, match="no label column 'diagnosis'"):
         get_task("synthetic-digits-caption-classification").load(digits, img_size=32, in_chans=1,
                                                                 label_column="diagnosis")
+
+
+def test_finetune_and_evaluate_run_the_vqa_task_of_an_m3ae_run(digits, tmp_path, capsys):
+    import yaml
+
+    from mimkit.multimodal.cli import main
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({"method": "m3ae", "model": TINY}))
+    run = tmp_path / "run"
+    assert main(["pretrain", "--method", "m3ae", "--config", str(config), "--data", str(digits / "captions_train.csv"),
+                 "--out", str(run), "--max-steps", "2", "--batch-size", "8", "--num-workers", "0",
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    for command, strategy in (("finetune", "trainable"), ("evaluate", "frozen")):
+        assert main([command, "--run", str(run), "--data", str(digits), "--task", "synthetic-digits-vqa",
+                     "--max-steps", "2", "--batch-size", "8", "--out", str(tmp_path / command)]) == 0
+        printed = capsys.readouterr().out
+        assert "synthetic-digits-vqa" in printed and "open_accuracy" in printed
+        row = json.loads((tmp_path / command / "metrics.json").read_text())["results"][-1]
+        assert row["settings"]["strategy"] == strategy and row["details"]["steps"] == 2
+        assert row["details"]["num_open"] == row["details"]["num_closed"] == 30
