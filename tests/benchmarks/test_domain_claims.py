@@ -15,7 +15,7 @@ from mimkit.core.registry import build_method, list_methods
 def benches(tmp_path_factory):
     out = tmp_path_factory.mktemp("domain_claims")
     # 5 tiles per class (3 training), 6 B-scans per class (4 training), 12 radiographs (8 training)
-    sizes = {"eurosat": 5, "oct": 6, "xray": 12}
+    sizes = {"eurosat": 5, "eurosat_patch4": 5, "oct": 6, "xray": 12}
     return {name: DomainBench(name, out / name, steps=10, batch_size=4, lr=1e-3, finetune_epochs=1, num_workers=0,
                               per_class=sizes[name]) for name in SETS}
 
@@ -63,6 +63,9 @@ def test_each_arm_trains_on_its_sets_data_at_the_sets_encoder(benches, set_name)
         model = bench.model(_arms(set_name)["smarties"], 0, 10)
         bench.dataset(_arms(set_name)["smarties"], model)
         assert len(model["bands"]) == 13 and model["sensor"] == "sentinel2"
+    elif set_name == "eurosat_patch4":  # the SelectiveMAE claims again, at 64 tokens per tile
+        assert {a.method for a in _arms(set_name).values()} == {"mae", "selective_mae"}
+        assert bench.model(MAE, 0, 10)["encoder"]["patch_size"] == 4
     elif set_name == "oct":  # UrFound learns from captions that name each training image's class folder
         urfound = _arms(set_name)["urfound"]
         dataset = bench.dataset(urfound, bench.model(urfound, 0, 10))
@@ -98,7 +101,7 @@ def test_scorer_splits_are_disjoint_and_labels_come_from_the_training_split(benc
         return
     # every class is in both splits, and the few labels are a stratified draw from the training split
     classes = {split: {p.parent.name for p in paths[split]} for split in ("train", "test")}
-    assert classes["train"] == classes["test"] and len(classes["train"]) == (10 if set_name == "eurosat" else 3)
+    assert classes["train"] == classes["test"] and len(classes["train"]) == (10 if bench.kind == "eurosat" else 3)
     assert bench.tasks()["finetune"][1]["labels_per_class"] == 10
     subset = few_labels(train_set, 2, seed=0)
     labels = np.asarray([subset[i]["label"] for i in range(len(subset))])
