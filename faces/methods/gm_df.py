@@ -31,6 +31,11 @@ below that the issue does not state is ours:
   spread; CORAL sees only covariances (blind to a mean shift) and a Frechet distance needs a matrix square root
   that is unstable for the few samples of one episode;
 - without labels (the `pretrain` command) the loss is the reconstruction branch alone (plus load balancing).
+
+A named departure, off by default: `unfreeze_last_blocks` = N also trains the encoder's last N blocks and its final
+LayerNorm (the patch embedding, positions, class token, pre-norm, earlier blocks, text tower and projection stay
+frozen). It is for runs without CLIP weights (no package ships any): a frozen *random* or briefly pretrained tower
+carries no forgery signal for the additions to route, so `mimkit-faces demo` and its numbers use it, and say so.
 The features aligned and classified are the class token after CLIP's final LayerNorm and projection, normalised.
 """
 from __future__ import annotations
@@ -214,6 +219,7 @@ class GMDF(MIMMethod):
                  clip_weights: str | None = None,
                  quick_gelu: bool = False,
                  freeze_encoder: bool = True,            # paper: CLIP frozen, only the additions learn
+                 unfreeze_last_blocks: int = 0,          # departure (not the paper's): the last N blocks learn too
                  num_experts: int = 4, top_k: int = 2, adapter_dim: int = 64,
                  text_width: int = 512, text_depth: int = 12, text_heads: int = 8,  # open_clip ViT-B-16 text tower
                  context_length: int = 77, text_embed_dim: int = 512,
@@ -254,16 +260,23 @@ class GMDF(MIMMethod):
         else:
             log.warning("gm_df: no CLIP weights given (clip_weights): the image encoder and text tower are RANDOM; "
                         "GM-DF expects a local open_clip ViT-B/16 checkpoint (or a pretrained mimkit run)")
-        self.freeze(freeze_encoder)
+        if not 0 <= unfreeze_last_blocks <= enc.depth:
+            raise ConfigError(f"gm_df: unfreeze_last_blocks must lie in 0..{enc.depth} (the encoder's depth), "
+                              f"got {unfreeze_last_blocks}")
+        self.unfreeze_last_blocks = unfreeze_last_blocks
+        self.freeze(freeze_encoder, unfreeze_last_blocks)
 
     # ------------------------------------------------------------------ weights
-    def freeze(self, freeze_encoder: bool) -> None:
+    def freeze(self, freeze_encoder: bool, unfreeze_last_blocks: int = 0) -> None:
         """CLIP's weights stay fixed: the text tower and projection always, the encoder (but its routers and
-        experts) when `freeze_encoder`."""
+        experts) when `freeze_encoder`, except its last `unfreeze_last_blocks` blocks and final norm (departure)."""
         self.text.requires_grad_(False)
         self.image_projection.requires_grad_(False)
+        depth = len(self.encoder.blocks)
+        unfrozen = tuple(f"blocks.{i}." for i in range(depth - unfreeze_last_blocks, depth))
+        unfrozen += ("norm.",) if unfreeze_last_blocks else ()
         for name, parameter in self.encoder.named_parameters():
-            trained = ".experts." in name or ".router." in name
+            trained = ".experts." in name or ".router." in name or name.startswith(unfrozen)
             parameter.requires_grad_(trained or (not freeze_encoder and not (name == "pos_embed"
                                                                               and self.encoder.fixed_pos)))
 

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from mimkit.core import build_method
+from mimkit.core.errors import ConfigError
 from mimkit.core.train import parameter_groups
 from mimkit.faces.methods.gm_df import mmd, split_domains
 
@@ -95,6 +96,33 @@ def test_frozen_clip_weights_do_not_change_and_the_additions_do():
     assert all(torch.equal(after[n], v) for n, v in frozen.items())
     assert not torch.equal(after["prompts.context"], trained["prompts.context"])
     assert not torch.equal(after["encoder.blocks.1.experts.0.up.weight"], trained["encoder.blocks.1.experts.0.up.weight"])
+
+
+def test_unfreezing_the_last_blocks_trains_those_blocks_and_nothing_else_of_clip():
+    """The departure for runs without CLIP weights: the last N blocks and the final norm learn; the patch
+    embedding, positions, class token, pre-norm, earlier blocks, text tower and projection stay as they were."""
+    model = tiny(unfreeze_last_blocks=1, depth=3).train()
+    unfrozen = ("encoder.blocks.2.", "encoder.norm.")
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    trained = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    assert {n for n in trained if n.startswith("encoder.") and ".experts." not in n and ".router." not in n} == {
+        n for n, _ in model.encoder.named_parameters(prefix="encoder")
+        if n.startswith(unfrozen) and ".experts." not in n and ".router." not in n}
+    for name in ("encoder.patch_embed.proj.weight", "encoder.pos_embed", "encoder.cls_token", "encoder.norm_pre.weight",
+                 "encoder.blocks.1.attn.qkv.weight", "text.transformer.resblocks.0.attn.in_proj_weight",
+                 "image_projection.weight"):
+        assert name in frozen, name
+    opt = torch.optim.AdamW(parameter_groups(model, 0.05), lr=1e-2)
+    for step in range(3):
+        opt.zero_grad()
+        model(labelled_batch(seed=step)).loss.backward()
+        opt.step()
+    after = dict(model.named_parameters())
+    assert all(torch.equal(after[n], v) for n, v in frozen.items())
+    for name in ("encoder.blocks.2.attn.qkv.weight", "encoder.blocks.2.mlp.fc1.weight", "encoder.norm.weight"):
+        assert not torch.equal(after[name], trained[name]), name
+    with pytest.raises(ConfigError, match="unfreeze_last_blocks must lie in 0..3"):
+        tiny(unfreeze_last_blocks=4, depth=3)
 
 
 def test_detector_loss_falls_on_fixed_data(fixed_batch_training):
