@@ -1,7 +1,7 @@
 """The remote-sensing and medical papers' claims against MAE on their own domains' sets, reproduced small with the
 machinery of `mimkit.benchmarks.claims` (its Arm, Claim, verdict rule, equal-time scaling and arm cache).
 
-    python -m mimkit.benchmarks.domain_claims --out runs/domain_claims [--sets eurosat oct] [--claims NAME ...]
+    python -m mimkit.benchmarks.domain_claims --out runs/domain_claims [--sets eurosat eurosat_patch4 oct xray] [--claims NAME ...]
         [--seeds 0 1 2] [--steps 600]
 
 Sets (the domains' generated sets; no download):
@@ -9,9 +9,10 @@ Sets (the domains' generated sets; no download):
   spectral signatures (`mimkit.remote_sensing.synthetic.write_eurosat`, 10 classes); the demo's encoder (ViT 64x4,
   patch 8, 32 px, 13 bands). Pretraining reads the training split's tiles without labels; scores are the
   eurosat-knn, eurosat-linear and eurosat-finetune tasks (fine-tuning on 10 labels per class) on the test split.
-- eurosat_patch4: the same tiles (written again, same seed) with patch 4, 64 tokens per tile instead of 16: the
-  SelectiveMAE claims again, at a token count where selecting tokens saves more than it costs (at 16 tokens its
-  selection makes a step slower than MAE's on the CPU; measured speeds are in the tables).
+- eurosat_patch4: the same tiles (the same files) with patch 4, 64 tokens per tile instead of 16: the
+  SelectiveMAE claims again, at a token count where encoding and decoding fewer tokens can save more than the
+  selection costs (at 16 tokens it trained at 0.7x to 1.2x MAE's images/s on a shared 2-core CPU, at 64 tokens at
+  1.3x; each run measures its own, in the tables).
 - oct: OCT-like B-scans (NORMAL / DRUSEN / CNV class folders, grey, 32 px: `mimkit.medical.synthetic`); a ViT 64x4,
   patch 4. Pretraining reads the training folders; scores are kNN, the oct2017-linear task and oct2017-finetune
   with 10 labels per class on the test folders.
@@ -19,11 +20,14 @@ Sets (the domains' generated sets; no download):
   (`mimkit.medical.synthetic`); the same ViT as oct. Pretraining reads train_val_list's images; scores are the
   linear probe and synthetic-chestxray14-finetune on test_list, mean ROC-AUC over the findings (all training
   labels: a few-label draw per class does not exist for multi-label data).
-Neither set is made of real pixels: no package ships labelled multispectral tiles or labelled OCT / fundus images
-(/work/shared/ASSETS.md), so the claims run on the sets the domains' demos and tests use.
+None of the sets is made of real pixels: no package ships labelled multispectral tiles, OCT B-scans or chest
+radiographs with findings (/work/shared/ASSETS.md lists what ships), so the claims run on the sets the domains' demos
+and tests use.
 
-An arm is trained once per set and seed and cached under OUT/<set>/arms (scores under OUT/<set>/scores); the
-tables OUT/claims.{md,csv,json} and OUT/arms.{md,csv,json} are rewritten after every seed.
+The data are written once under OUT/data/<eurosat|oct|xray>. An arm is trained once per set and seed and cached
+under OUT/<set>/arms (scores under OUT/<set>/scores); the
+tables OUT/claims.{md,csv,json} and OUT/arms.{md,csv,json} hold the sets of one invocation and are rewritten after
+every seed (run the sets together, or give each invocation its own OUT).
 """
 from __future__ import annotations
 
@@ -38,20 +42,20 @@ import numpy as np
 
 from mimkit.core.config import quiet_lightning
 
-from .claims import MAE, RANDOM, Arm, Bench, Claim, verdict
+from .claims import DECODER, MAE, RANDOM, Arm, Bench, Claim, verdict
 from .report import write_table
 
 SETS = ("eurosat", "eurosat_patch4", "oct", "xray")
 KINDS = {"eurosat": "eurosat", "eurosat_patch4": "eurosat", "oct": "oct", "xray": "xray"}  # which data a set writes
-# each set's encoder: the remote-sensing demo's (DEMO_MODEL) and a small grey one for the B-scans
+# each set's encoder: the remote-sensing demo's (remote_sensing.demo.DEMO_MODEL) and a small grey one
 ENCODERS = {
     "eurosat": dict(img_size=32, patch_size=8, in_chans=13, embed_dim=64, depth=4, num_heads=4),
     "eurosat_patch4": dict(img_size=32, patch_size=4, in_chans=13, embed_dim=64, depth=4, num_heads=4),
     "oct": dict(img_size=32, patch_size=4, in_chans=1, embed_dim=64, depth=4, num_heads=4),
     "xray": dict(img_size=32, patch_size=4, in_chans=1, embed_dim=64, depth=4, num_heads=4),
 }
-# every method's decoder at the MAE arm's size (claims.DECODER), the rest at each paper's default
-SMALL_DECODER = (("decoder_embed_dim", 64), ("decoder_depth", 2), ("decoder_num_heads", 4))
+# every method's decoder at the MAE arm's size, the rest at each paper's default
+SMALL_DECODER = DECODER
 METRIC_NAMES = {"finetune": "fine-tune, 10 labels per class", "linear": "linear probe, all training labels",
                 "knn": "kNN k=20"}
 SET_METRIC_NAMES = {("xray", "finetune"): "fine-tune, all training labels, mean ROC-AUC",
@@ -174,8 +178,9 @@ class DomainBench(Bench):
 
     # ------------------------------------------------------------------ data
     def write_data(self, per_class: int | None) -> Path:
-        """Write the set once (a finished set is kept); returns the root its tasks read."""
-        root = self.out / "data" / self.set_name
+        """Write the set's data once, shared by the sets of its kind (a finished set is kept); returns the root its
+        tasks read."""
+        root = self.out.parent / "data" / self.kind
         if self.kind == "eurosat":
             from torchgeo.datasets import EuroSAT
 
@@ -189,8 +194,9 @@ class DomainBench(Bench):
 
         if self.kind == "xray":
             if not (root / "test_list.txt").is_file():
-                # a third held out: 400 training and 200 test radiographs by default
-                write_synthetic_chestxray14(root, count=per_class or 600, size=32, findings=3, test_fraction=1 / 3)
+                # 4 x per_class radiographs, a third held out: 400 training and 200 test by default
+                write_synthetic_chestxray14(root, count=4 * (per_class or 150), size=32, findings=3,
+                                            test_fraction=1 / 3)
             return root
         if not (root / "test").is_dir():
             # a third of each class held out: 100 training and 50 test B-scans per class by default
@@ -217,7 +223,7 @@ class DomainBench(Bench):
             bands = list(EuroSAT.all_band_names)
             dataset = GeoTiffDataset(self.split_paths()["train"], sensor="sentinel2", bands=bands, img_size=size,
                                      patch_size=model["encoder"]["patch_size"], transform=mae_train_transform(size),
-                                     scale=1e-4, labelled=False, cache_dir=self.out / "data")
+                                     scale=1e-4, labelled=False, cache_dir=self.root.parent)
             mean, std = ([float(v) for v in s] for s in dataset.stats)
             if arm.method is not None and "bands" in method_arguments(arm.method):
                 model.update(sensor="sentinel2", bands=dataset.band_names)  # spectrum-aware: the data's bands
@@ -360,8 +366,8 @@ def main(argv=None) -> int:
     parser.add_argument("--finetune-epochs", type=int, default=100)
     parser.add_argument("--linear-epochs", type=int, default=90)
     parser.add_argument("--per-class", type=int, default=None,
-                        help="images per class to write (eurosat: 100, 60 of them training; oct: 150, 100 training); "
-                             "xray: radiographs in all (600, 400 training)")
+                        help="images per class to write (eurosat: 100, 60 of them training; oct: 150, 100 training; "
+                             "xray: 4 x this many radiographs, default 600, 400 training)")
     parser.add_argument("--num-workers", type=int, default=1)
     args = parser.parse_args(argv)
     quiet_lightning()
@@ -375,10 +381,9 @@ def main(argv=None) -> int:
               f"epochs on 10 labels per class (label draw = seed; xray: on all its training labels), linear probe "
               f"{args.linear_epochs} epochs")
     header = (f"Budget: {budget}; equal-time arms scaled by their measured speed. Sets: eurosat = 13-band "
-              f"EuroSAT-layout tiles drawn from spectral signatures (ViT 64x4 patch 8, 32 px; eurosat_patch4: patch 4), "
-              f"oct = OCT-like "
-              f"B-scans in 3 class folders (ViT 64x4 patch 4, 32 px), xray = radiograph-like PNGs with 3 findings "
-              f"(ViT 64x4 patch 4, 32 px). Seeds {args.seeds}.")
+              f"EuroSAT-layout tiles drawn from spectral signatures (ViT 64x4 patch 8, 32 px; eurosat_patch4: the same "
+              f"with patch 4), oct = OCT-like B-scans in 3 class folders (ViT 64x4 patch 4, 32 px), xray = "
+              f"radiograph-like PNGs with 3 findings (ViT 64x4 patch 4, 32 px). Seeds {args.seeds}.")
     started = time.perf_counter()
     for seed in args.seeds:
         for entry in claims:

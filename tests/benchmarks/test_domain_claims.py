@@ -15,7 +15,7 @@ from mimkit.core.registry import build_method, list_methods
 def benches(tmp_path_factory):
     out = tmp_path_factory.mktemp("domain_claims")
     # 5 tiles per class (3 training), 6 B-scans per class (4 training), 12 radiographs (8 training)
-    sizes = {"eurosat": 5, "eurosat_patch4": 5, "oct": 6, "xray": 12}
+    sizes = {"eurosat": 5, "eurosat_patch4": 5, "oct": 6, "xray": 3}
     return {name: DomainBench(name, out / name, steps=10, batch_size=4, lr=1e-3, finetune_epochs=1, num_workers=0,
                               per_class=sizes[name]) for name in SETS}
 
