@@ -65,6 +65,16 @@ def gathered(model: nn.Module, rebuild) -> nn.Module | None:
     return plain
 
 
+def release_process_group() -> None:
+    """Destroy the default process group (after a finished run, on every rank): left to interpreter shutdown, gloo's
+    worker threads can abort a process at exit ("terminate called without an active exception": once in seven
+    2-process FSDP2 runs on this machine; pytorch/pytorch#190489). A later Trainer in this process starts a new one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def use_channels_last(setting: bool | None, device_type: str) -> bool:
     """`train.channels_last`: as set, or (None) on CUDA only, where cuDNN's convolutions run channels-last natively."""
     return device_type == "cuda" if setting is None else bool(setting)
@@ -107,4 +117,4 @@ def compile_blocks(model: nn.Module, backend: str = "inductor") -> nn.Module:
 
 
 __all__ = ["FSDP2", "strategy_for", "is_fsdp2", "shard_blocks", "gathered", "compile_blocks", "check_compile_backend",
-           "use_channels_last", "channels_last_batch"]
+           "use_channels_last", "channels_last_batch", "release_process_group"]

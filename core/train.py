@@ -460,8 +460,12 @@ def pretrain(method: str | MIMMethod, dataset, out_dir: str | Path, config: Trai
     lightning_console()
     out_dir = Path(out_dir)
     with RunLock(out_dir):
-        return _pretrain(method, dataset, out_dir, config, method_config=method_config, resume=resume,
-                         callbacks=callbacks, run_config=run_config, pretrained=pretrained, trainer=trainer)
+        summary = _pretrain(method, dataset, out_dir, config, method_config=method_config, resume=resume,
+                            callbacks=callbacks, run_config=run_config, pretrained=pretrained, trainer=trainer)
+    from .distributed import release_process_group
+
+    release_process_group()  # a finished run only: after an error another rank may still be in a collective
+    return summary
 
 
 def _pretrain(method, dataset, out_dir: Path, config, *, method_config, resume, callbacks, run_config, pretrained,

@@ -3,6 +3,7 @@ variables), FSDP2 on CPU (gloo) matching DDP step for step, and activation check
 as they are."""
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -25,25 +26,30 @@ from mimkit.core.data import ImageFolderDataset
 from mimkit.core.train import TrainConfig, pretrain
 
 folder, out, strategy, devices, nodes = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+# optional: {{"tag": file prefix, "stop_at": step, "resume": bool, "train": TrainConfig fields}}
+extra = json.loads(sys.argv[6]) if len(sys.argv) > 6 else {{}}
+tag = extra.get("tag", "")
 
 class Record(Callback):
     losses = []
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         self.losses.append(module.last_loss)
+        trainer.should_stop = trainer.should_stop or trainer.global_step == extra.get("stop_at")
     def on_train_end(self, trainer, module):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
         state = get_model_state_dict(module.method, options=StateDictOptions(full_state_dict=True))  # every rank
         rank = trainer.global_rank
-        torch.save({{k: v.detach().clone() for k, v in state.items()}}, f"{{out}}/weights{{rank}}.pt")
+        torch.save({{k: v.detach().clone() for k, v in state.items()}}, f"{{out}}/{{tag}}weights{{rank}}.pt")
         environment = trainer.strategy.cluster_environment
-        with open(f"{{out}}/rank{{rank}}.json", "w") as f:
+        with open(f"{{out}}/{{tag}}rank{{rank}}.json", "w") as f:
             json.dump({{"losses": self.losses, "world_size": trainer.world_size, "node_rank": trainer.node_rank,
                        "environment": type(environment).__name__, "strategy": type(trainer.strategy).__name__}}, f)
 
 data = ImageFolderDataset(folder, img_size=32, patch_size=8, in_chans=1)
 cfg = TrainConfig(batch_size=4, max_steps=3, checkpoint_every=2, num_workers=0, progress=False, lr=1e-3,
-                  accelerator="cpu", devices=devices, num_nodes=nodes, strategy=strategy, warmup_steps=1)
-pretrain("mae", data, out + "/run", cfg, method_config={tiny}, callbacks=[Record()])
+                  accelerator="cpu", devices=devices, num_nodes=nodes, strategy=strategy, warmup_steps=1,
+                  **extra.get("train", {{}}))
+pretrain("mae", data, out + "/run", cfg, method_config={tiny}, callbacks=[Record()], resume=extra.get("resume", False))
 """
 
 
@@ -60,19 +66,27 @@ def script(tmp_path):
     return path
 
 
-def launch(script, folder, out, strategy, devices, nodes, env_per_process):
-    """Start one process per environment, wait for all; returns each rank's record."""
+def launch(script, folder, out, strategy, devices, nodes, env_per_process, **extra):
+    """Start one process per environment, wait for all; returns each rank's record (`extra`: the script's options)."""
     out.mkdir(parents=True, exist_ok=True)
     base = {**os.environ, "OMP_NUM_THREADS": "1", "PL_DISABLE_FORK": "1"}
-    procs = [subprocess.Popen([sys.executable, str(script), str(folder), str(out), strategy, str(devices), str(nodes)],
-                              env={**base, **extra}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    arguments = [str(folder), str(out), strategy, str(devices), str(nodes), json.dumps(extra)]
+    procs = [subprocess.Popen([sys.executable, str(script), *arguments],
+                              env={**base, **extra}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True)
              for extra in env_per_process]
-    logs = [proc.communicate(timeout=400)[0] for proc in procs]
+    try:
+        logs = [proc.communicate(timeout=400)[0] for proc in procs]
+    finally:  # a timed-out launch leaves no process behind: each launch is its own process group, with the ranks
+        for proc in procs:  # Lightning's launcher started from it
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
     for proc, log in zip(procs, logs):
         assert proc.returncode == 0, log[-3000:]
     world = len(env_per_process) * devices
-    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)], \
-        [torch.load(out / f"weights{r}.pt", weights_only=True) for r in range(world)]
+    tag = extra.get("tag", "")
+    return [json.loads((out / f"{tag}rank{r}.json").read_text()) for r in range(world)], \
+        [torch.load(out / f"{tag}weights{r}.pt", weights_only=True) for r in range(world)]
 
 
 def test_two_nodes_on_loopback_train_together_and_end_with_the_same_weights(image_folder, tmp_path, script):
@@ -105,6 +119,34 @@ def test_fsdp2_on_cpu_matches_ddp_step_for_step(image_folder, tmp_path, script):
     saved = load_file(run / "model.safetensors")  # the gathered weights, as a plain run stores them
     assert all(torch.allclose(saved[k], fsdp_weights[0][k]) for k in fsdp_weights[0])
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
+
+
+def test_fsdp2_stopped_and_resumed_with_activation_checkpointing_ends_with_the_uninterrupted_weights(
+        image_folder, tmp_path, script):
+    full, full_weights = launch(script, image_folder, tmp_path / "full", "fsdp2", 2, 1, [{}])
+    # the same run with each block recomputed in backward, stopped after step 2 (its checkpoint) and resumed
+    checkpointed = {"activation_checkpointing": True}
+    cut, _ = launch(script, image_folder, tmp_path / "cut", "fsdp2", 2, 1, [{}], tag="cut", stop_at=2,
+                    train=checkpointed)
+    assert torch.load(tmp_path / "cut" / "run" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+    resumed, resumed_weights = launch(script, image_folder, tmp_path / "cut", "fsdp2", 2, 1, [{}], tag="resumed",
+                                      resume=True, train=checkpointed)
+    for rank in (0, 1):  # steps 1-2 before the stop, step 3 after: each rank's losses of the uninterrupted run
+        assert cut[rank]["losses"] + resumed[rank]["losses"] == pytest.approx(full[rank]["losses"], rel=1e-5,
+                                                                               abs=1e-6)
+    assert max(float((resumed_weights[0][k] - full_weights[0][k]).abs().max()) for k in full_weights[0]) < 1e-5
+    assert torch.load(tmp_path / "cut" / "run" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
+
+
+def test_fsdp2_trains_in_bf16_mixed_with_activation_checkpointing(image_folder, tmp_path, script):
+    # bf16 matrix products are emulated on this CPU (no AVX512-BF16): a tiny model keeps it to seconds
+    fp32, _ = launch(script, image_folder, tmp_path / "fp32", "fsdp2", 2, 1, [{}])
+    bf16, weights = launch(script, image_folder, tmp_path / "bf16", "fsdp2", 2, 1, [{}],
+                           train={"precision": "bf16-mixed", "activation_checkpointing": True})
+    for rank in (0, 1):  # bf16 keeps 8 bits of mantissa: the same losses to within 2%, not exactly
+        assert bf16[rank]["losses"] == pytest.approx(fp32[rank]["losses"], rel=2e-2)
+        assert bf16[rank]["losses"] != fp32[rank]["losses"]  # the products did run in bf16
+    assert all(value.dtype == torch.float32 for value in weights[0].values())  # autocast: the weights stay fp32
 
 
 def test_activation_checkpointing_recomputes_the_blocks_and_keeps_the_gradients(astronaut_crops_of):
