@@ -113,13 +113,14 @@ def run_demo(out: str = "runs/mm-demo", steps: int | None = None, finetune_steps
         table.setdefault(model_name, {})[task] = row
         update_metrics(run_dir, {"results": [row]})  # kept as it comes: an interrupted demo loses no finished row
 
+    # the image-only models first: an interrupted demo (metrics.json keeps each row) still holds its reference
+    image_only = ("image-only (random init)", "image-only (TIP's pretrained image encoder)")
+    run(image_only[0], conditions[0][1], scratch, "random", inputs="image")
+    run(image_only[1], conditions[0][1], method, "pretrained", inputs="image")
     for _, task in conditions:
         run("TIP pretrained", task, method, "pretrained")
         run("TIP random init", task, scratch, "random")
         run("table-only (random init)", task, scratch, "random", inputs="table")
-    image_only = ("image-only (random init)", "image-only (TIP's pretrained image encoder)")
-    run(image_only[0], conditions[0][1], scratch, "random", inputs="image")
-    run(image_only[1], conditions[0][1], method, "pretrained", inputs="image")
     lines = [{"model": name, **{label: _cell(results.get(conditions[0][1] if name in image_only else task))
                                 for label, task in conditions}} for name, results in table.items()]
     minutes = (time.perf_counter() - started) / 60
