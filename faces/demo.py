@@ -1,14 +1,20 @@
 """`mimkit-faces demo`: GM-DF on real faces that packages ship and their self-blended forgeries, no download.
 
 It writes the faces (scikit-image's LFW crops and astronaut, matplotlib's Grace Hopper) and four kinds of forgery,
-one domain each (`synthetic.py`); pretrains a small GM-DF without labels, encoder unfrozen (no CLIP weights ship
-anywhere, so this masked-reconstruction pretraining on the training faces stands in for CLIP's); then trains the
-detector as the paper does (encoder frozen; experts, prompts and decoder learning, meta-learning episodes over the
-four domains) from the pretrained weights and from the same model at random initialisation, and reports frame and
-video AUC, EER and accuracy on the held-out identities.
+one domain each (`synthetic.py`, at `DEMO_STRENGTH`); pretrains a small GM-DF without labels, encoder unfrozen (no
+CLIP weights ship anywhere, so this masked-reconstruction pretraining on the training faces stands in for CLIP's);
+then trains the detector (experts, prompts and decoder learning, meta-learning episodes over the four domains) from
+the pretrained weights and from the same model at random initialisation, and reports frame and video AUC, EER and
+accuracy on the held-out identities.
+
+Departure from the paper, named in the report: the detector trains `DEMO_DEPARTURE` of the encoder as well. GM-DF
+keeps CLIP frozen, but its frozen tower is *CLIP*; a frozen random or briefly pretrained tower carries no forgery
+signal for the additions to route (the frozen detector scored chance, video AUC 50.9 pretrained vs 51.5 random).
+Both initialisations get the same departure, so the comparison stays fair.
 """
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -19,7 +25,13 @@ DEMO_MODEL = dict(encoder=dict(img_size=64, patch_size=8, embed_dim=64, depth=4,
                   decoder_embed_dim=64, decoder_depth=1, decoder_num_heads=4)
 DEMO_PRETRAIN = dict(batch_size=64, max_steps=200, base_lr=1.5e-3, warmup_steps=15, weight_decay=0.05,
                      checkpoint_every=100, log_every=10, picture_every=0, seed=0)
-DEMO_DETECTOR = dict(steps=100, batch_size=32, lr=1e-3)
+DEMO_DETECTOR = dict(steps=400, batch_size=32, lr=1e-3)  # 400: the encoder-trained detector learned by then (issue 9)
+# the detector's departure from GM-DF's frozen CLIP (see the module docstring): no CLIP weights ship
+DEMO_DEPARTURE = dict(freeze_encoder=False)
+DEMO_STRENGTH = 3.0  # forgery strength (synthetic.forge): the subtlest set (1) leaves a small detector at chance
+DEPARTURE_LINE = ("Departure from GM-DF, for both initialisations: the detector trains {what} too (the paper keeps a "
+                  "frozen CLIP tower; no CLIP weights ship, and a frozen random or briefly pretrained tower gives the "
+                  "experts and prompts no forgery signal). Forgeries at strength {strength:g}.")
 
 
 def run_demo(out: str = "runs/faces-demo", quick: bool = False, steps: int | None = None,
@@ -31,7 +43,7 @@ def run_demo(out: str = "runs/faces-demo", quick: bool = False, steps: int | Non
         out: the demo folder (data, run, report); an interrupted demo resumes its pretraining from it
         quick: a one-minute smoke run
         steps: pretraining steps (default 200; quick: 30)
-        detector_steps: detector training steps (default 100; quick: 20)
+        detector_steps: detector training steps (default 400; quick: 20)
         num_workers: data-loading processes
     """
     from mimkit.benchmarks.runner import run_task
@@ -47,14 +59,18 @@ def run_demo(out: str = "runs/faces-demo", quick: bool = False, steps: int | Non
     out = Path(out)
     started = time.perf_counter()
     root = out / "data"
-    if not all((root / kind / "test").is_dir() for kind in FORGERY_KINDS):
-        print("mimkit-faces demo: writing real faces and their forgeries", file=sys.stderr)
-        write_dataset(root, size=64, frames=3, seed=0)
+    written = json.loads((root / "synthetic.json").read_text()) if (root / "synthetic.json").is_file() else {}
+    if written.get("strength") != DEMO_STRENGTH or not all((root / k / "test").is_dir() for k in FORGERY_KINDS):
+        print(f"mimkit-faces demo: writing real faces and their forgeries (strength {DEMO_STRENGTH:g})",
+              file=sys.stderr)
+        write_dataset(root, size=64, frames=3, seed=0, strength=DEMO_STRENGTH)
     kinds = sorted(FORGERY_KINDS)  # the benchmark reader's domain order
     data = FaceData(sources=[f"{k}=folder:{root / k}" for k in kinds], frames_per_video=3, labelled=False)
     dataset = data.dataset(64)
     pretrain_model = dict(DEMO_MODEL, domains=kinds, freeze_encoder=False)
-    detector_model = dict(DEMO_MODEL, domains=kinds, freeze_encoder=True)  # the paper's frozen encoder
+    detector_model = dict(DEMO_MODEL, domains=kinds, **DEMO_DEPARTURE)
+    departure = ("the whole image encoder" if DEMO_DEPARTURE.get("freeze_encoder") is False else
+                 f"the image encoder's last {DEMO_DEPARTURE['unfreeze_last_blocks']} blocks and final norm")
     train = dict(DEMO_PRETRAIN, num_workers=num_workers)
     detector = dict(DEMO_DETECTOR)
     if quick:
@@ -73,23 +89,24 @@ def run_demo(out: str = "runs/faces-demo", quick: bool = False, steps: int | Non
                                    "data": {"sources": data.sources, "frames_per_video": 3}})
     method = build_method("gm_df", **detector_model)
     load_method_weights(method, run_dir / "model.safetensors", strict=True)
-    print(f"mimkit-faces demo: training the detector ({detector['steps']} steps, encoder frozen), pretrained and "
-          f"random init", file=sys.stderr)
+    print(f"mimkit-faces demo: training the detector ({detector['steps']} steps; departure from the paper's frozen "
+          f"CLIP, as no CLIP weights ship: {departure} trains too), pretrained and random init", file=sys.stderr)
     rows = [{**row, "method": "gm_df"} for row in
             run_task("faces-synthetic", method, root, run_config={"method": "gm_df", "model": detector_model},
                      compare_random_init=True, seed=0, reader_options={"frames_per_video": 3}, **detector)]
     extra = []
     for row in rows:  # the other measures, as rows of their own in the table
-        for key in ("frame_auc", "frame_eer", "video_eer", "video_accuracy"):
+        for key in ("frame_auc", "frame_eer", "video_eer", "frame_accuracy", "video_accuracy"):
             extra.append({**row, "metric": key, "value": round(100 * row["details"][key], 2)})
     rows += extra
     update_metrics(run_dir, {"results": rows})
     data_line = (f"Data: {len(dataset)} unlabelled training frames ({len(dataset.videos)} videos: 102 real faces "
                  f"shipped by scikit-image and matplotlib, split by identity, and their forgeries of four kinds: "
-                 f"{', '.join(kinds)}); values are percentages (EER: lower is better).")
+                 f"{', '.join(kinds)}); values are percentages (EER: lower is better).\n"
+                 + DEPARTURE_LINE.format(what=departure, strength=DEMO_STRENGTH))
     return write_report(out, "mimkit-faces demo: GM-DF on shipped faces and self-blended forgeries, pretrained vs "
                         "random init", summary, data_line, rows, started, "Reconstructions: run/pictures/"
                         "reconstruction.png")
 
 
-__all__ = ["run_demo", "DEMO_MODEL", "DEMO_PRETRAIN", "DEMO_DETECTOR"]
+__all__ = ["run_demo", "DEMO_MODEL", "DEMO_PRETRAIN", "DEMO_DETECTOR", "DEMO_DEPARTURE", "DEMO_STRENGTH"]

@@ -28,7 +28,8 @@ FORGERY_KINDS = ("colour", "swap", "blur", "noise")
 # how far a forgery departs from the real face (`forge`). At 1 (the default) hand-made chroma and frequency features
 # separate every kind (held-out AUC 0.80-0.97) but a tiny CNN stays at chance after 200 steps of 32 frames (0.52);
 # at 2 (the amplitudes before they were halved: colour offsets up to 12, swap shifts and patterns up to 16-20 grey
-# levels) the same CNN reaches 0.69 (issue 9's closing note has the commands)
+# levels) the same CNN reaches 0.69 (issue 9's closing note has the commands; measured while a fake video's frames
+# still moved independently of its real one's)
 FORGERY_STRENGTH = 1.0
 # face boxes (top, bottom, left, right) cut by hand from the two portraits
 PORTRAIT_BOXES = {"astronaut": (45, 185, 170, 310), "grace_hopper": (120, 310, 185, 375)}
