@@ -18,7 +18,6 @@ retrieval (retrieval.py) and M3AE's VQA and caption classification (vqa.py) are 
 from __future__ import annotations
 
 import copy
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -34,7 +33,7 @@ from mimkit.multimodal import published  # noqa: F401  (registers the multimodal
 from .data import MISSING_PATTERNS, ImageTableDataset, feature_importance, missing_mask
 from .retrieval import retrieval_tasks
 from .tables import TablePreprocessor
-from .vqa import vision_language_tasks
+from .vqa import fit_steps, vision_language_tasks
 
 MISSING_RATES = (0.3, 0.6, 0.9)
 INPUTS = ("multimodal", "image", "table", "ensemble")
@@ -175,7 +174,6 @@ def fit_classifier(method: nn.Module, train_set, test_set, *, inputs: str = "mul
     """Train a linear head (and the backbone unless frozen) on `train_set`, score the last weights on `test_set`:
     {"accuracy", "auc", "balanced_accuracy", "steps", ...} as fractions; `keep_model` adds the trained
     TableImageClassifier ("model") and the test probabilities ("probabilities")."""
-    from mimkit.core.data import ResumableSampler, make_loader
     from mimkit.core.evaluate import default_device
     from mimkit.core.finetune import classification_metrics
 
@@ -189,16 +187,10 @@ def fit_classifier(method: nn.Module, train_set, test_set, *, inputs: str = "mul
     if strategy == "frozen":  # the backbone never changes: its vectors are computed once
         train_set, test_set = model.features(train_set, device=device), model.features(test_set, device=device)
     module = ClassifierModule(model, lr, weight_decay, max_steps, seed)
-    sampler = ResumableSampler(len(train_set), seed=seed, stop=max_steps * batch_size)
-    loader = make_loader(train_set, batch_size, 0, sampler=sampler, drop_last=len(train_set) >= batch_size)
-    trainer = L.Trainer(max_steps=max_steps, accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
-                        logger=False, enable_checkpointing=False, enable_model_summary=False,
-                        enable_progress_bar=sys.stderr.isatty() if progress is None else progress,
-                        num_sanity_val_steps=0)
-    trainer.fit(module, train_dataloaders=loader)
+    steps = fit_steps(module, train_set, max_steps, batch_size, seed, device, progress)
     probabilities, labels = predict(model, test_set, device=device)
     result = classification_metrics(torch.from_numpy(probabilities), torch.from_numpy(labels))
-    result.update(auc=macro_auc(probabilities, labels), steps=trainer.global_step,
+    result.update(auc=macro_auc(probabilities, labels), steps=steps,
                   final_train_loss=float(np.mean(module.losses[-10:])) if module.losses else None)
     if keep_model:
         result.update(model=model.cpu().eval(), probabilities=probabilities)

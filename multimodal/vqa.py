@@ -139,13 +139,28 @@ def vqa_accuracy(predicted: Sequence[int], labels: Sequence[int], answer_types: 
     return result
 
 
+def fit_steps(module: L.LightningModule, train_set, max_steps: int, batch_size: int, seed: int, device: torch.device,
+              progress: bool | None) -> int:
+    """Train `module` for `max_steps` seeded batches of `train_set` on the Lightning Trainer (one device, no logger or
+    checkpoints); the steps taken."""
+    from mimkit.core.data import ResumableSampler, make_loader
+
+    sampler = ResumableSampler(len(train_set), seed=seed, stop=max_steps * batch_size)
+    loader = make_loader(train_set, batch_size, 0, sampler=sampler, drop_last=len(train_set) >= batch_size)
+    trainer = L.Trainer(max_steps=max_steps, accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
+                        logger=False, enable_checkpointing=False, enable_model_summary=False,
+                        enable_progress_bar=sys.stderr.isatty() if progress is None else progress,
+                        num_sanity_val_steps=0)
+    trainer.fit(module, train_dataloaders=loader)
+    return trainer.global_step
+
+
 def fit_vision_language(method: nn.Module, train_set, test_set, classes: int, *, loss: str = "ce",
                         max_steps: int = 300, batch_size: int = 32, lr: float = 1e-4, weight_decay: float = 0.01,
                         head_lr_scale: float = 1.0, strategy: str = "trainable", seed: int = 0, device=None,
                         progress: bool | None = None) -> tuple[np.ndarray, dict]:
     """Fine-tune the method with the head (`trainable`, M3AE's protocol) or the head alone (`frozen`) on the
     training samples (those with a label >= 0); (the test predictions, {"steps", "final_train_loss"})."""
-    from mimkit.core.data import ResumableSampler, make_loader
     from mimkit.core.evaluate import default_device
 
     if strategy not in STRATEGIES:
@@ -159,15 +174,9 @@ def fit_vision_language(method: nn.Module, train_set, test_set, classes: int, *,
         torch.manual_seed(seed)
         model = VisionLanguageClassifier(method, classes, frozen=strategy == "frozen")
     module = VisionLanguageModule(model, loss, lr, weight_decay, max_steps, head_lr_scale, seed)
-    sampler = ResumableSampler(len(train), seed=seed, stop=max_steps * batch_size)
-    loader = make_loader(train, batch_size, 0, sampler=sampler, drop_last=len(train) >= batch_size)
-    trainer = L.Trainer(max_steps=max_steps, accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
-                        logger=False, enable_checkpointing=False, enable_model_summary=False,
-                        enable_progress_bar=sys.stderr.isatty() if progress is None else progress,
-                        num_sanity_val_steps=0)
-    trainer.fit(module, train_dataloaders=loader)
+    steps = fit_steps(module, train, max_steps, batch_size, seed, device, progress)
     predicted = predict(model, test_set, device=device)
-    return predicted, {"steps": trainer.global_step,
+    return predicted, {"steps": steps,
                        "final_train_loss": float(np.mean(module.losses[-10:])) if module.losses else None}
 
 
