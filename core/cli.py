@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+from importlib import resources
 from pathlib import Path
 from typing import Callable, Literal, Sequence
 
@@ -257,6 +258,46 @@ def positional(name: str) -> Callable[[list[str]], list[str]]:
     return rewrite
 
 
+def recipe_files(package: str) -> dict[str, object]:
+    """The YAML recipes packaged in `package` (e.g. "mimkit.medical"), by name; found through importlib.resources,
+    so they work from a plain install."""
+    folder = resources.files(package).joinpath("recipes")
+    if not folder.is_dir():
+        return {}
+    return {entry.name[:-5]: entry for entry in sorted(folder.iterdir(), key=lambda e: e.name)
+            if entry.name.endswith(".yaml")}
+
+
+def recipes_command(package: str, tool: str, what: str, commands: dict[str, str] | None = None) -> Command:
+    """`TOOL recipes [NAME]` for the recipes packaged in `package`: list them (name, the command that takes it,
+    the recipe's first comment line) or print one to save, edit and pass as `TOOL COMMAND --config FILE`.
+    `commands` names the command of a recipe by its method (default: `pretrain` when it has a method, else
+    `finetune`)."""
+    def recipes(name: str | None = None) -> None:
+        import yaml
+
+        found = recipe_files(package)
+        if not found:
+            raise ConfigError(f"no recipes found in the installed {package} package (recipes/*.yaml is package data)")
+        if name:
+            if name not in found:
+                raise ConfigError(f"no recipe {name!r}; available: {', '.join(found)}")
+            print(found[name].read_text(), end="")
+            return
+        for key, entry in found.items():
+            text = entry.read_text()
+            first = next((line.lstrip("# ").strip() for line in text.splitlines() if line.startswith("#")), "")
+            method = (yaml.safe_load(text) or {}).get("method")
+            command = (commands or {}).get(method, "pretrain") if method else "finetune"
+            print(f"{key:28s} {command:15s} {first}")
+        print(f"\nshow one: {tool} recipes NAME; use one: {tool} COMMAND --config FILE (save it with "
+              f"`{tool} recipes NAME > FILE`)", file=sys.stderr)
+
+    recipes.__doc__ = (f"List {what} (the papers' settings, each value annotated with its source), or print one."
+                       "\n\n    Args:\n        name: the recipe to print (default: list them)\n    ")
+    return Command("recipes", recipes, f"list {what}, or print one", preprocess=positional("name"))
+
+
 def build_tool() -> Tool:
     from .api import embed, evaluate, finetune
     from .autoencoders import train_autoencoder
@@ -285,6 +326,7 @@ def build_tool() -> Tool:
                 preprocess=positional("folder")),
         Command("reconstruct", reconstruct, "save a reconstruction grid of a run on some images"),
         Command("export", export, "write a run's encoder as a timm state dict"),
+        recipes_command("mimkit.core", "mimkit", "the core methods' recipes"),
         Command("methods", methods, "list registered methods, or one method's arguments",
                 preprocess=positional("name")),
         Command("info", info, "versions, threads, methods; with --run a run's summary"),

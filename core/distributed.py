@@ -14,9 +14,28 @@ saved weights are those of the plain model (no `_orig_mod.` prefix), and FSDP2's
 """
 from __future__ import annotations
 
+import os
+
 from torch import nn
 
+from .errors import ConfigError
+
 FSDP2 = "fsdp2"
+# what a launcher of one process per device sets: SLURM, torchrun / Lightning's own (MASTER_ADDR + NODE_RANK), MPI, LSF
+LAUNCHER_VARIABLES = ("SLURM_NTASKS", "MASTER_ADDR", "WORLD_SIZE", "TORCHELASTIC_RUN_ID", "OMPI_COMM_WORLD_SIZE",
+                      "LSB_JOBID")
+
+
+def check_launcher(num_nodes: int) -> None:
+    """A run across `num_nodes` > 1 machines needs a launcher (srun, torchrun, ...) on every node: started bare, its
+    rendezvous waits for nodes that never come (a paper's recipe says 8 nodes). Said at once, before any process
+    group is made."""
+    if num_nodes > 1 and not any(os.environ.get(name) for name in LAUNCHER_VARIABLES):
+        raise ConfigError(
+            f"train.num_nodes is {num_nodes}, but this process was not started by a cluster launcher (none of "
+            f"{', '.join(LAUNCHER_VARIABLES)} is set), so it would wait for the other nodes forever. Start each node "
+            "with srun or torchrun (README: Past one machine), or run here with --num-nodes 1 --devices N (keep a "
+            "recipe's effective batch with --accumulate K)")
 
 
 def strategy_for(name: str, world_size: int):

@@ -77,6 +77,12 @@ class EncoderConfig:
                 object.__setattr__(self, name, tuple(int(v) for v in value))
         if self.size is not None:
             named = vit_size(self.size)
+            # a value that is neither the field's default nor the size's was asked for (a flag over a recipe's size):
+            # say so, rather than train a different model than the one asked for
+            given = {name: getattr(self, name) for name in ("embed_dim", "depth", "num_heads")
+                     if getattr(self, name) not in (_DEFAULTS[name], getattr(named, name))}
+            if given:
+                raise ConfigError(size_clash(self.size, given))
             for name in ("embed_dim", "depth", "num_heads"):
                 object.__setattr__(self, name, getattr(named, name))
 
@@ -86,6 +92,14 @@ class EncoderConfig:
 
 
 ENCODER_FIELDS = tuple(f.name for f in fields(EncoderConfig))
+_DEFAULTS = {f.name: f.default for f in fields(EncoderConfig)}
+
+
+def size_clash(size: str, given: Mapping[str, int]) -> str:
+    named = vit_size(size)
+    return (f"encoder.size={size!r} sets embed_dim={named.embed_dim}, depth={named.depth}, num_heads={named.num_heads};"
+            f" got {', '.join(f'{k}={v}' for k, v in given.items())} too: give one or the other (with a recipe's size,"
+            " --model.encoder.size null and all three numbers)")
 
 
 def encoder_config(config: EncoderConfig | Mapping | None = None, base: EncoderConfig | None = None,
@@ -104,11 +118,10 @@ def encoder_config(config: EncoderConfig | Mapping | None = None, base: EncoderC
     numbers = [k for k in ("embed_dim", "depth", "num_heads") if k in overrides]
     if overrides.get("size") is not None:
         named = vit_size(overrides["size"])
-        clash = [f"{k}={overrides[k]}" for k in numbers if overrides[k] != getattr(named, k)]
+        clash = {k: overrides[k] for k in numbers if overrides[k] != getattr(named, k)}
         if clash:
-            raise ConfigError(f"encoder.size={overrides['size']!r} sets embed_dim={named.embed_dim}, depth="
-                              f"{named.depth}, num_heads={named.num_heads}; got {', '.join(clash)} too: "
-                              f"give one or the other")
+            raise ConfigError(size_clash(overrides["size"], clash))
+        overrides.update({k: getattr(named, k) for k in ("embed_dim", "depth", "num_heads")})  # not the base's
     elif numbers and "size" not in overrides:
         overrides["size"] = None  # explicit numbers replace a named size of the base config
     return replace(config, **overrides) if overrides else config

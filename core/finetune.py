@@ -964,6 +964,9 @@ def finetune(encoder: nn.Module | None, train_set, test_set=None, out_dir: str |
             from lightning.pytorch.loggers import CSVLogger
 
             logger = CSVLogger(root, name="logs") if out is not None else False
+        from .distributed import check_launcher
+
+        check_launcher(config.num_nodes)
         trainer = L.Trainer(
             default_root_dir=root, max_steps=max(config.max_steps, 1), max_epochs=-1,
             max_time={"seconds": config.max_time} if config.max_time else None,

@@ -31,7 +31,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import nn
 
 from .config import check_number, lightning_console, range_rule, trainer_options
-from .distributed import FSDP2, gathered, is_fsdp2, strategy_for
+from .distributed import FSDP2, check_launcher, gathered, is_fsdp2, strategy_for
 from .encoders import set_activation_checkpointing, set_fused_attention
 from .errors import CheckpointError, ConfigError, DataError, TrainingError
 from .methods.base import MIMMethod
@@ -512,6 +512,7 @@ def _pretrain(method, dataset, out_dir: Path, config, *, method_config, resume, 
 
     picture_batch = _picture_batch(dataset)
     history = History(config, out_dir, picture_batch)
+    check_launcher(config.num_nodes)
     if config.strategy == FSDP2 and config.picture_every:
         raise ConfigError("picture_every draws on rank 0 alone, which a model sharded by --strategy fsdp2 cannot do; "
                           "leave it 0 (the final pictures are drawn)")

@@ -11,12 +11,11 @@ import csv
 import dataclasses
 import functools
 import sys
-from importlib import resources
 from pathlib import Path
 from typing import Literal, Sequence
 
 from mimkit.core import api
-from mimkit.core.cli import positional, pretrain_command
+from mimkit.core.cli import pretrain_command, recipes_command
 from mimkit.core.config import Command, Tool
 from mimkit.core.errors import ConfigError, DataError
 
@@ -197,35 +196,6 @@ def evaluate(run: str, data: str, task: list[str] | None = None, out: str | None
 
 
 # ------------------------------------------------------------------------------------------ recipes / synthetic
-def recipe_files() -> dict[str, object]:
-    """The packaged faces recipes, by name (found through importlib.resources, so they work installed)."""
-    folder = resources.files("mimkit.faces").joinpath("recipes")
-    if not folder.is_dir():
-        return {}
-    return {entry.name[:-5]: entry for entry in sorted(folder.iterdir(), key=lambda e: e.name)
-            if entry.name.endswith(".yaml")}
-
-
-def recipes(name: str | None = None) -> None:
-    """The faces methods' recipes, each value annotated with its source. Print one, edit it, pass it as
-    `mimkit-faces train-detector --config FILE`.
-
-    Args:
-        name: the recipe to print (default: list them)
-    """
-    found = recipe_files()
-    if name:
-        if name not in found:
-            raise ConfigError(f"no recipe {name!r}; available: {', '.join(found) or '(none)'}")
-        print(found[name].read_text(), end="")
-        return
-    for key, entry in found.items():
-        first = next((line.lstrip("# ").strip() for line in entry.read_text().splitlines() if line.startswith("#")), "")
-        print(f"{key:16s} {first}")
-    print("\nPrint one with `mimkit-faces recipes NAME`, save it, and train with "
-          "`mimkit-faces train-detector --config FILE ...`.")
-
-
 def synthetic(out: str, kind: list[Literal["colour", "swap", "blur", "noise"]] | None = None, size: int = 64,
               frames: int = 3, count: int | None = None, seed: int = 0, strength: float = 1.0) -> Path:
     """Write real faces that packages ship (scikit-image's LFW crops and astronaut, matplotlib's Grace Hopper)
@@ -278,7 +248,8 @@ def build_tool() -> Tool:
                     Command("detect", detect, "score a folder or video for forgery, CSV out"),
                     Command("evaluate", evaluate, "train and score a detector on faces benchmark tasks "
                             "(frame/video AUC, EER, accuracy)"),
-                    Command("recipes", recipes, "list the faces recipes, or print one", preprocess=positional("name")),
+                    recipes_command("mimkit.faces", "mimkit-faces", "the faces methods' recipes",
+                                    {"gm_df": "train-detector", "vec2face": "pretrain"}),
                     Command("synthetic", synthetic, "write real faces that packages ship and self-blended forgeries"),
                     Command("generate", generate_command, "Vec2Face: a face dataset, one image subfolder per identity"),
                     Command("train-identity", train_identity_command, "train a face recognizer (IResNet, ArcFace) on "

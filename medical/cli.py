@@ -10,11 +10,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
-from mimkit.core.cli import positional, pretrain_command
+from mimkit.core.cli import pretrain_command, recipes_command
 from mimkit.core.config import Command, Tool, config_value
 from mimkit.core.errors import ConfigError
 from mimkit.core.finetune import FineTuneConfig
@@ -347,36 +346,6 @@ def bench(task: str | None = None, root: str | None = None, run: str | None = No
 
 
 # ============================================================================================ recipes, synthetic
-def _recipe_files() -> dict[str, object]:
-    folder = resources.files("mimkit.medical").joinpath("recipes")
-    return {entry.name[:-5]: entry for entry in folder.iterdir() if entry.name.endswith(".yaml")}
-
-
-def recipes(name: str | None = None) -> None:
-    """List the medical recipes (the papers' settings, each value annotated with its source), or print one.
-
-    Args:
-        name: the recipe to print
-    """
-    import yaml
-
-    found = _recipe_files()
-    if not found:
-        raise ConfigError("no recipes found in the installed mimkit.medical package (recipes/*.yaml is package data)")
-    if name:
-        if name not in found:
-            raise ConfigError(f"unknown recipe {name!r}; available: {', '.join(sorted(found))}")
-        print(found[name].read_text(), end="")
-        return
-    for recipe in sorted(found):
-        text = found[recipe].read_text()
-        first = next((line.lstrip("# ").strip() for line in text.splitlines() if line.startswith("#")), "")
-        command = "pretrain" if "method" in (yaml.safe_load(text) or {}) else "finetune"
-        print(f"{recipe:28s} {command:9s} {first}")
-    print("\nshow one: mimkit-medical recipes NAME; use one: mimkit-medical COMMAND --config FILE (save it with "
-          "`mimkit-medical recipes NAME > FILE`)", file=sys.stderr)
-
-
 def synthetic(out: str, kind: list[str] | None = None, size: int | None = None, seed: int = 0) -> list[Path]:
     """Write small data sets that mimkit makes itself, in the layouts of the public ones: CT-like volumes with
     organ label maps (Decathlon dataset.json, from MONAI's create_test_image_3d), 16-bit radiographs (ChestX-ray14
@@ -457,8 +426,7 @@ def build_tool() -> Tool:
                             aliases={"--strict-data": "--strict"}),
                     Command("bench", bench, "run a registered medical benchmark task, beside the published numbers",
                             aliases={"--list": "--list_tasks"}),
-                    Command("recipes", recipes, "list the medical recipes, or print one",
-                            preprocess=positional("name")),
+                    recipes_command("mimkit.medical", "mimkit-medical", "the medical recipes"),
                     Command("synthetic", synthetic, "write small synthetic data sets in the public layouts (tests, "
                             "demo)"),
                     Command("shard", shard, "prepare images or volumes once into LitData shards (read by pretrain "

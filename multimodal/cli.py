@@ -11,12 +11,11 @@ import dataclasses
 import functools
 import json
 import sys
-from importlib import resources
 from pathlib import Path
 from typing import Literal, Sequence
 
 from mimkit.core import api
-from mimkit.core.cli import positional, pretrain_command
+from mimkit.core.cli import pretrain_command, recipes_command
 from mimkit.core.config import Command, Tool
 from mimkit.core.errors import ConfigError
 
@@ -310,31 +309,6 @@ def embed(run: str, data: str, out: str,
 
 
 # ------------------------------------------------------------------------------------------ recipes, synthetic
-def recipe_files() -> dict[str, object]:
-    """The packaged multimodal recipes, by name (found through importlib.resources, so they work installed)."""
-    folder = resources.files("mimkit.multimodal").joinpath("recipes")
-    return {entry.name[:-5]: entry for entry in sorted(folder.iterdir(), key=lambda e: e.name)
-            if entry.name.endswith(".yaml")}
-
-
-def recipes(name: str | None = None) -> None:
-    """The multimodal methods' recipes, each value annotated with its source; print one, edit it, pass it as
-    `mimkit-multimodal pretrain --config FILE`.
-
-    Args:
-        name: the recipe to print (default: list them)
-    """
-    found = recipe_files()
-    if name:
-        if name not in found:
-            raise ConfigError(f"no recipe {name!r}; available: {', '.join(found)}")
-        print(found[name].read_text(), end="")
-        return
-    for key, entry in found.items():
-        first = next((line.lstrip("# ").strip() for line in entry.read_text().splitlines() if line.startswith("#")), "")
-        print(f"{key:16s} {first}")
-
-
 def synthetic(out: str,
               kind: list[Literal["all", "digits", "digits-outcome", "crops", "dicom", "histories"]] | None = None,
               size: int = 32,
@@ -385,7 +359,7 @@ def build_tool() -> Tool:
         Command("evaluate", evaluate, "score a run with a frozen backbone on complete and incomplete tables"),
         Command("finetune", finetune, "fine-tune a run end to end on complete and incomplete tables"),
         Command("embed", embed, "write multimodal, image or table embeddings of a table's rows"),
-        Command("recipes", recipes, "list the papers' recipes, or print one", preprocess=positional("name")),
+        recipes_command("mimkit.multimodal", "mimkit-multimodal", "the multimodal methods' recipes"),
         Command("synthetic", synthetic, "write small image + table sets from shipped pixels (digits, crops, DICOM)"),
     ], epilog="Start with `mimkit-multimodal demo --out runs/mm-demo`; each command has its own --help.")
 

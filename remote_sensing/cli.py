@@ -12,12 +12,11 @@ import functools
 import json
 import sys
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Literal, Sequence
 
 from mimkit.core import api
-from mimkit.core.cli import positional, pretrain_command, resume_from_run
+from mimkit.core.cli import positional, pretrain_command, recipes_command, resume_from_run
 from mimkit.core.config import Command, Tool, config_value, current_config, read_yaml_mapping
 from mimkit.core.errors import CheckpointError, ConfigError
 
@@ -356,32 +355,6 @@ def tile(scenes: list[str], out: str, tile_size: int = 256, stride: int | None =
     return summary
 
 
-def recipe_files() -> dict[str, object]:
-    """The packaged remote-sensing recipes, by name (found through importlib.resources, so they work installed)."""
-    folder = resources.files("mimkit.remote_sensing").joinpath("recipes")
-    return {entry.name[:-5]: entry for entry in sorted(folder.iterdir(), key=lambda e: e.name)
-            if entry.name.endswith(".yaml")}
-
-
-def recipes(name: str | None = None) -> None:
-    """The remote-sensing methods' recipes (SMARTIES, ChA-MAEViT, SelectiveMAE), each value annotated with its source.
-    Print one, edit it, pass it as `mimkit-rs pretrain --config FILE`.
-
-    Args:
-        name: the recipe to print (default: list them)
-    """
-    found = recipe_files()
-    if name:
-        if name not in found:
-            raise ConfigError(f"no recipe {name!r}; available: {', '.join(found)}")
-        print(found[name].read_text(), end="")
-        return
-    for key, entry in found.items():
-        first = next((line.lstrip("# ").strip() for line in entry.read_text().splitlines() if line.startswith("#")), "")
-        print(f"{key:16s} {first}")
-    print("\nPrint one with `mimkit-rs recipes NAME`, save it, and train with `mimkit-rs pretrain --config FILE ...`.")
-
-
 def sensors(name: str | None = None) -> None:
     """List the sensor descriptions: bands and their centre wavelengths.
 
@@ -451,8 +424,7 @@ def build_tool() -> Tool:
                             aliases=dict(READER_ALIASES), preprocess=resume_finetuning),
                     Command("tile", tile, "cut large scenes into georeferenced tiles, in shards, for large-scale "
                             "pretraining", aliases=progress, preprocess=positional("scenes")),
-                    Command("recipes", recipes, "list the papers' recipes, or print one",
-                            preprocess=positional("name")),
+                    recipes_command("mimkit.remote_sensing", "mimkit-rs", "the remote-sensing recipes (SMARTIES, ChA-MAEViT, SelectiveMAE)"),
                     Command("sensors", sensors, "list the sensor descriptions: bands, centre wavelengths",
                             preprocess=positional("name")),
                     Command("synthetic", synthetic, "write synthetic Sentinel-2 GeoTIFFs (EuroSAT / BigEarthNet "

@@ -72,6 +72,38 @@ def test_recipe_sets_options_and_flags_win(tmp_path, image_folder):
     assert method.masker.schedule(0) == 0.5
 
 
+def test_recipes_lists_every_packaged_recipe_and_prints_one_pretrain_takes(tmp_path, image_folder, capsys):
+    from importlib import resources
+
+    shipped = sorted(e.name[:-5] for e in resources.files("mimkit.core").joinpath("recipes").iterdir()
+                     if e.name.endswith(".yaml"))
+    assert main(["recipes"]) == 0
+    listed = [line.split()[:2] for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert [name for name, _ in listed] == shipped
+    assert dict(listed)["mae"] == "pretrain" and dict(listed)["mae_finetune"] == "finetune"
+    assert main(["recipes", "mae"]) == 0
+    recipe = tmp_path / "mae.yaml"
+    recipe.write_text(capsys.readouterr().out)
+    assert yaml.safe_load(recipe.read_text())["method"] == "mae"
+    run = tmp_path / "run"
+    # the recipe first, then a tiny model on this machine (flags after --config win)
+    small = ["pretrain", "--config", str(recipe), "--data", str(image_folder), "--out", str(run), *TINY_FLAGS,
+             "--max-steps", "2", "--in-chans", "1", "--data.mean", "[0.5]", "--data.std", "[0.25]"]
+    capsys.readouterr()
+    assert main(small) == 2  # ViT-L's size under --embed-dim 32: said, not silently ViT-L
+    assert "encoder.size='large' sets embed_dim=1024, depth=24, num_heads=16; got embed_dim=32, depth=2, num_heads=2" \
+        in capsys.readouterr().err
+    small += ["--model.encoder.size", "null"]
+    assert main(small) == 2  # the paper's 8 nodes x 8 GPUs, started bare: said at once, not a hang
+    assert "train.num_nodes is 8, but this process was not started by a cluster launcher" in capsys.readouterr().err
+    assert main([*small, "--num-nodes", "1", "--devices", "1"]) == 0
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["method"] == "mae" and saved["model"]["norm_pix_loss"] is True  # the recipe's, under the tiny flags
+    assert saved["model"]["encoder"]["embed_dim"] == 32 and saved["train"]["num_nodes"] == 1
+    assert main(["recipes", "nope"]) == 2
+    assert "no recipe 'nope'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("case,expected", [
     ("missing", "does not exist"),
     ("empty", "no image files under"),

@@ -175,3 +175,18 @@ def test_activation_checkpointing_recomputes_the_blocks_and_keeps_the_gradients(
     assert kept[1] < 0.5 * kept[0]    # and its activations were not kept from the forward pass
     assert grads[0].keys() == grads[1].keys()
     assert all(torch.equal(grads[0][n], grads[1][n]) for n in grads[0])
+
+
+def test_several_nodes_without_a_launcher_is_an_error_at_once_and_any_launcher_lets_it_through(monkeypatch):
+    from mimkit.core.distributed import LAUNCHER_VARIABLES, check_launcher
+    from mimkit.core.errors import ConfigError
+
+    for name in LAUNCHER_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    check_launcher(1)  # one machine needs none
+    with pytest.raises(ConfigError, match="num_nodes is 2, but this process was not started by a cluster launcher"):
+        check_launcher(2)
+    for name in ("SLURM_NTASKS", "MASTER_ADDR", "WORLD_SIZE"):
+        monkeypatch.setenv(name, "2")
+        check_launcher(2)
+        monkeypatch.delenv(name)

@@ -62,7 +62,8 @@ def test_pretrain_train_detector_detect_evaluate(faces, capsys):
 
 def test_the_recipe_is_read_by_the_commands_parser(faces, capsys):
     assert main(["recipes"]) == 0
-    assert "gm_df" in capsys.readouterr().out
+    listed = dict(line.split()[:2] for line in capsys.readouterr().out.splitlines() if line.strip())
+    assert listed == {"gm_df": "train-detector", "vec2face": "pretrain"}  # each with the command that takes it
     assert main(["recipes", "gm_df"]) == 0
     recipe = faces / "gm_df.yaml"
     recipe.write_text(capsys.readouterr().out)

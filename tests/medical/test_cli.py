@@ -201,7 +201,7 @@ def test_recipes_are_package_data_and_listed(capsys):
     assert main(["recipes", "hiend_mae"]) == 0
     assert yaml.safe_load(capsys.readouterr().out)["data"]["spacing"] == [1.5, 1.5, 1.5]
     assert main(["recipes", "nope"]) == 2
-    assert "unknown recipe 'nope'" in capsys.readouterr().err
+    assert "no recipe 'nope'" in capsys.readouterr().err
 
 
 def _leaves(tree: dict, prefix: str = ""):

@@ -188,3 +188,15 @@ def test_finetune_keeps_its_classifier_and_a_reloaded_one_predicts_the_same(digi
     assert main(["embed", "--run", str(tiny_run), "--data", str(digits / "test.csv"), "--out",
                  str(probabilities_file), "--kind", "probabilities"]) != 0
     assert "--kind probabilities needs a classifier folder" in capsys.readouterr().err
+
+
+def test_recipes_lists_the_four_methods_and_a_printed_one_is_what_pretrain_reads(capsys):
+    from mimkit.multimodal.cli import main
+
+    assert main(["recipes"]) == 0
+    listed = dict(line.split()[:2] for line in capsys.readouterr().out.splitlines() if line.strip())
+    assert listed == {name: "pretrain" for name in ("m3ae", "pigeon", "tip", "xformer")}
+    assert main(["recipes", "tip"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["method"] == "tip"
+    assert main(["recipes", "mae"]) == 2
+    assert "no recipe 'mae'; available: m3ae, pigeon, tip, xformer" in capsys.readouterr().err

@@ -14,7 +14,8 @@ from mimkit.core.finetune import load_finetuned
 from mimkit.remote_sensing import synthetic
 from safetensors.torch import load_file
 
-from mimkit.remote_sensing.cli import build_tool, main, recipe_files
+from mimkit.core.cli import recipe_files
+from mimkit.remote_sensing.cli import build_tool, main
 from mimkit.remote_sensing.data import GeoTiffDataset, write_geotiff
 
 TINY = ["--img-size", "32", "--patch-size", "8", "--embed-dim", "32", "--depth", "2", "--num-heads", "2",
@@ -191,7 +192,7 @@ def test_tile_counts_or_refuses_an_ungeoreferenced_scene(tmp_path, capsys):
 
 
 def test_recipes_are_packaged_and_printable(capsys):
-    assert {"smarties", "cha_mae", "selective_mae"} <= set(recipe_files())
+    assert {"smarties", "cha_mae", "selective_mae"} <= set(recipe_files("mimkit.remote_sensing"))
     assert main(["recipes"]) == 0
     assert "smarties" in capsys.readouterr().out
     assert main(["recipes", "smarties"]) == 0
