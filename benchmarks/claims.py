@@ -113,7 +113,9 @@ class Bench:
         self.finetune_epochs, self.num_workers = finetune_epochs, num_workers
         self.folders = write_digits(out / "data")
         self.folders["single_image"] = write_single_image(out / "data")
-        self.speed: dict[str, float] = {}
+        self.speed: dict[str, float] = {}  # measured once per folder, so every seed of an arm runs the same steps
+        if (out / "speeds.json").is_file():
+            self.speed = json.loads((out / "speeds.json").read_text())
         self.scores: dict[tuple[str, int], dict] = {}
         self._stats = None
 
@@ -183,6 +185,8 @@ class Bench:
                     shutil.rmtree(folder, ignore_errors=True)
                 ratios.append(rate[arm.name] / rate[MAE.name])
             self.speed[arm.name] = float(np.median(ratios))
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "speeds.json").write_text(json.dumps(self.speed, indent=2) + "\n")
             print(f"claims: {arm.name} trains at {self.speed[arm.name]:.2f}x MAE's images/s", file=sys.stderr)
         return self.speed[arm.name]
 
@@ -298,7 +302,6 @@ def main(argv=None) -> int:
         print(write_table(claim_rows(claims, bench, done), ["claim", "paper", "statement", "metric", "arm", "baseline",
                                                             "difference", "seeds", "outcome"],
                           out / "claims", f"The papers' relative claims at small scale. {header}"))
-    (out / "speeds.json").write_text(json.dumps(bench.speed, indent=2) + "\n")
     return 0
 
 

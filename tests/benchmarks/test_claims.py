@@ -35,6 +35,11 @@ def test_equal_time_arms_get_steps_scaled_by_their_measured_speed(tmp_path, monk
     assert bench.steps_for(slow) == 102
     assert bench.steps_for(MAE) == 300  # not an equal-time arm: the budget itself
     assert bench.steps_for(Arm("fixed", "cropmae")) == 300
+    # a speed measured once holds for every later seed and invocation on the folder (seeds run the same steps)
+    monkeypatch.setattr(Bench, "relative_speed", lambda self, arm: self.speed[arm.name])
+    (tmp_path / "speeds.json").write_text('{"slow": 0.5}')
+    again = Bench(tmp_path, steps=300, batch_size=64, lr=1e-3, finetune_epochs=1, num_workers=0)
+    assert again.steps_for(slow) == 150
 
 
 def test_claim_rows_report_means_spreads_and_outcome():
