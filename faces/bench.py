@@ -126,13 +126,13 @@ def train_detector(method: nn.Module, dataset, steps: int = 300, batch_size: int
                    weight_decay: float = 0.05, seed: int = 0) -> list[float]:
     """Train a detector method's trainable parts on labelled frames with its own loss (AdamW, cosine to zero);
     the domains are passed only when the method was built for the data's domains. Returns the losses."""
-    from mimkit.core.train import parameter_groups, warmup_cosine
+    from mimkit.core.train import adamw, parameter_groups, warmup_cosine
 
     domains_match = list(getattr(method, "domains", [])) == list(getattr(dataset, "domains", [None]))
     if not domains_match:
         log.info("the detector's domains %s are not the data's %s: trained without domain labels (no meta-learning "
                  "episodes or domain prompts)", getattr(method, "domains", None), getattr(dataset, "domains", None))
-    optimizer = torch.optim.AdamW(parameter_groups(method, weight_decay), lr=lr)
+    optimizer = adamw(parameter_groups(method, weight_decay), lr=lr, betas=(0.9, 0.999))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, max(1, steps // 20), steps))
     device = next(method.parameters()).device
     method.train()

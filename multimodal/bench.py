@@ -134,9 +134,9 @@ class ClassifierModule(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        from mimkit.core.train import parameter_groups, warmup_cosine
+        from mimkit.core.train import adamw, parameter_groups, warmup_cosine
 
-        optimizer = torch.optim.AdamW(parameter_groups(self.model, self.weight_decay), lr=self.lr)
+        optimizer = adamw(parameter_groups(self.model, self.weight_decay), lr=self.lr, betas=(0.9, 0.999))
         warmup = max(1, self.max_steps // 10)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup, self.max_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -101,12 +101,12 @@ class VisionLanguageModule(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        from mimkit.core.train import parameter_groups, warmup_cosine
+        from mimkit.core.train import adamw, parameter_groups, warmup_cosine
 
         groups = parameter_groups(self.model.backbone, self.weight_decay)
         for group in parameter_groups(self.model.head, self.weight_decay):
             groups.append({**group, "lr": self.lr * self.head_lr_scale})
-        optimizer = torch.optim.AdamW(groups, lr=self.lr)
+        optimizer = adamw(groups, lr=self.lr, betas=(0.9, 0.999))
         warmup = max(1, self.max_steps // 10)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup, self.max_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -209,7 +209,8 @@ class TIP(MIMMethod):
     """Tabular-image pretraining: contrastive, matching with hard negatives, masked tabular reconstruction."""
 
     def __init__(self,
-                 encoder: EncoderConfig = EncoderConfig(img_size=128, patch_size=16, size="small"),  # image_encoder vit
+                 encoder: EncoderConfig = EncoderConfig(img_size=128, patch_size=16, embed_dim=384, depth=12,
+                                                         num_heads=6),  # ViT-S/16, when image_encoder is vit
                  image_encoder: str = "resnet50",       # official configs: resnet50 (DVM and UK Biobank)
                  categorical_sizes: list[int] | None = None,  # categories per categorical column (from the data)
                  num_continuous: int | None = None,     # continuous columns (from the data)
