@@ -85,6 +85,14 @@ def run_demo(out: str | Path = "runs/demo", steps: int | None = None, quick: boo
                         summary, data_line, rows, started, "Reconstructions: run/pictures/reconstruction.png")
 
 
+def pretraining_line(summary: dict) -> str:
+    """One line on the pretraining; a run finished before (a demo run again on its folder) trained no step now."""
+    speed = (f"{summary['images_per_second']} images/s" if summary.get("images_per_second") else
+             "finished in an earlier invocation, reused")
+    loss = f", final loss {summary['final_loss']:.4f}" if summary.get("final_loss") is not None else ""
+    return f"Pretraining: {summary['steps']} steps, effective batch {summary['effective_batch']}, {speed}{loss}."
+
+
 def write_report(out: Path, title: str, summary: dict, data_line: str, rows: list[dict], started: float,
                  pictures_line: str) -> dict:
     """A demo's report.md (printed too): the pretraining summary, the data, and pretrained vs random init."""
@@ -93,8 +101,7 @@ def write_report(out: Path, title: str, summary: dict, data_line: str, rows: lis
     minutes = (time.perf_counter() - started) / 60
     report = "\n".join([
         f"# {title}", "",
-        f"Pretraining: {summary['steps']} steps, effective batch {summary['effective_batch']}, "
-        f"{summary['images_per_second']} images/s, final loss {summary['final_loss']:.4f}.",
+        pretraining_line(summary),
         data_line, f"Total time {minutes:.1f} min.", "",
         write_table(pivot_inits(rows), {"protocol": "protocol", "metric": "metric (%)", "pretrained": "pretrained",
                                         "random": "random", "gain": "gain"}).rstrip(), "",

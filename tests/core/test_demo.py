@@ -32,3 +32,8 @@ def test_report_lists_both_initialisations_and_is_written(tmp_path, capsys):
     assert out["report"] == str(tmp_path / "report.md") and report.startswith("# title")
     assert "| knn | accuracy | 80 | 70 | 10 |" in report and "Data: 3 images." in report
     assert "Pictures: here; loss curve" in report and report in capsys.readouterr().out
+    # a demo run again on its folder reuses the finished pretraining (no step now: no speed): said, not a crash
+    again = {"steps": 10, "effective_batch": 8, "images_per_second": None, "final_loss": None, "seconds": 0.0}
+    write_report(tmp_path, "title", again, "Data: 3 images.", rows, time.perf_counter(), "Pictures: here")
+    assert "Pretraining: 10 steps, effective batch 8, finished in an earlier invocation, reused." in \
+        (tmp_path / "report.md").read_text()
