@@ -25,7 +25,8 @@ below that the issue does not state is ours:
   meta-test loss at the updated weights; total = meta-train loss + meta-test loss + 0.1 x domain
   alignment;
 - domain alignment distance: the squared maximum mean discrepancy (MMD) with a sum of Gaussian kernels at
-  bandwidths 1/4..4 x the median pairwise distance (DAN's multi-kernel MMD, Long et al. 2015) between the meta-test
+  squared widths 1/16..16 x 1 (DAN's multi-kernel MMD, Long et al. 2015, with fixed widths for the unit-norm
+  features instead of DAN's median heuristic, whose gradient grows as 1 / the features' spread) between the meta-test
   features (at the updated weights) and the meta-train features (held fixed: the meta-test distribution is pulled
   toward the meta-train one). MMD is zero for identical sets and grows with any shift of the mean or of the
   spread; CORAL sees only covariances (blind to a mean shift) and a Frechet distance needs a matrix square root
@@ -182,13 +183,22 @@ class PromptLearner(nn.Module):
 
 
 # ============================================================================================ losses
-def mmd(x: torch.Tensor, y: torch.Tensor, scales: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0)) -> torch.Tensor:
+# unit-norm features: squared distances lie in [0, 4], so fixed kernel widths cover them. The median heuristic scales
+# the kernels with the features' spread, so its gradient grows as 1 / spread: with the nearly collapsed features of a
+# fresh (or CLIP-less) tower it outweighed the classification loss, which then never left ln 2 (measured, issue 9)
+ALIGNMENT_BANDWIDTH = 1.0
+
+
+def mmd(x: torch.Tensor, y: torch.Tensor, scales: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0),
+        bandwidth: float | None = None) -> torch.Tensor:
     """Squared multi-kernel MMD between feature sets x (n, d) and y (m, d) (biased estimate, Gaussian kernels at
-    `scales` x the median pairwise distance of the pooled set); 0 when the sets are identical."""
+    `scales` x `bandwidth`, a squared distance; None: the median squared pairwise distance of the pooled set, DAN's
+    heuristic); 0 when the sets are identical."""
     z = torch.cat([x, y])
     d2 = torch.cdist(z, z).pow(2)
-    median = d2.detach()[d2.detach() > 0].median() if (d2.detach() > 0).any() else d2.new_tensor(1.0)
-    kernel = sum(torch.exp(-d2 / (2 * s * s * median)) for s in scales)
+    if bandwidth is None:
+        bandwidth = d2.detach()[d2.detach() > 0].median() if (d2.detach() > 0).any() else d2.new_tensor(1.0)
+    kernel = sum(torch.exp(-d2 / (2 * s * s * bandwidth)) for s in scales)
     n = x.shape[0]
     return kernel[:n, :n].mean() + kernel[n:, n:].mean() - 2 * kernel[:n, n:].mean()
 
@@ -388,7 +398,7 @@ class GMDF(MIMMethod):
         fast = {n: p - self.inner_lr * g if g is not None else p for (n, p), g in zip(params.items(), grads)}
         test_loss, test_parts, test_features = torch.func.functional_call(
             self, fast, (test_batch,), {"step": step, "episode": False, "with_features": True}, strict=False)
-        alignment = mmd(test_features, train_features.detach())
+        alignment = mmd(test_features, train_features.detach(), bandwidth=ALIGNMENT_BANDWIDTH)
         loss = train_loss + test_loss + self.weights["alignment"] * alignment
         parts = {**{f"meta_train/{k}": v for k, v in train_parts.items()},
                  **{f"meta_test/{k}": v for k, v in test_parts.items()},

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from mimkit.core import build_method
 from mimkit.core.errors import ConfigError
 from mimkit.core.train import parameter_groups
-from mimkit.faces.methods.gm_df import mmd, split_domains
+from mimkit.faces.methods.gm_df import ALIGNMENT_BANDWIDTH, mmd, split_domains
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, text_width=32, text_depth=1, text_heads=2,
             context_length=24, text_embed_dim=32, decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2,
@@ -55,6 +55,21 @@ def test_alignment_loss_is_zero_for_identical_sets_and_grows_with_a_shift():
     assert distances[0] > 0
     # a change of spread alone counts too (CORAL-like second moments, and a mean shift above)
     assert mmd(x, 2 * x).item() > mmd(x, 1.1 * x).item() > 0
+
+
+def test_fixed_width_alignment_keeps_its_gradient_bounded_as_features_collapse():
+    # unit-norm features of a fresh tower lie close together; the median heuristic's gradient grows as 1 / spread
+    torch.manual_seed(0)
+    centre = F.normalize(torch.randn(1, 16), dim=-1)
+
+    def gradient(spread: float, bandwidth):
+        x = F.normalize(centre + spread * torch.randn(8, 16), dim=-1).requires_grad_(True)
+        y = F.normalize(centre + spread * torch.randn(16, 16), dim=-1)
+        mmd(x, y, bandwidth=bandwidth).backward()
+        return x.grad.norm().item()
+
+    assert gradient(1e-3, None) > 100 * gradient(1e-1, None)            # median heuristic: grows as spread shrinks
+    assert gradient(1e-3, ALIGNMENT_BANDWIDTH) < gradient(1e-1, ALIGNMENT_BANDWIDTH)  # GM-DF's: does not
 
 
 def test_meta_train_and_meta_test_domains_are_disjoint_in_every_episode():
