@@ -9,7 +9,8 @@ accuracy on the held-out identities.
 
 Departure from the paper, named in the report: the detector trains `DEMO_DEPARTURE` of the encoder as well. GM-DF
 keeps CLIP frozen, but its frozen tower is *CLIP*; a frozen random or briefly pretrained tower carries no forgery
-signal for the additions to route (the frozen detector scored chance, video AUC 50.9 pretrained vs 51.5 random).
+signal for the additions to route (the frozen detector scored chance, video AUC 50.9 pretrained vs 51.5 random,
+measured before the alignment fix that let the trainable one learn: see README's faces section for its figures).
 Both initialisations get the same departure, so the comparison stays fair.
 """
 from __future__ import annotations
