@@ -265,11 +265,10 @@ class GMDF(MIMMethod):
         self.meta_learning, self.inner_lr = meta_learning, inner_lr
         self.meta_test_fraction = meta_test_fraction
         self.last_episode: tuple[list[int], list[int]] | None = None
+        # said at the first training step if no weights came by then (CLIP's here, or a run's loaded after building)
+        self._random_towers = not clip_weights
         if clip_weights:
             self.load_clip(clip_weights)
-        else:
-            log.warning("gm_df: no CLIP weights given (clip_weights): the image encoder and text tower are RANDOM; "
-                        "GM-DF expects a local open_clip ViT-B/16 checkpoint (or a pretrained mimkit run)")
         if not 0 <= unfreeze_last_blocks <= enc.depth:
             raise ConfigError(f"gm_df: unfreeze_last_blocks must lie in 0..{enc.depth} (the encoder's depth), "
                               f"got {unfreeze_last_blocks}")
@@ -405,7 +404,18 @@ class GMDF(MIMMethod):
                  "meta_train": train_loss, "meta_test": test_loss, "alignment": alignment}
         return MIMOutput(loss=loss, parts={k: v.detach() for k, v in parts.items()})
 
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        if any(key.startswith("text.") for key in state_dict):  # the towers are someone's weights now
+            self._random_towers = False
+        return result
+
     def __call__(self, batch: dict, step: int | None = None, episode: bool = True, with_features: bool = False):
+        if self._random_towers and self.training:
+            log.warning("gm_df: no CLIP weights given (clip_weights) and none loaded: the image encoder and text "
+                        "tower are RANDOM; GM-DF expects a local open_clip ViT-B/16 checkpoint (or a pretrained "
+                        "mimkit run)")
+            self._random_towers = False  # once per model
         if with_features:  # the meta-test pass (through functional_call): loss, parts and features
             loss, parts, features, _ = self.losses(batch, step)
             return loss, parts, features

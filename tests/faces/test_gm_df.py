@@ -220,3 +220,20 @@ def test_real_fake_head_learns_real_faces_and_their_self_blended_forgeries(fixed
         scores = model.eval().detect(batch["image"])
     fake, real = scores[batch["label"] == 1], scores[batch["label"] == 0]
     assert (fake[:, None] > real[None, :]).float().mean() > 0.9  # frame AUC on the batch
+
+
+def test_random_towers_are_said_once_at_training_unless_weights_were_loaded(caplog):
+    import logging
+
+    batch = labelled_batch(6)
+    with caplog.at_level(logging.WARNING, logger="mimkit"):
+        fresh = tiny().train()
+        assert "RANDOM" not in caplog.text  # building alone says nothing: weights may still be loaded
+        fresh(batch)
+        fresh(batch)
+        assert caplog.text.count("are RANDOM") == 1  # once per model, at its first training step
+        caplog.clear()
+        loaded = tiny(seed=1)
+        loaded.load_state_dict(tiny(seed=2).state_dict())  # a pretrained run's weights, as the demo loads them
+        loaded.train()(batch)
+        assert "RANDOM" not in caplog.text
