@@ -30,6 +30,7 @@ from mimkit.benchmarks.tasks import Task, register_task
 from mimkit.core.errors import ConfigError, DataError
 from mimkit.multimodal import published  # noqa: F401  (registers the multimodal papers' published figures)
 
+from .classifiers import HEAD_FILE, TABLE, classifier_kind, is_classifier, save_classifier_folder
 from .data import MISSING_PATTERNS, ImageTableDataset, feature_importance, missing_mask
 from .retrieval import retrieval_tasks
 from .tables import TablePreprocessor
@@ -198,46 +199,23 @@ def fit_classifier(method: nn.Module, train_set, test_set, *, inputs: str = "mul
 
 
 # ============================================================================================ saved classifiers
-HEAD_FILE, PREDICTIONS_FILE = "head.safetensors", "predictions.csv"
-
-
 def save_classifier(model: TableImageClassifier, folder: str | Path, train_set: ImageTableDataset, record: dict,
                     probabilities: np.ndarray | None = None, labels=None) -> Path:
-    """A trained classifier as a folder that `load_run` / `load_classifier` read: model.safetensors (the backbone as
-    trained), head.safetensors, config.yaml (method, model, the table preprocessing with the target's classes,
-    image column and statistics, and `classifier`: `record`) and, given the test probabilities, predictions.csv."""
-    from safetensors.torch import save_file
-
-    from mimkit.core.checkpoints import save_method, write_atomically
-    from mimkit.core.runs import write_config
-
+    """A trained classifier as a folder that `load_run` / `load_classifier` read (classifiers.py): the backbone as
+    trained, the head, config.yaml (method, model, the table preprocessing with the target's classes, image column
+    and statistics, and `classifier`: `record`) and, given the test probabilities, predictions.csv."""
     origin = getattr(train_set, "run_settings", None) or {}
-    if not origin.get("method") or origin.get("model") is None:
-        raise ConfigError("saving a classifier needs the pretraining run's method and model (the table tasks' "
-                          "prepare, fit_table_run, passes them to the reader)")
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_method(model.backbone, folder / "model.safetensors", origin["model"])
-    head = {k: v.detach().cpu().contiguous() for k, v in model.head.state_dict().items()}
-    write_atomically(folder / HEAD_FILE, lambda temporary: save_file(head, str(temporary)), "head")
     mean, std = train_set.stats
-    write_config(folder, {"method": origin["method"], "model": origin["model"],
-                          "data": {"preprocessing": train_set.preprocessor.to_dict(),
-                                   "target": train_set.preprocessor.target,
-                                   "image_column": origin.get("image_column", "image"), "mean": mean, "std": std},
-                          "classifier": {"inputs": model.inputs, "classes": list(train_set.classes), **record}})
+    classes = list(train_set.classes)
+    data = {"preprocessing": train_set.preprocessor.to_dict(), "target": train_set.preprocessor.target,
+            "image_column": origin.get("image_column", "image"), "mean": mean, "std": std}
+    predictions = None
     if probabilities is not None:
-        classes = list(train_set.classes)
-        rows = ["row,label,predicted," + ",".join(f"p_{c}" for c in classes)]
-        for i, (p, label) in enumerate(zip(probabilities, labels)):
-            rows.append(f"{i},{classes[int(label)]},{classes[int(np.argmax(p))]}," + ",".join(f"{v:.6g}" for v in p))
-        (folder / PREDICTIONS_FILE).write_text("\n".join(rows) + "\n")
-    return folder
-
-
-def is_classifier(folder: str | Path) -> bool:
-    """Whether a folder holds a classifier saved by `save_classifier`."""
-    return (Path(folder) / HEAD_FILE).is_file()
+        rows = ([i, classes[int(label)], classes[int(np.argmax(p))], *(f"{v:.6g}" for v in p)]
+                for i, (p, label) in enumerate(zip(probabilities, labels)))
+        predictions = (["row", "label", "predicted", *(f"p_{c}" for c in classes)], rows)
+    return save_classifier_folder(model.backbone, model.head, folder, origin, data,
+                                  {"kind": TABLE, "inputs": model.inputs, "classes": classes, **record}, predictions)
 
 
 def load_classifier(folder: str | Path) -> tuple[TableImageClassifier, dict]:
@@ -249,6 +227,9 @@ def load_classifier(folder: str | Path) -> tuple[TableImageClassifier, dict]:
     if not is_classifier(folder):
         raise ConfigError(f"{folder} holds no saved classifier ({HEAD_FILE}): give a folder that "
                           f"`mimkit-multimodal finetune` wrote under OUT/classifiers/")
+    if classifier_kind(folder) != TABLE:
+        raise ConfigError(f"{folder} holds a {classifier_kind(folder)} classifier, not an image + table one "
+                          f"(mimkit.multimodal.vqa.load_vision_language_classifier reads it)")
     method, config = load_run(folder)
     info = config.get("classifier") or {}
     if not info.get("classes") or info.get("inputs") not in INPUTS:

@@ -97,7 +97,7 @@ def _score(run: str, data: str, target: str | None, task, patterns, rates, input
     from mimkit.benchmarks.runner import random_init, run_task
     from mimkit.core.runs import load_run, update_metrics
 
-    from .bench import is_classifier
+    from .classifiers import is_classifier
     from .vqa import VISION_LANGUAGE_TASKS
 
     if is_classifier(run) and strategy == "frozen" and not (patterns or rates or inputs or compare_random_init):
@@ -114,14 +114,19 @@ def _score(run: str, data: str, target: str | None, task, patterns, rates, input
     rows = []
     for name in _tasks(task, patterns, rates):
         if name in VISION_LANGUAGE_TASKS:  # M3AE's VQA / caption heads: no table, one head on the fused features
-            for row in run_task(name, method, data, run_config=config, seed=seed,
-                                compare_random_init=compare_random_init,
-                                reader_options={"image_column": image_column} if image_column else None,
-                                **{k: v for k, v in settings.items() if k != "seed"}):
-                details = row["details"]
-                rows.append({**row, "inputs": "image + text", **{
-                    key: round(100 * details[key], 2) if details.get(key) is not None else None
-                    for key in ("open_accuracy", "closed_accuracy")}})
+            # the run's method and model (and the task) go with the data, so the classifier can be saved as a run
+            reader_options = {"run_settings": {"method": config.get("method"), "model": config.get("model"),
+                                               "task": name}, **({"image_column": image_column} if image_column
+                                                                 else {})}
+            for init, subject in subjects.items():  # only the pretrained model's classifier is kept
+                keep = {"save_dir": str(Path(out or run) / "classifiers" / name)} if save and init == "pretrained" \
+                    else {}
+                for row in run_task(name, subject, data, run_config=config, seed=seed, reader_options=reader_options,
+                                    **keep, **{k: v for k, v in settings.items() if k != "seed"}):
+                    details = row["details"]
+                    rows.append({**row, "init": init, "inputs": "image + text", **{
+                        key: round(100 * details[key], 2) if details.get(key) is not None else None
+                        for key in ("open_accuracy", "closed_accuracy")}})
             continue
         for kind in inputs or ["multimodal"]:
             for init, subject in subjects.items():  # only the pretrained model's classifier is kept
@@ -148,16 +153,31 @@ def _classifier_name(task: str, inputs: str) -> str:
 
 
 def _score_saved(folder: str, data: str, task: list[str] | None, seed: int, out: str | None) -> list[dict]:
-    """Score a saved classifier as it is on the data's test split (its task's missing pattern, or the given task's)."""
+    """Score a saved classifier as it is on the data's test split: an image + table one with its task's missing
+    pattern (or the given task's), a VQA or caption one on its task's (or the given task's) test split."""
     from mimkit.benchmarks.report import write_table
     from mimkit.benchmarks.tasks import get_task
     from mimkit.core.runs import read_config, update_metrics
 
     from .bench import score_classifier
+    from .classifiers import TABLE, classifier_kind
+    from .vqa import score_vision_language_classifier
 
     info = read_config(folder).get("classifier") or {}
-    conditions = [(name, get_task(name).settings) for name in task] if task else [(None, info)]
     rows = []
+    if classifier_kind(folder) != TABLE:
+        for name in task or [None]:
+            result = score_vision_language_classifier(folder, data, name)
+            rows.append({"task": result["task"], "inputs": info.get("inputs"), "init": "fine-tuned (saved)",
+                         "metric": "accuracy", "value": round(100 * result["accuracy"], 2),
+                         **{key: round(100 * result[key], 2) if result.get(key) is not None else None
+                            for key in ("open_accuracy", "closed_accuracy")},
+                         "num_test": result["num_test"], "classifier": str(folder)})
+        update_metrics(out or folder, {"results": rows})
+        print(write_table(rows, ["task", "inputs", "init", "metric", "value", "open_accuracy", "closed_accuracy",
+                                 "num_test"]), end="")
+        return rows
+    conditions = [(name, get_task(name).settings) for name in task] if task else [(None, info)]
     for name, settings in conditions:
         result = score_classifier(folder, data, settings.get("pattern"), settings.get("rate"), seed)
         rows.append({"task": name or Path(folder).name, "inputs": info.get("inputs"), "init": "fine-tuned (saved)",
@@ -180,7 +200,8 @@ def evaluate(run: str, data: str, target: str | None = None, task: list[str] | N
     the multimodal CLS, with complete tables and with cells hidden by each missing pattern (random values, random
     features, most / least important features) at rates 0.3, 0.6, 0.9; accuracy and macro AUC (percent), printed and
     appended to RUN/metrics.json. RUN may be a classifier `finetune` saved (OUT/classifiers/TASK): it is then scored
-    as it is, without training, on the test split with the missing cells of its own task (or of --task).
+    as it is, without training, on the test split with the missing cells of its own task (or of --task); a VQA or
+    caption classifier on its task's (or --task's) test split with the answers or classes it was trained on.
 
     Args:
         run: a `mimkit-multimodal pretrain` run folder (its model and table preprocessing), or a saved classifier
@@ -215,7 +236,8 @@ def finetune(run: str, data: str, target: str | None = None, task: list[str] | N
     """Fine-tune a TIP run end to end (backbone and linear head, AdamW, warmup + cosine) on labelled image + table data
     with complete and incomplete tables, as `evaluate` does with a frozen backbone; results as there. Each fine-tuned
     classifier (backbone, head, the table preprocessing with the target's classes, test predictions) is kept in
-    OUT/classifiers/TASK[-INPUTS], a folder `evaluate --run` and `embed --run` read.
+    OUT/classifiers/TASK[-INPUTS], a folder `evaluate --run` and `embed --run` read; for an m3ae run's VQA and caption
+    tasks, OUT/classifiers/TASK holds the backbone, head, answers or classes and each test question's prediction.
 
     Args:
         run: a `mimkit-multimodal pretrain` run folder
@@ -242,27 +264,37 @@ def finetune(run: str, data: str, target: str | None = None, task: list[str] | N
 
 # ------------------------------------------------------------------------------------------ embed
 def embed(run: str, data: str, out: str,
-          kind: Literal["multimodal", "image", "table", "probabilities"] = "multimodal", batch_size: int = 128) -> Path:
-    """Write one embedding per row of an image + table file: the multimodal CLS, the image vector or the tabular CLS,
-    with the run's table preprocessing; .safetensors (`embeddings` and the image paths in the metadata) or .parquet.
-    A classifier `finetune` saved (OUT/classifiers/TASK) gives its fine-tuned backbone's vectors, or with
-    --kind probabilities its class probabilities (the class names in the metadata).
+          kind: Literal["multimodal", "image", "table", "text", "probabilities"] = "multimodal",
+          batch_size: int = 128, layout: str | None = None, image_column: str | None = None,
+          text_column: str | None = None) -> Path:
+    """Write one embedding per row of a data file: for a TIP run, an image + table file (the multimodal CLS, the image
+    vector or the tabular CLS, with the run's table preprocessing); for an M3AE run, an image + text file (the fused
+    multimodal vector, the image CLS or the text's first token). .safetensors (`embeddings`, with the image paths in
+    the metadata) or .parquet. A classifier `finetune` saved (OUT/classifiers/TASK) gives its fine-tuned backbone's
+    vectors, or with --kind probabilities its class probabilities (the class or answer names in the metadata; a VQA
+    classifier reads the questions as the text column).
 
     Args:
         run: a `mimkit-multimodal pretrain` run folder, or a classifier folder `finetune` saved
-        data: a CSV / Parquet table with the run's image column and feature columns
+        data: TIP: a CSV / Parquet table with the run's image column and feature columns; M3AE: a CSV / JSONL of image
+            paths and texts (or a layout of `pretrain --data.layout`)
         out: the file to write, .safetensors or .parquet
-        kind: multimodal, image, table, or probabilities (a saved classifier's)
+        kind: multimodal, image, table (TIP), text (M3AE), or probabilities (a saved classifier's)
         batch_size: rows per forward pass
+        layout: image + text files: roco, medicat, csv, mimic-cxr, iu-xray (default: the run's, else csv)
+        image_column: image + text files: the image-path column (default: the run's, else the layout's)
+        text_column: image + text files: the text column (default: the run's, else the layout's)
     """
     import torch
 
     from mimkit.core.data import make_loader
     from mimkit.core.runs import load_run
 
-    from .bench import fit_run, is_classifier, load_classifier
-    from .data import ImageTableDataset
+    from .bench import fit_run, load_classifier
+    from .classifiers import TABLE, classifier_kind, is_classifier
+    from .data import ImageTableDataset, ImageTextDataset
     from .tables import TablePreprocessor
+    from .vqa import load_vision_language_classifier
 
     out_path = Path(out)
     if out_path.suffix not in (".safetensors", ".parquet"):
@@ -272,17 +304,33 @@ def embed(run: str, data: str, out: str,
         if not is_classifier(run):
             raise ConfigError(f"--kind probabilities needs a classifier folder that finetune saved "
                               f"(OUT/classifiers/TASK); {run} holds none")
-        classifier, config = load_classifier(run)
+        load = load_classifier if classifier_kind(run) == TABLE else load_vision_language_classifier
+        classifier, config = load(run)
         method = classifier.backbone
     else:
         method, config = load_run(run)
     options = fit_run(method.encoder, config)
-    if "preprocessing" not in options:
-        raise ConfigError(f"{run}: the run's config.yaml holds no table preprocessing (not a mimkit-multimodal run?)")
-    dataset = ImageTableDataset(data, options.get("image_column", "image"),
-                                preprocessor=TablePreprocessor.from_dict(options["preprocessing"]),
-                                img_size=options["img_size"], in_chans=options["in_chans"], transform="eval",
-                                mean=options.get("mean"), std=options.get("std"), labelled=False)
+    if callable(getattr(method, "multimodal_features", None)):  # image + text (m3ae)
+        if kind == "table":
+            raise ConfigError(f"{run} is an image + text run ({config.get('method')}): --kind multimodal, image, text "
+                              f"or probabilities")
+        section = config.get("data") or {}
+        dataset = ImageTextDataset(data, layout or section.get("layout") or "csv",
+                                   image_column=image_column or section.get("image_column"),
+                                   text_column=text_column or section.get("text_column"),
+                                   img_size=options["img_size"], in_chans=options["in_chans"], transform="eval",
+                                   mean=options.get("mean"), std=options.get("std"))
+    elif "preprocessing" in options:
+        if kind == "text":
+            raise ConfigError(f"{run} is an image + table run ({config.get('method')}): --kind multimodal, image, "
+                              f"table or probabilities")
+        dataset = ImageTableDataset(data, options.get("image_column", "image"),
+                                    preprocessor=TablePreprocessor.from_dict(options["preprocessing"]),
+                                    img_size=options["img_size"], in_chans=options["in_chans"], transform="eval",
+                                    mean=options.get("mean"), std=options.get("std"), labelled=False)
+    else:
+        raise ConfigError(f"{run}: embed reads TIP runs (image + table) and M3AE runs (image + text); this run's method "
+                          f"is {config.get('method')!r}")
     method.eval()
     vectors = []
     with torch.no_grad():

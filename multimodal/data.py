@@ -375,6 +375,10 @@ class VQADataset(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
+    @property
+    def stats(self):
+        return self.images.stats
+
     def __getitem__(self, key) -> dict:
         index, seed = _key(key)
         return {"image": self.images(self.files[index], seed), "text": self.questions[index],

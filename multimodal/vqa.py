@@ -33,6 +33,7 @@ from torch import nn
 from mimkit.benchmarks.tasks import Task
 from mimkit.core.errors import ConfigError, DataError
 
+from .classifiers import CAPTION, HEAD_FILE, VQA, classifier_kind, is_classifier, save_classifier_folder
 from .data import ImageTextDataset, VQADataset, _records
 
 LOSSES = ("bce", "ce")
@@ -158,9 +159,10 @@ def fit_steps(module: L.LightningModule, train_set, max_steps: int, batch_size: 
 def fit_vision_language(method: nn.Module, train_set, test_set, classes: int, *, loss: str = "ce",
                         max_steps: int = 300, batch_size: int = 32, lr: float = 1e-4, weight_decay: float = 0.01,
                         head_lr_scale: float = 1.0, strategy: str = "trainable", seed: int = 0, device=None,
-                        progress: bool | None = None) -> tuple[np.ndarray, dict]:
+                        progress: bool | None = None, keep_model: bool = False) -> tuple[np.ndarray, dict]:
     """Fine-tune the method with the head (`trainable`, M3AE's protocol) or the head alone (`frozen`) on the
-    training samples (those with a label >= 0); (the test predictions, {"steps", "final_train_loss"})."""
+    training samples (those with a label >= 0); (the test predictions, {"steps", "final_train_loss"} and with
+    `keep_model` the trained VisionLanguageClassifier as "model")."""
     from mimkit.core.evaluate import default_device
 
     if strategy not in STRATEGIES:
@@ -176,8 +178,8 @@ def fit_vision_language(method: nn.Module, train_set, test_set, classes: int, *,
     module = VisionLanguageModule(model, loss, lr, weight_decay, max_steps, head_lr_scale, seed)
     steps = fit_steps(module, train, max_steps, batch_size, seed, device, progress)
     predicted = predict(model, test_set, device=device)
-    return predicted, {"steps": steps,
-                       "final_train_loss": float(np.mean(module.losses[-10:])) if module.losses else None}
+    info = {"steps": steps, "final_train_loss": float(np.mean(module.losses[-10:])) if module.losses else None}
+    return predicted, {**info, **({"model": model.cpu().eval()} if keep_model else {})}
 
 
 class _Labelled(torch.utils.data.Dataset):
@@ -197,34 +199,113 @@ class _Labelled(torch.utils.data.Dataset):
 
 def vqa_runner(subject: nn.Module, train_set: VQADataset, test_set: VQADataset, root: Path, max_steps: int = 300,
                batch_size: int = 32, lr: float = 1e-4, weight_decay: float = 0.01, head_lr_scale: float = 1.0,
-               strategy: str = "trainable", seed: int = 0, device=None) -> dict:
+               strategy: str = "trainable", seed: int = 0, device=None, save_dir: str | None = None) -> dict:
     """VQA as answer classification over the training answers; accuracy overall, open and closed (fractions), and
-    the majority answer's accuracy per type for reference."""
+    the majority answer's accuracy per type for reference. With `save_dir` the fine-tuned classifier is kept there
+    (`save_vision_language_classifier`)."""
     predicted, info = fit_vision_language(subject, train_set, test_set, len(train_set.answers), loss="bce",
                                           max_steps=max_steps, batch_size=batch_size, lr=lr,
                                           weight_decay=weight_decay, head_lr_scale=head_lr_scale,
-                                          strategy=strategy, seed=seed, device=device)
+                                          strategy=strategy, seed=seed, device=device,
+                                          keep_model=save_dir is not None)
+    model = info.pop("model", None)
     result = {**vqa_accuracy(predicted, test_set.targets, test_set.answer_types), **info,
               "num_answers": len(train_set.answers)}
     majority = np.bincount([t for t in train_set.targets if t >= 0], minlength=len(train_set.answers)).argmax()
     result["majority_accuracy"] = vqa_accuracy([majority] * len(test_set), test_set.targets,
                                                test_set.answer_types)["accuracy"]
+    if model is not None:
+        save_vision_language_classifier(model, save_dir, train_set, test_set, predicted, {
+            "strategy": strategy, "seed": seed, "steps": info["steps"],
+            **{k: result[k] for k in ("accuracy", "open_accuracy", "closed_accuracy")}})
     return result
 
 
 def classification_runner(subject: nn.Module, train_set, test_set, root: Path, max_steps: int = 300,
                           batch_size: int = 32, lr: float = 1e-4, weight_decay: float = 0.01,
                           head_lr_scale: float = 1.0, strategy: str = "trainable", seed: int = 0,
-                          device=None) -> dict:
-    """Image + caption classification: accuracy (fraction) on the test split, and the majority class's."""
+                          device=None, save_dir: str | None = None) -> dict:
+    """Image + caption classification: accuracy (fraction) on the test split, and the majority class's. With
+    `save_dir` the fine-tuned classifier is kept there (`save_vision_language_classifier`)."""
     predicted, info = fit_vision_language(subject, train_set, test_set, len(train_set.classes), loss="ce",
                                           max_steps=max_steps, batch_size=batch_size, lr=lr,
                                           weight_decay=weight_decay, head_lr_scale=head_lr_scale,
-                                          strategy=strategy, seed=seed, device=device)
+                                          strategy=strategy, seed=seed, device=device,
+                                          keep_model=save_dir is not None)
+    model = info.pop("model", None)
     labels = np.asarray(test_set.targets)
     majority = np.bincount(np.asarray(train_set.targets), minlength=len(train_set.classes)).argmax()
-    return {"accuracy": float((predicted == labels).mean()), "majority_accuracy": float((labels == majority).mean()),
-            **info}
+    result = {"accuracy": float((predicted == labels).mean()),
+              "majority_accuracy": float((labels == majority).mean()), **info}
+    if model is not None:
+        save_vision_language_classifier(model, save_dir, train_set, test_set, predicted, {
+            "strategy": strategy, "seed": seed, "steps": info["steps"], "accuracy": result["accuracy"]})
+    return result
+
+
+# ============================================================================================ saved classifiers
+def save_vision_language_classifier(model: VisionLanguageClassifier, folder: str | Path, train_set, test_set,
+                                    predicted: Sequence[int], record: dict) -> Path:
+    """A fine-tuned VQA or caption classifier as a folder (classifiers.py): the backbone as trained, the head,
+    config.yaml (the run's method and model, the image statistics, `classifier`: kind, task, the answers or classes
+    in head order and `record`) and predictions.csv (each test sample's image, question or caption, label,
+    prediction and, for VQA, answer type)."""
+    is_vqa = isinstance(train_set, VQADataset)
+    origin = getattr(train_set, "run_settings", None) or {}
+    classes = list(train_set.answers if is_vqa else train_set.classes)
+    texts = test_set.questions if is_vqa else test_set.texts
+    truth = test_set.answer_texts if is_vqa else [classes[t] for t in test_set.targets]
+    header = ["row", "image", "question" if is_vqa else "text", "label", "predicted"] + (["answer_type"] if is_vqa
+                                                                                          else [])
+    rows = ([i, str(file), text, label, classes[int(p)], *([test_set.answer_types[i]] if is_vqa else [])]
+            for i, (file, text, label, p) in enumerate(zip(test_set.files, texts, truth, predicted)))
+    mean, std = train_set.stats
+    return save_classifier_folder(model.backbone, model.head, folder, origin, {"mean": mean, "std": std},
+                                  {"kind": VQA if is_vqa else CAPTION, "task": origin.get("task"),
+                                   "inputs": "image + text", "classes": classes, **record}, (header, rows))
+
+
+def load_vision_language_classifier(folder: str | Path) -> tuple[VisionLanguageClassifier, dict]:
+    """(the VisionLanguageClassifier, the folder's config.yaml) of a classifier `save_vision_language_classifier`
+    wrote."""
+    from safetensors.torch import load_file
+
+    from mimkit.core.runs import load_run
+
+    if not is_classifier(folder) or classifier_kind(folder) not in (VQA, CAPTION):
+        raise ConfigError(f"{folder} holds no saved VQA or caption classifier ({HEAD_FILE} with classifier.kind "
+                          f"{VQA} or {CAPTION}): give a folder that `mimkit-multimodal finetune --task ...` wrote "
+                          f"under OUT/classifiers/")
+    method, config = load_run(folder)
+    classes = (config.get("classifier") or {}).get("classes")
+    if not classes:
+        raise ConfigError(f"{folder}/config.yaml: the classifier section lists no classes")
+    model = VisionLanguageClassifier(method, len(classes))
+    model.head.load_state_dict(load_file(str(Path(folder) / HEAD_FILE)))
+    return model.eval(), config
+
+
+def score_vision_language_classifier(folder: str | Path, root: str | Path, task: str | None = None,
+                                     device=None) -> dict:
+    """Score a saved VQA or caption classifier as it is (no training) on the test split of its task (or `task`) at
+    ROOT, with the answers or classes it was trained on; {"accuracy", open/closed for VQA, "num_test", "task"}."""
+    from mimkit.benchmarks.tasks import get_task
+
+    model, config = load_vision_language_classifier(folder)
+    info, data = config["classifier"], config.get("data") or {}
+    name = task or info.get("task")
+    if name not in VISION_LANGUAGE_TASKS:
+        raise ConfigError(f"{folder}: name the task to score it on (--task, one of {', '.join(VISION_LANGUAGE_TASKS)})"
+                          f"; the classifier records {name!r}")
+    encoder = model.backbone.encoder
+    _, test = get_task(name).load(Path(root), img_size=encoder.img_size, in_chans=encoder.in_chans,
+                                  mean=data.get("mean"), std=data.get("std"), classes=info["classes"])
+    predicted = predict(model, test, device=device)
+    if isinstance(test, VQADataset):
+        result = vqa_accuracy(predicted, test.targets, test.answer_types)
+    else:
+        result = {"accuracy": float((predicted == np.asarray(test.targets)).mean())}
+    return {**result, "num_test": len(test), "task": name, "predicted": predicted}
 
 
 # ============================================================================================ readers
@@ -257,14 +338,16 @@ def vqa_reader(layout: str, train_file: str, test_file: str, image_folder: str |
     def read(root: Path, img_size=32, in_chans: int | None = None, mean=None, std=None,
              image_root: str | None = None, language: str = "en", strict: bool = False,
              train_file: str = train_file, test_file: str = test_file, preprocessing=None, image_column=None,
-             run_settings=None):
+             run_settings=None, classes: Sequence[str] | None = None):
         images = image_root if image_root is not None else (str(Path(root) / image_folder) if image_folder else None)
         common = dict(layout=layout, image_root=images, language=language, img_size=img_size, transform="eval",
                       strict=strict)
-        train = VQADataset(Path(root) / train_file, in_chans=in_chans, mean=mean, std=std, **common)
+        # `classes`: a saved classifier's answers, in its head's order
+        train = VQADataset(Path(root) / train_file, answers=classes, in_chans=in_chans, mean=mean, std=std, **common)
         mean, std = train.images.stats
         test = VQADataset(Path(root) / test_file, answers=train.answers, in_chans=train.in_chans, mean=mean, std=std,
                           **common)
+        train.run_settings = run_settings  # what a saved classifier records
         return train, test
     return read
 
@@ -276,13 +359,17 @@ def caption_classification_reader(train_file: str = "captions_train.csv", test_f
     def read(root: Path, img_size=32, in_chans: int | None = None, mean=None, std=None, layout: str = "csv",
              image_root: str | None = None, image_column: str | None = None, text_column: str | None = None,
              label_column: str = "label", strict: bool = False, train_file: str = train_file,
-             test_file: str = test_file, preprocessing=None, run_settings=None):
+             test_file: str = test_file, preprocessing=None, run_settings=None,
+             classes: Sequence[str] | None = None):
         common = dict(layout=layout, image_root=image_root, image_column=image_column, text_column=text_column,
                       img_size=img_size, transform="eval", strict=strict, label_column=label_column)
-        train = LabelledCaptions(Path(root) / train_file, in_chans=in_chans, mean=mean, std=std, **common)
+        # `classes`: a saved classifier's, in its head's order
+        train = LabelledCaptions(Path(root) / train_file, classes=classes, in_chans=in_chans, mean=mean, std=std,
+                                 **common)
         mean, std = train.stats
         test = LabelledCaptions(Path(root) / test_file, classes=train.classes, in_chans=train.in_chans, mean=mean,
                                 std=std, **common)
+        train.run_settings = run_settings  # what a saved classifier records
         return train, test
     return read
 
@@ -322,4 +409,5 @@ VISION_LANGUAGE_TASKS = ("vqa-rad", "slake", "image-caption-classification", "sy
 
 __all__ = ["VisionLanguageClassifier", "VisionLanguageModule", "classifier_loss", "vqa_accuracy",
            "fit_vision_language", "vqa_runner", "STRATEGIES", "classification_runner", "LabelledCaptions", "vqa_reader",
-           "caption_classification_reader", "vision_language_tasks", "VISION_LANGUAGE_TASKS", "LOSSES"]
+           "caption_classification_reader", "vision_language_tasks", "VISION_LANGUAGE_TASKS", "LOSSES",
+           "save_vision_language_classifier", "load_vision_language_classifier", "score_vision_language_classifier"]

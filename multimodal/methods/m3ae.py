@@ -222,6 +222,19 @@ class M3AE(MIMMethod):
                                 self.image_stream(self.encoder.forward_features(images)), tokens.valid)
         return torch.cat([self.text_pooler(text), self.image_pooler(image)], -1)
 
+    def embed(self, batch: dict, kind: str = "multimodal") -> torch.Tensor:
+        """One vector per sample: `image` (the image encoder's CLS token, before fusion), `text` (the text
+        encoder's first token, before fusion) or `multimodal` (`multimodal_features`)."""
+        if kind == "image":
+            return self.encoder.forward_features(self.images(batch))[:, 0]
+        texts = check_texts(batch, len(batch["image"]) if "image" in batch else len(batch.get("text") or ()), "m3ae")
+        if kind == "text":
+            tokens = self.tokenizer(texts, self.modality_embed.weight.device)
+            return self.text_encoder(tokens.ids, tokens.valid)[:, 0]
+        if kind != "multimodal":
+            raise ConfigError(f"m3ae embeds image, text or multimodal vectors, not {kind!r}")
+        return self.multimodal_features(self.images(batch), texts)
+
     @torch.no_grad()
     def retrieval_scores(self, images: torch.Tensor, texts: list[str], chunk: int = 256) -> torch.Tensor:
         """(images, captions) matching scores: the ITM head's log-odds of "matched" for every pair, as the official

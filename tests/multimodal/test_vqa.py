@@ -110,23 +110,125 @@ def test_caption_classification_reads_the_label_column(digits):
                                                                 label_column="diagnosis")
 
 
-def test_finetune_and_evaluate_run_the_vqa_task_of_an_m3ae_run(digits, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def m3ae_run(digits, tmp_path_factory):
     import yaml
 
     from mimkit.multimodal.cli import main
 
-    config = tmp_path / "tiny.yaml"
+    folder = tmp_path_factory.mktemp("m3ae")
+    config = folder / "tiny.yaml"
     config.write_text(yaml.safe_dump({"method": "m3ae", "model": TINY}))
-    run = tmp_path / "run"
+    run = folder / "run"
     assert main(["pretrain", "--method", "m3ae", "--config", str(config), "--data", str(digits / "captions_train.csv"),
                  "--out", str(run), "--max-steps", "2", "--batch-size", "8", "--num-workers", "0",
                  "--no-progress"]) == 0
+    return run
+
+
+def test_finetune_and_evaluate_run_the_vqa_task_of_an_m3ae_run(digits, m3ae_run, tmp_path, capsys):
+    from mimkit.multimodal.cli import main
+
     capsys.readouterr()
     for command, strategy in (("finetune", "trainable"), ("evaluate", "frozen")):
-        assert main([command, "--run", str(run), "--data", str(digits), "--task", "synthetic-digits-vqa",
+        assert main([command, "--run", str(m3ae_run), "--data", str(digits), "--task", "synthetic-digits-vqa",
                      "--max-steps", "2", "--batch-size", "8", "--out", str(tmp_path / command)]) == 0
         printed = capsys.readouterr().out
         assert "synthetic-digits-vqa" in printed and "open_accuracy" in printed
         row = json.loads((tmp_path / command / "metrics.json").read_text())["results"][-1]
         assert row["settings"]["strategy"] == strategy and row["details"]["steps"] == 2
         assert row["details"]["num_open"] == row["details"]["num_closed"] == 30
+    # only finetune keeps its classifier
+    assert not (tmp_path / "evaluate" / "classifiers").exists()
+
+
+@pytest.mark.parametrize("task", ["synthetic-digits-vqa", "synthetic-digits-caption-classification"])
+def test_finetune_keeps_a_vqa_or_caption_classifier_that_scores_the_same_when_reloaded(digits, m3ae_run, tmp_path,
+                                                                                        task, capsys):
+    import csv
+
+    from mimkit.core.errors import ConfigError as Error
+    from mimkit.core.runs import read_config
+    from mimkit.multimodal.bench import load_classifier
+    from mimkit.multimodal.cli import main
+    from mimkit.multimodal.vqa import load_vision_language_classifier, predict, score_vision_language_classifier
+
+    out = tmp_path / "ft"
+    assert main(["finetune", "--run", str(m3ae_run), "--data", str(digits), "--task", task, "--max-steps", "6",
+                 "--batch-size", "8", "--lr", "2e-3", "--out", str(out)]) == 0
+    trained = json.loads((out / "metrics.json").read_text())["results"][-1]
+    folder = out / "classifiers" / task
+    stored = read_config(folder)
+    info = stored["classifier"]
+    is_vqa = task.endswith("vqa")
+    train, test = get_task(task).load(digits, img_size=32, in_chans=1)
+    assert info["kind"] == ("vqa" if is_vqa else "caption-classification") and info["task"] == task
+    assert info["classes"] == (train.answers if is_vqa else train.classes)  # in the head's order
+    assert stored["method"] == "m3ae" and stored["model"]["text_width"] == 32
+    # predictions.csv: one row per test sample; its predictions are the finetune run's accuracy
+    with open(folder / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(test) == trained["num_test"]
+    right = np.mean([r["predicted"] == r["label"] for r in rows])
+    assert round(100 * right, 2) == trained["value"]
+    if is_vqa:
+        assert {r["answer_type"] for r in rows} == {"open", "closed"} and all(r["question"] for r in rows)
+    # reloaded: the same predictions as the ones written, and evaluate --run FOLDER scores it as it is
+    model, _ = load_vision_language_classifier(folder)
+    again = score_vision_language_classifier(folder, digits)
+    names = info["classes"]
+    assert [names[p] for p in again["predicted"]] == [r["predicted"] for r in rows]
+    assert [names[p] for p in predict(model, test)] == [r["predicted"] for r in rows]
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(folder), "--data", str(digits), "--out", str(tmp_path / "ev")]) == 0
+    scored = json.loads((tmp_path / "ev" / "metrics.json").read_text())["results"][-1]
+    assert scored["value"] == trained["value"] and scored["init"] == "fine-tuned (saved)"
+    with pytest.raises(Error, match="not an image \\+ table one"):
+        load_classifier(folder)
+    # its class probabilities through embed, on an image + text file (the caption file's images and texts)
+    assert main(["embed", "--run", str(folder), "--data", str(digits / "captions_test.csv"), "--kind",
+                 "probabilities", "--out", str(tmp_path / "p.safetensors")]) == 0
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "p.safetensors"), "pt") as f:
+        probabilities = f.get_tensor("embeddings")
+        assert json.loads(f.metadata()["classes"]) == names
+    assert probabilities.shape[1] == len(names) and torch.allclose(probabilities.sum(1), torch.ones(len(probabilities)))
+
+
+def test_embed_writes_image_text_and_fused_vectors_of_an_m3ae_run(digits, m3ae_run, tmp_path, capsys):
+    from safetensors import safe_open
+
+    from mimkit.core.runs import load_run
+    from mimkit.multimodal.cli import main
+    from mimkit.multimodal.data import ImageTextDataset
+
+    data = digits / "captions_test.csv"
+    vectors = {}
+    for kind in ("image", "text", "multimodal"):
+        assert main(["embed", "--run", str(m3ae_run), "--data", str(data), "--kind", kind,
+                     "--out", str(tmp_path / f"{kind}.safetensors")]) == 0
+        with safe_open(str(tmp_path / f"{kind}.safetensors"), "pt") as f:
+            vectors[kind] = f.get_tensor("embeddings")
+    method, config = load_run(m3ae_run)
+    rows = ImageTextDataset(data, img_size=32, in_chans=1, mean=config["data"]["mean"], std=config["data"]["std"])
+    assert [v.shape for v in vectors.values()] == [(len(rows), 32), (len(rows), 32), (len(rows), 64)]
+    # the text vector reads only the text: rows with the same caption get the same vector, others differ
+    texts = rows.texts
+    same = [(i, j) for i in range(len(texts)) for j in range(i) if texts[i] == texts[j]]
+    other = [(i, j) for i in range(len(texts)) for j in range(i) if texts[i] != texts[j]]
+    assert same and other
+    assert all(torch.allclose(vectors["text"][i], vectors["text"][j], atol=1e-5) for i, j in same[:20])
+    assert not any(torch.allclose(vectors["text"][i], vectors["text"][j], atol=1e-5) for i, j in other[:20])
+    # the fused vector is the method's multimodal_features of image and text (normalised with the run's statistics)
+    method.eval()
+    batch = {"image": torch.stack([rows[i]["image"] for i in range(4)]), "text": texts[:4]}
+    with torch.no_grad():
+        assert torch.allclose(vectors["multimodal"][:4], method.multimodal_features(batch["image"], batch["text"]),
+                              atol=1e-5)
+        assert torch.allclose(vectors["image"][:4], method.encoder.forward_features(batch["image"])[:, 0], atol=1e-5)
+    capsys.readouterr()
+    assert main(["embed", "--run", str(m3ae_run), "--data", str(data), "--kind", "table",
+                 "--out", str(tmp_path / "t.safetensors")]) == 2
+    assert "is an image + text run (m3ae): --kind multimodal, image, text" in capsys.readouterr().err
+    assert not (tmp_path / "t.safetensors").exists()
