@@ -208,13 +208,15 @@ class LightlyRunner(nn.Module):
 
 
 class CompiledRunner(MimkitRunner):
-    """mimkit's MAE with each timm block compiled by torch.compile (inductor); the masking, gathers and loss stay
-    eager. The first steps compile (minutes on a small CPU): the warm-up takes them."""
+    """mimkit's MAE with each timm block compiled by torch.compile (inductor) as `--compile` does in training
+    (core.distributed.compile_blocks); the masking, gathers and loss stay eager. The first steps compile (minutes on a
+    small CPU): the warm-up takes them."""
 
     def __init__(self, arch: Architecture):
+        from mimkit.core.distributed import compile_blocks
+
         super().__init__(arch)
-        for block in list(self.model.encoder.blocks) + list(self.model.decoder.blocks):
-            block.compile()
+        compile_blocks(self.model)
 
 
 _RUNNERS = {"mimkit": MimkitRunner, "monai": MonaiRunner, "reference": ReferenceRunner,

@@ -119,3 +119,14 @@ def test_benchmark_table_rows_and_files(tmp_path):
     assert [r["model"] for r in table] == [r["model"] for r in rows]
     assert float(table[0]["params_M"]) == pytest.approx(rows[0]["params_M"])
     assert md_path.read_text().count("| fp32 |") == 3
+
+
+def test_the_compiled_row_compiles_every_block_as_training_does():
+    """The `compiled` row is mimkit's MAE with `compile_blocks` (what `--compile` does): every timm block of encoder
+    and decoder is compiled, not the method's forward, and the weight names stay plain."""
+    compiled = speed._RUNNERS["compiled"](TINY)
+    blocks = list(compiled.model.encoder.blocks) + list(compiled.model.decoder.blocks)
+    assert blocks and all(hasattr(block.forward, "_torchdynamo_orig_callable") for block in blocks)
+    assert not hasattr(compiled.model.forward, "_torchdynamo_orig_callable")
+    plain = speed._RUNNERS["mimkit"](TINY)
+    assert list(compiled.model.state_dict()) == list(plain.model.state_dict())  # plain weight names
