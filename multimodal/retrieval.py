@@ -3,6 +3,12 @@
 pretrained method scores the test split as it is (M3AE's paper fine-tunes on ROCO's retrieval split first; a
 fine-tuning step is not part of this protocol). Registered with mimkit.benchmarks through mimkit.multimodal.bench.
 
+M3AE's scores mean something only once its matching head has learnt (its ITM loss leaves ln 2): on pictures whose
+captions name what they show, a tiny M3AE gets there within a few hundred steps and then ranks the right caption
+first far above chance (tests/multimodal/test_retrieval.py). On the synthetic digits, trained from scratch (the paper
+starts from CLIP's ViT and RoBERTa), a small M3AE had not learnt matching after 500-1,000 steps (recall@1 at chance),
+so zero-shot retrieval there measures nothing yet; warm-starting the image encoder (`pretrained=`) is the paper's way.
+
 Tasks: `image-text-retrieval` reads ROOT/captions_test.csv (columns image, text; reader options test_file,
 layout, image_root), `synthetic-digits-retrieval` what `mimkit-multimodal synthetic --kind digits` writes.
 """
