@@ -30,7 +30,7 @@ from mimkit.benchmarks.tasks import Task, register_task
 from mimkit.core.errors import ConfigError, DataError
 from mimkit.multimodal import published  # noqa: F401  (registers the multimodal papers' published figures)
 
-from .classifiers import HEAD_FILE, TABLE, classifier_kind, is_classifier, save_classifier_folder
+from .classifiers import HEAD_FILE, TABLE, classifier_kind, is_classifier, load_head, save_classifier_folder
 from .data import MISSING_PATTERNS, ImageTableDataset, feature_importance, missing_mask
 from .retrieval import retrieval_tasks
 from .tables import TablePreprocessor
@@ -220,8 +220,6 @@ def save_classifier(model: TableImageClassifier, folder: str | Path, train_set: 
 
 def load_classifier(folder: str | Path) -> tuple[TableImageClassifier, dict]:
     """(the TableImageClassifier, the folder's config.yaml) of a classifier saved by `save_classifier`."""
-    from safetensors.torch import load_file
-
     from mimkit.core.runs import load_run
 
     if not is_classifier(folder):
@@ -236,7 +234,7 @@ def load_classifier(folder: str | Path) -> tuple[TableImageClassifier, dict]:
         raise ConfigError(f"{folder}/config.yaml: the classifier section needs classes and inputs (one of "
                           f"{', '.join(INPUTS)}); found {sorted(info)}")
     model = TableImageClassifier(method, len(info["classes"]), info["inputs"])
-    model.head.load_state_dict(load_file(str(Path(folder) / HEAD_FILE)))
+    load_head(model.head, folder)
     return model.eval(), config
 
 

@@ -11,7 +11,7 @@ from typing import Iterable, Sequence
 
 from torch import nn
 
-from mimkit.core.errors import ConfigError
+from mimkit.core.errors import CheckpointError, ConfigError
 
 HEAD_FILE, PREDICTIONS_FILE = "head.safetensors", "predictions.csv"
 # classifier.kind in config.yaml: which module's loader rebuilds the model
@@ -48,6 +48,20 @@ def save_classifier_folder(backbone: nn.Module, head: nn.Module, folder: str | P
     return folder
 
 
+def load_head(head: nn.Module, folder: str | Path) -> nn.Module:
+    """The folder's head.safetensors into `head`; a file that is not one, or whose tensors do not fit the head the
+    config describes, is a CheckpointError naming it."""
+    from safetensors.torch import load_file
+
+    path = Path(folder) / HEAD_FILE
+    try:
+        head.load_state_dict(load_file(str(path)))
+    except Exception as error:  # safetensors' header errors, torch's size / key mismatches
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{path}: not the head config.yaml describes ({first})") from None
+    return head
+
+
 def is_classifier(folder: str | Path) -> bool:
     """Whether a folder holds a classifier saved by `save_classifier_folder`."""
     return (Path(folder) / HEAD_FILE).is_file()
@@ -61,5 +75,5 @@ def classifier_kind(folder: str | Path) -> str:
     return (read_config(folder).get("classifier") or {}).get("kind", TABLE)
 
 
-__all__ = ["HEAD_FILE", "PREDICTIONS_FILE", "TABLE", "VQA", "CAPTION", "save_classifier_folder", "is_classifier",
-           "classifier_kind"]
+__all__ = ["HEAD_FILE", "PREDICTIONS_FILE", "TABLE", "VQA", "CAPTION", "save_classifier_folder", "load_head",
+           "is_classifier", "classifier_kind"]

@@ -33,7 +33,7 @@ from torch import nn
 from mimkit.benchmarks.tasks import Task
 from mimkit.core.errors import ConfigError, DataError
 
-from .classifiers import CAPTION, HEAD_FILE, VQA, classifier_kind, is_classifier, save_classifier_folder
+from .classifiers import CAPTION, HEAD_FILE, VQA, classifier_kind, is_classifier, load_head, save_classifier_folder
 from .data import ImageTextDataset, VQADataset, _records
 
 LOSSES = ("bce", "ce")
@@ -268,8 +268,6 @@ def save_vision_language_classifier(model: VisionLanguageClassifier, folder: str
 def load_vision_language_classifier(folder: str | Path) -> tuple[VisionLanguageClassifier, dict]:
     """(the VisionLanguageClassifier, the folder's config.yaml) of a classifier `save_vision_language_classifier`
     wrote."""
-    from safetensors.torch import load_file
-
     from mimkit.core.runs import load_run
 
     if not is_classifier(folder) or classifier_kind(folder) not in (VQA, CAPTION):
@@ -281,7 +279,7 @@ def load_vision_language_classifier(folder: str | Path) -> tuple[VisionLanguageC
     if not classes:
         raise ConfigError(f"{folder}/config.yaml: the classifier section lists no classes")
     model = VisionLanguageClassifier(method, len(classes))
-    model.head.load_state_dict(load_file(str(Path(folder) / HEAD_FILE)))
+    load_head(model.head, folder)
     return model.eval(), config
 
 

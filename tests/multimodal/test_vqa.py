@@ -185,6 +185,21 @@ def test_finetune_keeps_a_vqa_or_caption_classifier_that_scores_the_same_when_re
     assert scored["value"] == trained["value"] and scored["init"] == "fine-tuned (saved)"
     with pytest.raises(Error, match="not an image \\+ table one"):
         load_classifier(folder)
+    # a head file that is not this classifier's: named, not a torch traceback
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from mimkit.core.errors import CheckpointError
+
+    hostile = tmp_path / "hostile"
+    shutil.copytree(folder, hostile)
+    save_file({"0.weight": torch.zeros(3, 3)}, str(hostile / "head.safetensors"))
+    with pytest.raises(CheckpointError, match="hostile/head.safetensors: not the head config.yaml describes"):
+        load_vision_language_classifier(hostile)
+    (hostile / "head.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="head.safetensors"):
+        load_vision_language_classifier(hostile)
     # its class probabilities through embed, on an image + text file (the caption file's images and texts)
     assert main(["embed", "--run", str(folder), "--data", str(digits / "captions_test.csv"), "--kind",
                  "probabilities", "--out", str(tmp_path / "p.safetensors")]) == 0
