@@ -8,11 +8,15 @@ Every method gets the demo's encoder (ViT 128 wide, 6 deep, patch 4 on 32 px dig
 batch, learning rate and seed. Teacher-based methods (MaskAlign, MR-MAE, MaskEmbed) learn from the MAE
 encoder trained first in the same run, loaded from its local file as a real run would. Fine-tuning
 (the demo's protocol: 10 labels per class, 100 epochs, MAE's recipe) is repeated for `--finetune-seeds`
-label draws and seeds and reported as mean +- std. Writes methods.md, methods.csv and methods.json.
+label draws and seeds and reported as mean +- std. Writes methods.md, methods.csv and methods.json, and each
+method's row to OUT/<method>/row.json: an invocation with the same settings keeps a row already measured (an
+interrupted table continues; a table split over processes shares one OUT), with the throughput of the
+invocation that measured it.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -31,6 +35,7 @@ from .report import write_table
 
 ENCODER = {k: DEMO_MODEL[k] for k in ("img_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads")}
 DECODER = dict(decoder_embed_dim=64, decoder_depth=2, decoder_num_heads=4)
+ROW_FILE = "row.json"  # OUT/<method>/row.json: the method's measured row, with the settings it was measured at
 
 
 def method_configs(teacher_file: Path, autoencoder_file: Path | None = None) -> dict[str, dict]:
@@ -89,7 +94,14 @@ def main(argv=None) -> int:
                           in_chans=1, channels=[32, 64], max_steps=args.steps, batch_size=args.batch_size, lr=1e-3,
                           num_workers=args.num_workers, progress=False)
     rows = []
+    settings = {k: getattr(args, k) for k in ("steps", "batch_size", "lr", "finetune_seeds", "finetune_epochs")}
     for name in ["random_init"] + names:
+        kept = _kept_row(out / name / ROW_FILE, settings)
+        if kept is not None:  # measured by an earlier invocation with the same settings (interrupted, or split)
+            print(f"methods_table: {name} measured before, kept from {out / name / ROW_FILE}", file=sys.stderr)
+            rows.append(kept)
+            _write(rows, args, out)
+            continue
         if name == "random_init":
             # the demo encoder untrained: what every pretraining must beat (seeded like the methods)
             from .runner import random_init
@@ -127,8 +139,22 @@ def main(argv=None) -> int:
             row["finetune_10_per_class"] = round(float(np.mean(scores)), 2)
             row["finetune_std"] = round(float(np.std(scores)), 2)
         rows.append(row)
+        (out / name).mkdir(parents=True, exist_ok=True)
+        (out / name / ROW_FILE).write_text(json.dumps({"settings": settings, "row": row}) + "\n")
         _write(rows, args, out)  # after each method, so an interrupted run keeps the rows it measured
     return 0
+
+
+def _kept_row(path: Path, settings: dict) -> dict | None:
+    """A method's row an earlier invocation wrote with the same settings, else None (a row of other settings is
+    measured again, never mixed in)."""
+    if not path.is_file():
+        return None
+    try:
+        stored = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None  # a half-written file: measure again
+    return stored.get("row") if stored.get("settings") == settings else None
 
 
 def _write(rows: list[dict], args, out: Path) -> None:
