@@ -225,8 +225,9 @@ def load_classifier(folder: str | Path) -> tuple[TableImageClassifier, dict]:
     if not is_classifier(folder):
         raise ConfigError(f"{folder} holds no saved classifier ({HEAD_FILE}): give a folder that "
                           f"`mimkit-multimodal finetune` wrote under OUT/classifiers/")
-    if classifier_kind(folder) != TABLE:
-        raise ConfigError(f"{folder} holds a {classifier_kind(folder)} classifier, not an image + table one "
+    kind = classifier_kind(folder)
+    if kind != TABLE:
+        raise ConfigError(f"{folder} holds a {kind} classifier, not an image + table one "
                           f"(mimkit.multimodal.vqa.load_vision_language_classifier reads it)")
     method, config = load_run(folder)
     info = config.get("classifier") or {}
