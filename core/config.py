@@ -497,7 +497,9 @@ def quiet_lightning() -> None:
     # (core.train.MIMDataModule): both warnings are about other set-ups
     warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
     warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
-
+    # MIMModule lays batches out channels-last in on_after_batch_transfer; MIMDataModule defines no such hook,
+    # so the module's is the one meant, and the warning that the data module's is passed over is about nothing
+    warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer` in `LightningModule`.*")
 
 
 # ------------------------------------------------------------------------------------------------ method settings

@@ -150,3 +150,19 @@ def test_ddp_two_cpu_processes_gloo_keep_replicas_in_sync(image_folder, tmp_path
     assert not torch.equal(rank0["encoder.blocks.0.attn.qkv.weight"], init["encoder.blocks.0.attn.qkv.weight"])
     assert (tmp_path / "run" / "model.safetensors").exists()
     assert torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
+
+
+def test_a_quiet_pretraining_run_prints_no_lightning_warning_about_other_set_ups(image_folder, tmp_path):
+    """`mimkit pretrain` should show a new user its progress, not Lightning's notes on set-ups it does not use (its
+    module's batch hook passing over a data-module hook that does not exist, few loader workers, ...)."""
+    import warnings
+
+    from mimkit.core.config import quiet_lightning
+
+    data = ImageFolderDataset(image_folder, img_size=32, patch_size=8, in_chans=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_lightning()
+        pretrain("mae", data, tmp_path / "run", config(max_steps=2, checkpoint_every=2), method_config=TINY)
+    lightning = [str(w.message) for w in caught if "lightning" in w.filename]
+    assert lightning == []
