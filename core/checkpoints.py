@@ -495,6 +495,7 @@ def timm_kwargs(encoder: nn.Module) -> dict:
                 in_chans=encoder.in_chans, embed_dim=encoder.embed_dim, depth=len(encoder.blocks),
                 num_heads=encoder.num_heads, mlp_ratio=block.mlp.fc1.out_features / encoder.embed_dim,
                 qkv_bias=block.attn.qkv.bias is not None, class_token=has_cls,
+                init_values=getattr(encoder, "layer_scale", None),  # timm makes ls1 / ls2.gamma when set
                 global_pool="token" if has_cls else "avg", fc_norm=False)  # mimkit norms before pooling
 
 

@@ -68,6 +68,9 @@ class EncoderConfig:
     spatial_dims: int = 2
     pos_embed: str = "sincos"  # "sincos" (fixed) or "learned"
     class_token: bool = True
+    # each block's residual branches scaled by a learned per-channel factor starting here (CaiT's layer scale, as
+    # timm's `init_values`; BEiT and CAE train with 0.1); None: no layer scale, as MAE's ViT
+    layer_scale: float | None = None
 
     def __post_init__(self):
         # lists (from JSON / YAML) become tuples, so that configs compare and hash alike
@@ -176,10 +179,14 @@ class ViTEncoder(nn.Module):
                  in_chans: int = 3, embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_path_rate: float = 0.0,
                  spatial_dims: int = 2, pos_embed: str = "sincos", class_token: bool = True,
-                 patch_embed: nn.Module | None = None):
+                 layer_scale: float | None = None, patch_embed: nn.Module | None = None):
         super().__init__()
         if embed_dim % num_heads:
             raise ConfigError(f"embed_dim {embed_dim} must be divisible by num_heads {num_heads}")
+        if layer_scale is not None and not layer_scale > 0:
+            raise ConfigError(f"encoder.layer_scale is the layer scale's initial value, > 0 (or null for none); "
+                              f"got {layer_scale}")
+        self.layer_scale = layer_scale
         self.spatial_dims = spatial_dims
         self.img_size = as_tuple(img_size, spatial_dims, "img_size")
         self.patch_size = as_tuple(patch_size, spatial_dims, "patch_size")
@@ -198,7 +205,8 @@ class ViTEncoder(nn.Module):
             requires_grad=not self.fixed_pos)
         dpr = torch.linspace(0, drop_path_rate, depth).tolist()
         self.blocks = nn.ModuleList([
-            Block(embed_dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, drop_path=dpr[i], norm_layer=LayerNorm)
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, drop_path=dpr[i], norm_layer=LayerNorm,
+                  init_values=layer_scale)
             for i in range(depth)])
         self.norm = LayerNorm(embed_dim)
         self.apply(init_weights)

@@ -121,7 +121,9 @@ def checkpoint_encoder(path: str | Path, in_chans: int, img_size, adapt: str | N
         raise CheckpointError(f"checkpoint {path}: no 2D patch embedding (patch_embed.proj.weight) to build a ViT from")
     embed_dim, depth = weight.shape[0], len({k.split(".")[1] for k in state if k.startswith("blocks.")})
     encoder = ViTEncoder(img_size=img_size, patch_size=tuple(weight.shape[2:]), in_chans=in_chans, embed_dim=embed_dim,
-                         depth=depth, num_heads=num_heads or max(1, embed_dim // 64))  # 64-dim heads: timm's sizes
+                         depth=depth, num_heads=num_heads or max(1, embed_dim // 64),  # 64-dim heads: timm's sizes
+                         # layer-scale weights (BEiT, CAE, DINOv2): the blocks need their gammas, loaded below
+                         layer_scale=1.0 if "blocks.0.ls1.gamma" in state else None)
     adapter = adapt
     if adapt == "select":
         source = resolve_sensor(checkpoint_sensor)

@@ -10,7 +10,8 @@ The paper's first version reconstructed DALL-E tokens; here the decoder regresse
 the issue asks: loss = reconstruction + 2 x alignment (the official `--align_loss_weight 2`).
 The regressor block is the official `RegressorBlock` (the cross-attention result is layer-normalised on the
 residual stream itself before the MLP); regressor and decoder use drop path rising linearly to
-`decoder_drop_path_rate` (official: --drop_path 0.1 for both). Official keys have no bias; ours do (a small departure).
+`decoder_drop_path_rate` (official: --drop_path 0.1 for both). The encoder's blocks have layer scale 0.1 as the
+official BEiT-style encoder (`encoder.layer_scale`). Official keys have no bias; ours do (a small departure).
 """
 from __future__ import annotations
 
@@ -85,7 +86,8 @@ class CAE(MIMMethod):
     """Context autoencoder: regress masked latents from visible ones, align them, decode pixels from them."""
 
     def __init__(self,
-                 encoder: EncoderConfig = EncoderConfig(drop_path_rate=0.1),  # paper: ViT-B/16; --drop_path 0.1
+                 # paper: ViT-B/16; --drop_path 0.1; --layer_scale_init_value 0.1 (the encoder's blocks)
+                 encoder: EncoderConfig = EncoderConfig(drop_path_rate=0.1, layer_scale=0.1),
                  decoder_embed_dim: int = 768, regressor_depth: int = 4, decoder_depth: int = 4,  # paper: 4 and 4
                  decoder_num_heads: int = 12,
                  mask_ratio: float | RatioSchedule = 0.5,  # paper: 98 of 196 patches, BEiT block masking

@@ -29,7 +29,8 @@ class SimMIM(MIMMethod):
     supported_dims = (2, 3)
 
     def __init__(self,
-                 encoder: EncoderConfig = EncoderConfig(drop_path_rate=0.1),  # ViT-B/16; config: DROP_PATH_RATE 0.1
+                 # ViT-B/16; config: DROP_PATH_RATE 0.1, MODEL.VIT.INIT_VALUES 0.1 (layer scale in every block)
+                 encoder: EncoderConfig = EncoderConfig(drop_path_rate=0.1, layer_scale=0.1),
                  mask_ratio: float | RatioSchedule = 0.6,  # SimMIM: 0.6
                  mask_patch_size: int = 32):  # SimMIM: masks 32x32-pixel patches
         super().__init__()

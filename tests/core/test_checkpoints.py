@@ -176,6 +176,44 @@ def test_timm_kwargs_build_a_matching_model(tmp_path):
     model.load_state_dict(read_state_dict(export_timm(encoder, tmp_path / "e.safetensors"))[0], strict=True)
 
 
+def test_a_layer_scale_encoder_matches_timm_rebuilds_from_its_config_and_a_plain_one_refuses_it(tmp_path):
+    """BEiT / CAE / SimMIM blocks scale each residual branch by a learned vector (timm's `init_values`)."""
+    from mimkit.core.finetune import encoder_config
+
+    torch.manual_seed(0)
+    encoder = ViTEncoder(img_size=32, patch_size=8, in_chans=1, embed_dim=32, depth=2, num_heads=2,
+                         layer_scale=0.1).eval()
+    gammas = [block.ls1.gamma for block in encoder.blocks] + [block.ls2.gamma for block in encoder.blocks]
+    assert all(torch.equal(g, torch.full((32,), 0.1)) for g in gammas)  # starts at the given value, then learns
+    with torch.no_grad():
+        for gamma in gammas:
+            gamma.uniform_(0.01, 2.0)  # as after training: the export must carry every entry
+    path = export_timm(encoder, tmp_path / "ls.safetensors")
+    model = timm.create_model("vit_base_patch16_224", **{**TIMM_ARGS, "class_token": True},
+                              init_values=timm_kwargs(encoder)["init_values"]).eval()
+    model.load_state_dict(read_state_dict(path)[0], strict=True)
+    with torch.no_grad():
+        assert torch.allclose(model.forward_features(images()), features(encoder), atol=1e-5)
+    rebuilt = ViTEncoder(**encoder_config(encoder)).eval()  # what a saved fine-tuned model is rebuilt from
+    rebuilt.load_state_dict(encoder.state_dict(), strict=True)
+    assert torch.equal(features(rebuilt), features(encoder))
+    plain = ViTEncoder(img_size=32, patch_size=8, in_chans=1, embed_dim=32, depth=2, num_heads=2)
+    with pytest.raises(CheckpointError, match="ls1.gamma"):
+        load_encoder(plain, path)
+    with pytest.raises(Exception, match="layer_scale"):
+        ViTEncoder(img_size=32, patch_size=8, in_chans=1, embed_dim=32, depth=2, num_heads=2, layer_scale=0.0)
+
+
+@pytest.mark.parametrize("name,official", [("cae", 0.1), ("simmim", 0.1), ("mae", None)])
+def test_layer_scale_defaults_are_the_official_encoders(name, official):
+    """CAE (--layer_scale_init_value 0.1) and SimMIM (MODEL.VIT.INIT_VALUES 0.1) train BEiT-style blocks; MAE not."""
+    config = {k: v for k, v in CONFIG.items() if not k.startswith("decoder") or name != "simmim"}
+    encoder = build_method(name, **config).encoder
+    assert encoder.layer_scale == official
+    assert all((block.ls1.gamma[0].item() == pytest.approx(official)) if official else not hasattr(block.ls1, "gamma")
+               for block in encoder.blocks)
+
+
 class NotATensor:
     pass
 
