@@ -83,3 +83,22 @@ def test_bad_adaptation_requests_are_errors():
         adapt_patch_embed(weight, 13, "nearest")
     with pytest.raises(ConfigError, match="adapt_in_chans"):
         load_encoder(ViTEncoder(in_chans=13, **TINY), "unused.pth", adapt_in_chans="select")
+
+
+def test_a_layer_scale_checkpoint_builds_an_encoder_with_its_gammas(tmp_path):
+    """DINOv2- / BEiT-style timm weights have layer scale (blocks.N.ls1.gamma): the encoder built from the file's
+    shapes has it too and computes what the timm model computes."""
+    from mimkit.remote_sensing.cli import checkpoint_encoder
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, in_chans=3, init_values=0.5,
+                              **TINY).eval()
+    with torch.no_grad():
+        for block in model.blocks:
+            block.ls1.gamma.uniform_(0.1, 1.0)
+    path = tmp_path / "ls.pth"
+    torch.save(model.state_dict(), path)
+    encoder = checkpoint_encoder(path, 3, 32, None, [], "rgb", num_heads=2).eval()
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(encoder.forward_features(images), model.forward_features(images), atol=1e-5)
