@@ -2,10 +2,12 @@
 of its method, GeoTiffData or TrainConfig; --print_config shows every written value), and they carry the papers'
 defining settings."""
 import dataclasses
+import inspect
 from importlib import resources
 
 import pytest
 import yaml
+from lightning.pytorch import Trainer
 
 from mimkit.core.registry import method_arguments
 from mimkit.core.train import TrainConfig
@@ -26,12 +28,14 @@ def recipe(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_recipe_keys_are_arguments_of_what_they_configure(name):
     r = recipe(name)
-    assert r["method"] == name and set(r) == {"method", "model", "train", "data"}
+    assert r["method"] == name and {"method", "model", "train", "data"} <= set(r) <= {"method", "model", "train",
+                                                                                          "data", "trainer"}
     arguments = method_arguments(name)
     assert {f"encoder.{k}" for k in r["model"]["encoder"]} <= set(arguments)
     assert set(r["model"]) - {"encoder"} <= set(arguments)
     assert set(r["data"]) <= {f.name for f in dataclasses.fields(GeoTiffData)}  # the image size is the model's only
     assert set(r["train"]) <= {f.name for f in dataclasses.fields(TrainConfig)}
+    assert set(r.get("trainer", {})) <= set(inspect.signature(Trainer.__init__).parameters)  # Lightning's own
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -42,8 +46,8 @@ def test_every_recipe_is_a_complete_typed_config(name, tmp_path, capsys):
                  "--print_config"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["method"] == name and printed["data"]["root"] == str(tmp_path / "tiles")
-    for section in ("model", "train", "data"):
-        for key, value in written[section].items():
+    for section in ("model", "train", "data", "trainer"):
+        for key, value in written.get(section, {}).items():
             if isinstance(value, dict):
                 assert {k: printed[section][key][k] for k in value} == value, (section, key)
             else:
