@@ -27,7 +27,9 @@ and tests use.
 The data are written once under OUT/data/<eurosat|oct|xray>. An arm is trained once per set and seed and cached
 under OUT/<set>/arms (scores under OUT/<set>/scores); the
 tables OUT/claims.{md,csv,json} and OUT/arms.{md,csv,json} hold the sets of one invocation and are rewritten after
-every seed (run the sets together, or give each invocation its own OUT).
+every seed (run the sets together, or give each invocation its own OUT). Seeds run in parallel processes or on other
+machines (`--seeds 2 --out OTHER`) come together by copying OTHER/<set>/scores into OUT/<set>/scores and running
+again with `--cached-only`, which trains nothing and tabulates the seeds whose scores are there.
 """
 from __future__ import annotations
 
@@ -305,6 +307,10 @@ class DomainBench(Bench):
         return {"knn": (knn, {"k": 20}), "linear": (linear, {"epochs": self.linear_epochs}),
                 "finetune": (get_task("oct2017-finetune"), finetune)}
 
+    def stored(self, arm: Arm, seed: int) -> bool:
+        """Whether the arm's scores for `seed` are at hand (measured by this process or stored under OUT/scores)."""
+        return (arm.name, seed) in self.scores or (self.out / "scores" / f"{arm.name}_seed{seed}.json").is_file()
+
     def score(self, arm: Arm, seed: int) -> dict:
         """kNN, linear-probe and 10-labels-per-class fine-tuning accuracy (percent) of the arm for `seed`."""
         from mimkit.benchmarks.runner import run_task
@@ -369,6 +375,9 @@ def main(argv=None) -> int:
                         help="images per class to write (eurosat: 100, 60 of them training; oct: 150, 100 training; "
                              "xray: 4 x this many radiographs, default 600, 400 training)")
     parser.add_argument("--num-workers", type=int, default=1)
+    parser.add_argument("--cached-only", action="store_true",
+                        help="train and score nothing: write the tables from the scores stored under OUT (seeds run "
+                             "by other processes or machines, their OUT/<set>/scores copied in)")
     args = parser.parse_args(argv)
     quiet_lightning()
 
@@ -388,7 +397,8 @@ def main(argv=None) -> int:
     for seed in args.seeds:
         for entry in claims:
             for arm in (entry.claim.baseline, entry.claim.arm):
-                benches[entry.set].score(arm, seed)
+                if not args.cached_only or benches[entry.set].stored(arm, seed):
+                    benches[entry.set].score(arm, seed)
         done = args.seeds[:args.seeds.index(seed) + 1]
         arms = sorted((row for bench in benches.values() for row in bench.scores.values()),
                       key=lambda row: (row["set"], row["arm"], row["seed"]))

@@ -130,3 +130,30 @@ def test_claim_rows_carry_paper_statement_set_budget_and_verdict(benches):
     assert claim_rows([entry], {}, [0], "b") == []
     fake.scores = {}
     assert claim_rows([entry], {"eurosat": fake}, [0], "b") == []
+
+
+def test_cached_only_tabulates_the_stored_seeds_and_trains_nothing(tmp_path):
+    """Seeds measured by other processes or machines come together: their score files copied into OUT, one
+    `--cached-only` invocation writes the claims over the seeds each arm has, and no arm is trained."""
+    import json
+
+    from mimkit.benchmarks.domain_claims import main
+
+    out = tmp_path / "claims"
+    scores = out / "oct" / "scores"
+    scores.mkdir(parents=True)
+    stored = {("mae", 0): 60.0, ("mae", 1): 62.0, ("random_init", 0): 50.0, ("random_init", 1): 51.0,
+              ("uni4eye", 0): 70.0}
+    for (arm, seed), value in stored.items():
+        (scores / f"{arm}_seed{seed}.json").write_text(json.dumps(
+            {"set": "oct", "arm": arm, "seed": seed, "steps": 600 if arm != "random_init" else 0,
+             "train_seconds": 10.0, "knn": value, "linear": value, "finetune": value}))
+    assert main(["--out", str(out), "--sets", "oct", "--claims", "mae_vs_random_init_oct", "uni4eye_vs_mae",
+                 "--seeds", "0", "1", "--per-class", "6", "--cached-only"]) == 0
+    rows = {row["claim"]: row for row in json.loads((out / "claims.json").read_text())["rows"]}
+    assert rows["mae_vs_random_init_oct"]["seeds"] == 2 and rows["mae_vs_random_init_oct"]["difference"] == 10.5
+    assert rows["mae_vs_random_init_oct"]["arm"] == "mae: 61.00 +- 1.00"
+    assert rows["uni4eye_vs_mae"]["seeds"] == 1  # seed 1 of uni4eye was not stored: not trained either
+    assert not (out / "oct" / "arms").exists()
+    arms = json.loads((out / "arms.json").read_text())["rows"]
+    assert sorted((r["arm"], r["seed"]) for r in arms) == sorted(stored)
