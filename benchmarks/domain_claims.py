@@ -307,16 +307,20 @@ class DomainBench(Bench):
         return {"knn": (knn, {"k": 20}), "linear": (linear, {"epochs": self.linear_epochs}),
                 "finetune": (get_task("oct2017-finetune"), finetune)}
 
+    def score_file(self, arm: Arm, seed: int) -> Path:
+        """Where the arm's scores for `seed` are kept (OUT/<set>/scores)."""
+        return self.out / "scores" / f"{arm.name}_seed{seed}.json"
+
     def stored(self, arm: Arm, seed: int) -> bool:
         """Whether the arm's scores for `seed` are at hand (measured by this process or stored under OUT/scores)."""
-        return (arm.name, seed) in self.scores or (self.out / "scores" / f"{arm.name}_seed{seed}.json").is_file()
+        return (arm.name, seed) in self.scores or self.score_file(arm, seed).is_file()
 
     def score(self, arm: Arm, seed: int) -> dict:
         """kNN, linear-probe and 10-labels-per-class fine-tuning accuracy (percent) of the arm for `seed`."""
         from mimkit.benchmarks.runner import run_task
 
         key = (arm.name, seed)
-        stored = self.out / "scores" / f"{arm.name}_seed{seed}.json"
+        stored = self.score_file(arm, seed)
         if key not in self.scores and stored.is_file():
             self.scores[key] = json.loads(stored.read_text())
         if key not in self.scores:

@@ -790,7 +790,7 @@ def encoder_config(encoder: nn.Module) -> dict | None:
             "embed_dim": encoder.embed_dim, "depth": len(encoder.blocks), "num_heads": encoder.num_heads,
             "mlp_ratio": block.mlp.fc1.out_features / encoder.embed_dim, "qkv_bias": block.attn.qkv.bias is not None,
             "spatial_dims": encoder.spatial_dims, "pos_embed": "sincos" if encoder.fixed_pos else "learned",
-            "class_token": encoder.cls_token is not None, "layer_scale": getattr(encoder, "layer_scale", None)}
+            "class_token": encoder.cls_token is not None, "layer_scale": encoder.layer_scale}
 
 
 def save_finetuned(model: FineTuneModel, path: str | Path, num_outputs: int, extra: dict | None = None) -> Path:

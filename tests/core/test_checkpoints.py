@@ -10,7 +10,7 @@ from mimkit.core import build_method
 from mimkit.core.checkpoints import (export_timm, load_encoder, load_method, load_method_weights,
                                      read_state_dict, save_method, timm_kwargs)
 from mimkit.core.encoders import ViTEncoder
-from mimkit.core.errors import CheckpointError
+from mimkit.core.errors import CheckpointError, ConfigError
 
 CONFIG = dict(img_size=32, patch_size=8, in_chans=1, embed_dim=32, depth=2, num_heads=2,
               decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
@@ -200,7 +200,7 @@ def test_a_layer_scale_encoder_matches_timm_rebuilds_from_its_config_and_a_plain
     plain = ViTEncoder(img_size=32, patch_size=8, in_chans=1, embed_dim=32, depth=2, num_heads=2)
     with pytest.raises(CheckpointError, match="ls1.gamma"):
         load_encoder(plain, path)
-    with pytest.raises(Exception, match="layer_scale"):
+    with pytest.raises(ConfigError, match="layer_scale"):
         ViTEncoder(img_size=32, patch_size=8, in_chans=1, embed_dim=32, depth=2, num_heads=2, layer_scale=0.0)
 
 
@@ -298,7 +298,7 @@ def test_strict_false_reports_missing(tmp_path):
 
 def test_a_text_file_is_named_as_not_a_checkpoint(tmp_path):
     from mimkit.core.checkpoints import read_state_dict
-    from mimkit.core.errors import CheckpointError
+    from mimkit.core.errors import CheckpointError, ConfigError
 
     for name, text in (("word.pth", "garbage\n"), ("notes.pth", "these are notes, not weights\n")):
         path = tmp_path / name
