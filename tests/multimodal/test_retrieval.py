@@ -102,7 +102,7 @@ def test_m3ae_matching_head_learns_to_retrieve_captions_that_name_what_pictures_
     method.train()
     optimizer = torch.optim.AdamW(method.parameters(), lr=3e-3)
     matching = []
-    for _ in range(250):
+    for _ in range(450):  # ITM leaves ln 2 between steps 240 and 300 depending on the installed libraries
         batch = torch.randint(0, len(PATTERNS), (32,), generator=generator)
         out = method({"image": _pictures(batch, generator), "text": [f"a {PATTERNS[k]} picture" for k in batch]})
         optimizer.zero_grad()
