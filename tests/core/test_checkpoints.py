@@ -298,7 +298,7 @@ def test_strict_false_reports_missing(tmp_path):
 
 def test_a_text_file_is_named_as_not_a_checkpoint(tmp_path):
     from mimkit.core.checkpoints import read_state_dict
-    from mimkit.core.errors import CheckpointError, ConfigError
+    from mimkit.core.errors import CheckpointError
 
     for name, text in (("word.pth", "garbage\n"), ("notes.pth", "these are notes, not weights\n")):
         path = tmp_path / name
