@@ -100,9 +100,11 @@ def test_m3ae_matching_head_learns_to_retrieve_captions_that_name_what_pictures_
     method.eval()
     before = recall_at_k(method.retrieval_scores(test_images, texts), texts, ks=(1,))["recall@1"]
     method.train()
-    optimizer = torch.optim.AdamW(method.parameters(), lr=3e-3)
+    # lr 1e-3: over seeds 0-7 ITM left ln 2 between steps 220 and 400 (at 3e-3 two of seeds 0-3 stayed on it for
+    # 600 steps, at 5e-4 it left later), so the test does not hang on one seed's or one install's plateau
+    optimizer = torch.optim.AdamW(method.parameters(), lr=1e-3)
     matching = []
-    for _ in range(450):  # ITM leaves ln 2 between steps 240 and 300 depending on the installed libraries
+    for _ in range(450):
         batch = torch.randint(0, len(PATTERNS), (32,), generator=generator)
         out = method({"image": _pictures(batch, generator), "text": [f"a {PATTERNS[k]} picture" for k in batch]})
         optimizer.zero_grad()
