@@ -45,7 +45,10 @@ def method_configs(teacher_file: Path, autoencoder_file: Path | None = None) -> 
     return {
         "mae": {**DECODER, "mask_ratio": 0.75},
         "simmim": {"mask_patch_size": 8},                      # 2 x 2 tokens per mask unit (paper: 32 px / 4 px)
-        "cae": {**DECODER, "regressor_depth": 2},
+        # regressor at the encoder's width, as the paper (768 / 768): a narrower one puts the trainable projection
+        # (Linear + LayerNorm) on both sides of the alignment, and at 64 CAE nearly collapsed here (fine-tune 51.4
+        # vs 87.5 at 128; methods_table_600x128.md)
+        "cae": {**DECODER, "decoder_embed_dim": ENCODER["embed_dim"], "regressor_depth": 2},
         "dmjd": {**DECODER, "hog_cell_size": 4, "num_views": 2},
         "cropmae": DECODER,
         "mixedae": DECODER,
