@@ -38,6 +38,8 @@ class Arm:
     config: tuple = ()                 # method settings beyond the encoder, as (key, value) pairs
     data: str = "digits"               # "digits" (1,257 unlabelled digit scans) or "single_image" (skimage camera)
     equal_time: bool = False           # scale the steps to MAE's training time
+    encoder: tuple = ()                # encoder settings beyond the set's, as (key, value) pairs (a recipe's)
+    trainer: tuple = ()                # Lightning Trainer options, as (key, value) pairs (gradient clipping, ...)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,7 +140,7 @@ class Bench:
 
     # ------------------------------------------------------------------ arms
     def model(self, arm: Arm, seed: int, steps: int) -> dict:
-        model = {**_encoder(), **dict(arm.config)}
+        model = {**_encoder(), **dict(arm.encoder), **dict(arm.config)}
         if model.get("teacher_weights") == TEACHER:
             self.encoder(MAE, seed)
             model["teacher_weights"] = str(self.out / "arms" / f"{MAE.name}_seed{seed}" / "model.safetensors")
@@ -180,7 +182,8 @@ class Bench:
                     shutil.rmtree(folder, ignore_errors=True)
                     model = self.model(subject, 0, steps)
                     summary = pretrain(subject.method, self.dataset(subject, model), folder,
-                                       self.train_config(steps, 0), method_config=model)
+                                       self.train_config(steps, 0), method_config=model,
+                                       trainer=dict(subject.trainer) or None)
                     rate[subject.name] = summary["images_per_second"]
                     shutil.rmtree(folder, ignore_errors=True)
                 ratios.append(rate[arm.name] / rate[MAE.name])
@@ -207,7 +210,7 @@ class Bench:
             model = self.model(arm, seed, steps)
             print(f"claims: pretraining {arm.name} seed {seed} for {steps} steps", file=sys.stderr)
             pretrain(arm.method, self.dataset(arm, model), run, self.train_config(steps, seed), method_config=model,
-                     resume=(run / "checkpoints" / "last.ckpt").exists())
+                     resume=(run / "checkpoints" / "last.ckpt").exists(), trainer=dict(arm.trainer) or None)
         return load_run(run)[0].encoder, read_metrics(run).get("train", {})
 
     def score(self, arm: Arm, seed: int) -> dict:

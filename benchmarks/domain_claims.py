@@ -77,6 +77,9 @@ class DomainClaim:
 SELECTIVE_MAE = Arm("selective_mae", "selective_mae", SMALL_DECODER)
 SELECTIVE_MAE_EQUAL_TIME = dataclasses.replace(SELECTIVE_MAE, name="selective_mae_equal_time", equal_time=True)
 CHA_MAE = Arm("cha_mae", "cha_mae", (("decoder_num_heads", 4),))  # decoder at the encoder's width, 2 blocks
+# with what its recipe (remote_sensing/recipes/cha_mae.yaml, the official So2Sat command) adds to the defaults
+CHA_MAE_RECIPE = Arm("cha_mae_recipe", "cha_mae", CHA_MAE.config, encoder=(("layer_scale", 1.0),),  # init_values=1
+                     trainer=(("gradient_clip_val", 1.0),))  # max_grad_norm=1
 SMARTIES = Arm("smarties", "smarties", SMALL_DECODER)
 UNI4EYE = Arm("uni4eye", "uni4eye", SMALL_DECODER)
 # Thorax MAE's defaults: mask 0.9, raw-pixel target (decoder scaled like MAE's: both 2 blocks here)
@@ -115,6 +118,10 @@ DOMAIN_CLAIMS = [
         "random-patch MAEs \"primarily learn local structures within individual channels ... limiting their MCI "
         "effectiveness\" (abstract): at MAE's steps ChA-MAEViT's encoder is ahead of MAE's on 13-band tiles",
         CHA_MAE, MAE)),
+    DomainClaim("eurosat", Claim(
+        "cha_mae_recipe_vs_mae", "Pham et al., ChA-MAEViT, NeurIPS 2025 (arXiv 2503.19331)",
+        "as cha_mae_vs_mae, with the layer scale 1.0 and gradient clipping 1.0 of its official training command",
+        CHA_MAE_RECIPE, MAE)),
     DomainClaim("eurosat", Claim(
         "smarties_vs_mae", "Sumbul et al., SMARTIES, ICCV 2025 (arXiv 2506.19585)",
         "\"SMARTIES outperforms previous models that rely on sensor-specific pretraining\" (abstract): at MAE's "
@@ -256,6 +263,7 @@ class DomainBench(Bench):
             model["total_steps"] = steps  # SelectiveMAE's token-expansion schedule spans the whole run
         if arm.method == "cha_mae":
             model["encoder"]["pos_embed"] = "learned"  # ChA-MAEViT's default encoder (official: learned positions)
+        model["encoder"].update(dict(arm.encoder))
         return model
 
     def run_config(self, arm: Arm, model: dict, steps: int, seed: int) -> dict:
@@ -282,7 +290,7 @@ class DomainBench(Bench):
                   file=sys.stderr)
             pretrain(arm.method, dataset, run, self.train_config(steps, seed), method_config=model,
                      run_config=self.run_config(arm, model, steps, seed),
-                     resume=(run / "checkpoints" / "last.ckpt").exists())
+                     resume=(run / "checkpoints" / "last.ckpt").exists(), trainer=dict(arm.trainer) or None)
         method, config = load_run(run)
         return method, config, read_metrics(run).get("train", {})
 

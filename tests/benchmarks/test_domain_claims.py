@@ -75,6 +75,40 @@ def test_each_arm_trains_on_its_sets_data_at_the_sets_encoder(benches, set_name)
         assert bench.data_sections["mae"]["crop_scale"] == [0.2, 1.0]
 
 
+def test_the_recipe_arm_trains_with_its_recipes_layer_scale_and_gradient_clipping(benches, monkeypatch):
+    """ChA-MAEViT's recipe arm: its encoder settings reach the built encoder (layer scale 1.0 on both branches of
+    every block, none in the default arm) and its trainer options reach pretraining (gradient clipping 1.0)."""
+    from timm.layers import LayerScale
+
+    bench, arms = benches["eurosat"], _arms("eurosat")
+    recipe, default = arms["cha_mae_recipe"], arms["cha_mae"]
+
+    def gammas(arm):
+        method = build_method(arm.method, **bench.model(arm, seed=0, steps=10))
+        return [m.gamma for m in method.encoder.modules() if isinstance(m, LayerScale)]
+
+    assert gammas(default) == []
+    scales = gammas(recipe)
+    assert len(scales) == 2 * ENCODERS["eurosat"]["depth"] and all(torch.all(g == 1.0) for g in scales)
+
+    class Stop(Exception):
+        pass
+
+    seen = {}
+
+    def pretrain(method, dataset, run, config, **options):
+        seen.update(options, method=method)
+        raise Stop
+
+    monkeypatch.setattr("mimkit.core.train.pretrain", pretrain)
+    with pytest.raises(Stop):
+        bench.encoder(recipe, seed=7)
+    assert seen["method"] == "cha_mae" and seen["trainer"] == {"gradient_clip_val": 1.0}
+    with pytest.raises(Stop):
+        bench.encoder(default, seed=7)
+    assert seen["trainer"] is None
+
+
 @pytest.mark.parametrize("set_name", SETS)
 def test_scorer_splits_are_disjoint_and_labels_come_from_the_training_split(benches, set_name):
     from mimkit.core.data import few_labels
