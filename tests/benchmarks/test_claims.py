@@ -42,6 +42,27 @@ def test_equal_time_arms_get_steps_scaled_by_their_measured_speed(tmp_path, monk
     assert again.steps_for(slow) == 150
 
 
+def test_an_arms_encoder_settings_and_trainer_options_reach_its_model_and_pretraining(tmp_path, monkeypatch):
+    monkeypatch.setattr("mimkit.core.synthetic.write_digits", lambda root: {"pretrain": root})
+    bench = Bench(tmp_path, steps=300, batch_size=64, lr=1e-3, finetune_epochs=1, num_workers=0)
+    arm = Arm("deeper", "mae", MAE.config, encoder=(("depth", 3),), trainer=(("gradient_clip_val", 0.5),))
+    assert bench.model(arm, 0, 300)["depth"] == 3 and bench.model(MAE, 0, 300)["depth"] != 3
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def pretrain(method, dataset, run, config, **options):
+        seen.update(options)
+        raise Stop
+
+    monkeypatch.setattr("mimkit.core.train.pretrain", pretrain)
+    monkeypatch.setattr(Bench, "dataset", lambda self, arm, model: None)
+    with pytest.raises(Stop):
+        bench.encoder(arm, 0)
+    assert seen["trainer"] == {"gradient_clip_val": 0.5} and seen["method_config"]["depth"] == 3
+
+
 def test_claim_rows_report_means_spreads_and_outcome():
     claim = CLAIMS[0]
     bench = type("Scores", (), {})()
