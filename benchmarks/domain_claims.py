@@ -267,8 +267,9 @@ class DomainBench(Bench):
         return model
 
     def run_config(self, arm: Arm, model: dict, steps: int, seed: int) -> dict:
-        return {"method": arm.method or "mae", "model": model, "data": self.data_sections[arm.name],
-                "train": {"max_steps": steps, "batch_size": self.batch_size, "lr": self.lr, "seed": seed}}
+        config = {"method": arm.method or "mae", "model": model, "data": self.data_sections[arm.name],
+                  "train": {"max_steps": steps, "batch_size": self.batch_size, "lr": self.lr, "seed": seed}}
+        return {**config, "trainer": dict(arm.trainer)} if arm.trainer else config  # the run's config.yaml says so
 
     def encoder(self, arm: Arm, seed: int):
         """(the arm's method or encoder, its run config, its training summary) for `seed`."""

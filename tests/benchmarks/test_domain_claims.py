@@ -104,9 +104,10 @@ def test_the_recipe_arm_trains_with_its_recipes_layer_scale_and_gradient_clippin
     with pytest.raises(Stop):
         bench.encoder(recipe, seed=7)
     assert seen["method"] == "cha_mae" and seen["trainer"] == {"gradient_clip_val": 1.0}
+    assert seen["run_config"]["trainer"] == {"gradient_clip_val": 1.0}  # and the run's config.yaml records it
     with pytest.raises(Stop):
         bench.encoder(default, seed=7)
-    assert seen["trainer"] is None
+    assert seen["trainer"] is None and "trainer" not in seen["run_config"]
 
 
 @pytest.mark.parametrize("set_name", SETS)
