@@ -269,7 +269,9 @@ class DomainBench(Bench):
     def run_config(self, arm: Arm, model: dict, steps: int, seed: int) -> dict:
         config = {"method": arm.method or "mae", "model": model, "data": self.data_sections[arm.name],
                   "train": {"max_steps": steps, "batch_size": self.batch_size, "lr": self.lr, "seed": seed}}
-        return {**config, "trainer": dict(arm.trainer)} if arm.trainer else config  # the run's config.yaml says so
+        if arm.trainer:  # the run's config.yaml records the options its Trainer got
+            config["trainer"] = dict(arm.trainer)
+        return config
 
     def encoder(self, arm: Arm, seed: int):
         """(the arm's method or encoder, its run config, its training summary) for `seed`."""
